@@ -1,0 +1,72 @@
+"""PyTorch -> TFLite through ``litert-torch`` (the ``coinfer[torch-tflite]`` extra).
+
+litert-torch brings JAX (~0.9 GB) and pins older pydantic / typing_extensions / anyio, so
+it is kept out of ``coinfer[all]``; install it where you convert, not on devices.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from coinfer.converters.export import (
+    NO_LIMITS,
+    ExportError,
+    ExportResult,
+    ParityLimits,
+    Samples,
+    as_sample_list,
+    write_export,
+)
+from coinfer.converters.frameworks import import_torch, torch_reference
+
+
+def torch_to_tflite(
+    model: Any,
+    example_inputs: Samples,
+    out: str | os.PathLike,
+    *,
+    samples: Samples | None = None,
+    capability: str = "generic",
+    kind: str = "tflite-float32",
+    metadata: Mapping[str, Any] | None = None,
+    preprocessing: Mapping[str, Any] | None = None,
+    limits: ParityLimits = NO_LIMITS,
+    overwrite: bool = False,
+) -> ExportResult:
+    """Convert ``model`` with shapes fixed by ``example_inputs`` (batch included).
+
+    The device runtime splits or pads other batch sizes to the exported one. Example::
+
+        result = torch_to_tflite(net, [np.zeros((1, 3, 32, 32), np.float32)], "out/net-tflite")
+    """
+    torch = import_torch()
+    try:
+        import litert_torch
+    except ImportError as error:
+        raise ExportError(
+            "PyTorch -> TFLite needs litert-torch: pip install 'coinfer[torch-tflite]'"
+        ) from error
+    examples = as_sample_list(example_inputs)
+    model = model.eval()
+    args = tuple(torch.from_numpy(np.ascontiguousarray(x)) for x in examples)
+    try:
+        converted = litert_torch.convert(model, args)
+    except Exception as error:  # the converter raises many unrelated types
+        raise ExportError(f"litert-torch conversion failed: {error}") from error
+
+    with tempfile.TemporaryDirectory(prefix="coinfer-export-") as scratch:
+        model_file = Path(scratch) / "model.tflite"
+        converted.export(str(model_file))
+        return write_export(
+            model_file, out, reference=torch_reference(model),
+            samples=examples if samples is None else samples,
+            kind=kind, capability=capability, limits=limits,
+            metadata={"source": "pytorch", "converter": "litert-torch", **(metadata or {})},
+            preprocessing=preprocessing, overwrite=overwrite,
+        )

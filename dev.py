@@ -1,0 +1,84 @@
+"""Set up a local virtual environment and run coinfer's main job or its tests.
+
+Needs only Python >= 3.10 with venv and pip:
+
+    python3 dev.py demo [coinfer demo options]   # install, then run `coinfer demo`
+    python3 dev.py test [pytest options]         # install, then run the whole test suite
+    python3 dev.py lint                          # ruff on the tree
+
+The environment lives in ``.venv`` (override with ``COINFER_VENV``). It is rebuilt only
+when setup.py or this file changes, so repeated runs start at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = Path(os.environ.get("COINFER_VENV", ROOT / ".venv"))
+# The test environment also gets the torch-tflite extra (kept out of "all") so its
+# converter is tested; it coexists with the rest (pip check is clean).
+EXTRAS = "all,test,torch-tflite"
+# Packages that must be installed without their dependencies: rapidocr-onnxruntime
+# requires opencv-python 5, which would replace OpenCV 4 (Haar cascades, HOG). coinfer
+# only reads the ONNX models it ships.
+NO_DEPS = ["rapidocr-onnxruntime==1.4.4"]
+
+
+def venv_python() -> Path:
+    scripts = "Scripts" if os.name == "nt" else "bin"
+    return VENV / scripts / ("python.exe" if os.name == "nt" else "python")
+
+
+def install_fingerprint() -> str:
+    digest = hashlib.sha256()
+    for name in ("setup.py", "dev.py"):
+        digest.update((ROOT / name).read_bytes())
+    return digest.hexdigest()
+
+
+def run(cmd: list[str | Path]) -> None:
+    print("+", " ".join(str(part) for part in cmd), flush=True)
+    subprocess.run([str(part) for part in cmd], check=True, cwd=ROOT)
+
+
+def ensure_environment() -> Path:
+    python = venv_python()
+    stamp = VENV / ".coinfer-installed"
+    fingerprint = install_fingerprint()
+    if stamp.exists() and stamp.read_text() == fingerprint and python.exists():
+        return python
+    if not python.exists():
+        print(f"creating virtual environment {VENV}", flush=True)
+        venv.EnvBuilder(with_pip=True).create(VENV)
+    pip = [python, "-m", "pip", "install", "--disable-pip-version-check"]
+    run([*pip, "--upgrade", "pip", "setuptools", "wheel"])
+    run([*pip, "-e", f".[{EXTRAS}]"])
+    run([*pip, "--no-deps", *NO_DEPS])
+    stamp.write_text(fingerprint)
+    return python
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] not in {"demo", "test", "lint", "setup"}:
+        print(__doc__)
+        return 2
+    task, rest = argv[0], argv[1:]
+    python = ensure_environment()
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    commands = {
+        "demo": [python, "-m", "coinfer.sdk.cli", "demo", *rest],
+        "test": [python, "-m", "pytest", *rest],
+        "lint": [python, "-m", "ruff", "check", ".", *rest],
+        "setup": [python, "-m", "coinfer.sdk.cli", "--version"],
+    }
+    return subprocess.run([str(part) for part in commands[task]], cwd=ROOT, env=env).returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
