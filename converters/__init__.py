@@ -14,7 +14,13 @@ Example::
 TensorFlow and PyTorch are imported inside the export functions, not here.
 """
 
-from coinfer.converters.export import ExportError, ExportResult, ParityLimits, ParityReport
+from coinfer.converters.export import (
+    ExportError,
+    ExportOptions,
+    ExportResult,
+    ParityLimits,
+    ParityReport,
+)
 from coinfer.converters.keras_tflite import QUANTIZATIONS, keras_to_tflite
 from coinfer.converters.torch_onnx import torch_to_onnx
 from coinfer.converters.torch_tflite import torch_to_tflite
@@ -22,6 +28,7 @@ from coinfer.converters.torch_tflite import torch_to_tflite
 __all__ = [
     "QUANTIZATIONS",
     "ExportError",
+    "ExportOptions",
     "ExportResult",
     "ParityLimits",
     "ParityReport",

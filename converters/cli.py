@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from coinfer.converters.export import ExportResult, ParityLimits
+from coinfer.converters.export import ExportOptions, ExportResult, ParityLimits
 from coinfer.sdk.errors import CoinferError
 
 
@@ -70,14 +70,13 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     console = Console(stderr=True)
-    limits = ParityLimits(max_abs_err=args.max_abs_err, min_top1=args.min_top1)
     with console.status(f"exporting {args.source} model and checking parity..."):
-        result = _export_keras(args, limits) if args.source == "keras" else _export_torch(args, limits)
+        result = _export_keras(args) if args.source == "keras" else _export_torch(args)
     _print_result(result)
     return 0
 
 
-def _export_keras(args: argparse.Namespace, limits: ParityLimits) -> ExportResult:
+def _export_keras(args: argparse.Namespace) -> ExportResult:
     from coinfer.converters.frameworks import import_tensorflow
     from coinfer.converters.keras_tflite import keras_to_tflite
 
@@ -94,12 +93,11 @@ def _export_keras(args: argparse.Namespace, limits: ParityLimits) -> ExportResul
         model, args.out, quantization=args.quantize,
         representative_data=_load_arrays(args.calibration) if args.calibration else None,
         samples=_load_arrays(args.samples) if args.samples else None,
-        capability=args.capability, kind=args.kind, limits=limits, overwrite=args.overwrite,
-        metadata={"source_file": args.model.name},
+        options=_options(args, {"source_file": args.model.name}),
     )
 
 
-def _export_torch(args: argparse.Namespace, limits: ParityLimits) -> ExportResult:
+def _export_torch(args: argparse.Namespace) -> ExportResult:
     model = _load_factory(args.model)()
     if args.weights:
         from safetensors.torch import load_file
@@ -113,23 +111,27 @@ def _export_torch(args: argparse.Namespace, limits: ParityLimits) -> ExportResul
         rng.standard_normal(_parse_shape(text)).astype(args.input_dtype) for text in args.input_shape
     ]
     samples = _load_arrays(args.samples) if args.samples else None
-    metadata = {"factory": args.model}
+    options = _options(args, {"factory": args.model})
     if args.to == "tflite":
         from coinfer.converters.torch_tflite import torch_to_tflite
 
         return torch_to_tflite(
-            model, examples, args.out, samples=samples, capability=args.capability,
-            kind=args.kind or "tflite-float32", limits=limits, overwrite=args.overwrite, metadata=metadata,
+            model, examples, args.out, samples=samples, options=options,
         )
     from coinfer.converters.torch_onnx import torch_to_onnx
 
     return torch_to_onnx(
-        model, examples, args.out, samples=samples, capability=args.capability, kind=args.kind or "onnx",
+        model, examples, args.out, samples=samples, options=options,
         input_names=args.input_names.split(",") if args.input_names else None,
         output_names=args.output_names.split(",") if args.output_names else None,
-        dynamic_batch=not args.static_batch, opset=args.opset, limits=limits,
-        overwrite=args.overwrite, metadata=metadata,
+        dynamic_batch=not args.static_batch, opset=args.opset,
     )
+
+
+def _options(args: argparse.Namespace, metadata: dict[str, Any]) -> ExportOptions:
+    limits = ParityLimits(max_abs_err=args.max_abs_err, min_top1=args.min_top1)
+    return ExportOptions(capability=args.capability, kind=args.kind, metadata=metadata, limits=limits,
+                         overwrite=args.overwrite)
 
 
 def _load_factory(reference: str) -> Callable[[], Any]:

@@ -11,7 +11,7 @@ import os
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +62,22 @@ class ParityLimits:
     min_top1: float | None = None
 
 
-NO_LIMITS = ParityLimits()
+@dataclass(frozen=True)
+class ExportOptions:
+    """What every export writes besides the model: manifest fields, limits, overwrite policy.
+
+    ``kind`` defaults to the converter's own (``tflite-int8``, ``onnx``, ...).
+    """
+
+    capability: str = "generic"
+    kind: str | None = None
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    preprocessing: Mapping[str, Any] = field(default_factory=dict)
+    limits: ParityLimits = ParityLimits()
+    overwrite: bool = False
+
+
+DEFAULT_OPTIONS = ExportOptions()
 
 
 def as_sample_list(samples: Samples) -> list[np.ndarray]:
@@ -120,14 +135,14 @@ def median_latency_ms(call: Callable[[], object], repeats: int = 10, warmup: int
     return statistics.median(times)
 
 
-def write_export(model_file: Path, out: str | os.PathLike, *, reference: Reference,
-                 samples: Samples, kind: str, capability: str, limits: ParityLimits,
-                 metadata: Mapping[str, Any] | None, preprocessing: Mapping[str, Any] | None,
-                 overwrite: bool, input_names: Sequence[str] | None = None) -> ExportResult:
+def write_export(model_file: Path, out: str | os.PathLike, *, reference: Reference, samples: Samples,
+                 options: ExportOptions, default_kind: str, metadata: Mapping[str, Any],
+                 input_names: Sequence[str] | None = None) -> ExportResult:
     """Check ``model_file`` against ``reference``; write the artifact only if it passes."""
     runner = create_runner(model_file)
     parity = measure_parity(reference, runner, as_sample_list(samples), model_file.stat().st_size,
                             input_names)
+    limits = options.limits
     if limits.max_abs_err is not None and parity.max_abs_err > limits.max_abs_err:
         raise ExportError(
             f"max abs error {parity.max_abs_err:.3g} exceeds the limit {limits.max_abs_err:.3g}; "
@@ -139,12 +154,13 @@ def write_export(model_file: Path, out: str | os.PathLike, *, reference: Referen
             "no artifact written"
         )
     manifest = Manifest(
-        capability=capability,
-        kind=kind,
+        capability=options.capability,
+        kind=options.kind or default_kind,
         inputs=list(runner.input_specs),
         outputs=list(runner.output_specs),
-        preprocessing=dict(preprocessing or {}),
-        metadata={**(metadata or {}), "parity": parity.to_dict()},
+        preprocessing=dict(options.preprocessing),
+        metadata={**metadata, **options.metadata, "parity": parity.to_dict()},
     )
-    artifact = save_artifact(out, manifest, {f"model{model_file.suffix}": model_file}, overwrite=overwrite)
+    artifact = save_artifact(out, manifest, {f"model{model_file.suffix}": model_file},
+                             overwrite=options.overwrite)
     return ExportResult(artifact, parity)

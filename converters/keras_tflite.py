@@ -6,17 +6,16 @@ import contextlib
 import io
 import os
 import tempfile
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from coinfer.converters.export import (
-    NO_LIMITS,
+    DEFAULT_OPTIONS,
     ExportError,
+    ExportOptions,
     ExportResult,
-    ParityLimits,
     Samples,
     as_sample_list,
     write_export,
@@ -35,12 +34,7 @@ def keras_to_tflite(
     quantization: str = "float32",
     representative_data: Samples | None = None,
     samples: Samples | None = None,
-    capability: str = "generic",
-    kind: str | None = None,
-    metadata: Mapping[str, Any] | None = None,
-    preprocessing: Mapping[str, Any] | None = None,
-    limits: ParityLimits = NO_LIMITS,
-    overwrite: bool = False,
+    options: ExportOptions = DEFAULT_OPTIONS,
 ) -> ExportResult:
     """Convert a Keras model, check it against Keras on ``samples``, write an artifact.
 
@@ -91,9 +85,8 @@ def keras_to_tflite(
         model_file.write_bytes(flatbuffer)
         return write_export(
             model_file, out, reference=reference, samples=sample_list,
-            kind=kind or f"tflite-{quantization}", capability=capability, limits=limits,
-            metadata={"source": "keras", "quantization": quantization, **(metadata or {})},
-            preprocessing=preprocessing, overwrite=overwrite,
+            options=options, default_kind=f"tflite-{quantization}",
+            metadata={"source": "keras", "quantization": quantization},
             input_names=input_names if len(input_names) > 1 else None,
         )
 

@@ -11,10 +11,10 @@ from typing import Any
 import numpy as np
 
 from coinfer.converters.export import (
-    NO_LIMITS,
+    DEFAULT_OPTIONS,
     ExportError,
+    ExportOptions,
     ExportResult,
-    ParityLimits,
     Samples,
     as_sample_list,
     write_export,
@@ -35,12 +35,7 @@ def torch_to_onnx(
     dynamic_batch: bool = True,
     opset: int = DEFAULT_OPSET,
     samples: Samples | None = None,
-    capability: str = "generic",
-    kind: str = "onnx",
-    metadata: Mapping[str, Any] | None = None,
-    preprocessing: Mapping[str, Any] | None = None,
-    limits: ParityLimits = NO_LIMITS,
-    overwrite: bool = False,
+    options: ExportOptions = DEFAULT_OPTIONS,
 ) -> ExportResult:
     """Export ``model`` (an ``nn.Module``) traced on ``example_inputs``; compare on ``samples``.
 
@@ -83,7 +78,6 @@ def torch_to_onnx(
         return write_export(
             model_file, out, reference=reference,
             samples=examples if samples is None else samples,
-            kind=kind, capability=capability, limits=limits,
-            metadata={"source": "pytorch", "opset": opset, **(metadata or {})},
-            preprocessing=preprocessing, overwrite=overwrite, input_names=input_names,
+            options=options, default_kind="onnx", metadata={"source": "pytorch", "opset": opset},
+            input_names=input_names,
         )

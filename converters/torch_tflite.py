@@ -8,17 +8,16 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from coinfer.converters.export import (
-    NO_LIMITS,
+    DEFAULT_OPTIONS,
     ExportError,
+    ExportOptions,
     ExportResult,
-    ParityLimits,
     Samples,
     as_sample_list,
     write_export,
@@ -32,12 +31,7 @@ def torch_to_tflite(
     out: str | os.PathLike,
     *,
     samples: Samples | None = None,
-    capability: str = "generic",
-    kind: str = "tflite-float32",
-    metadata: Mapping[str, Any] | None = None,
-    preprocessing: Mapping[str, Any] | None = None,
-    limits: ParityLimits = NO_LIMITS,
-    overwrite: bool = False,
+    options: ExportOptions = DEFAULT_OPTIONS,
 ) -> ExportResult:
     """Convert ``model`` with shapes fixed by ``example_inputs`` (batch included).
 
@@ -66,7 +60,6 @@ def torch_to_tflite(
         return write_export(
             model_file, out, reference=torch_reference(model),
             samples=examples if samples is None else samples,
-            kind=kind, capability=capability, limits=limits,
-            metadata={"source": "pytorch", "converter": "litert-torch", **(metadata or {})},
-            preprocessing=preprocessing, overwrite=overwrite,
+            options=options, default_kind="tflite-float32",
+            metadata={"source": "pytorch", "converter": "litert-torch"},
         )

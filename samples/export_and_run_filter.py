@@ -13,7 +13,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from coinfer.converters import keras_to_tflite
+from coinfer.converters import ExportOptions, keras_to_tflite
 from coinfer.device.runtime import create_runner
 
 
@@ -30,7 +30,8 @@ def main(out: Path) -> None:
     model.fit(features[:500], skip[:500], epochs=30, verbose=0)
 
     result = keras_to_tflite(model, out, quantization="int8", representative_data=features[:500],
-                             samples=features[500:], capability="infi", kind="skip-filter", overwrite=True)
+                             samples=features[500:],
+                             options=ExportOptions(capability="infi", kind="skip-filter", overwrite=True))
     print(f"artifact: {result.artifact.path}")
     print(f"int8 vs Keras: top-1 agreement {result.parity.top1_agreement:.3f}, "
           f"max abs error {result.parity.max_abs_err:.4f}, {result.parity.model_bytes} bytes")

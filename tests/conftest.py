@@ -41,13 +41,14 @@ def keras_filter(filter_data):
 @pytest.fixture(scope="session")
 def filter_artifacts(tmp_path_factory, keras_filter, filter_data):
     """The Keras filter exported as float32 and int8 TFLite artifacts."""
-    from coinfer.converters import keras_to_tflite
+    from coinfer.converters import ExportOptions, keras_to_tflite
 
     x, _ = filter_data
     root = tmp_path_factory.mktemp("filters")
     return {
         quant: keras_to_tflite(keras_filter, root / quant, quantization=quant,
-                               representative_data=x, samples=x, capability="infi", kind="skip-filter")
+                               representative_data=x, samples=x,
+                               options=ExportOptions(capability="infi", kind="skip-filter"))
         for quant in ("float32", "int8")
     }
 

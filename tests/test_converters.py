@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from coinfer.converters import ExportError, ParityLimits, keras_to_tflite, torch_to_onnx
+from coinfer.converters import ExportError, ExportOptions, ParityLimits, keras_to_tflite, torch_to_onnx
 from coinfer.sdk.artifact import load_artifact
 from coinfer.sdk.cli.main import main
 
@@ -31,7 +31,7 @@ def test_parity_limits_block_the_artifact(tmp_path, keras_filter, filter_data):
     x, _ = filter_data
     with pytest.raises(ExportError, match="exceeds the limit"):
         keras_to_tflite(keras_filter, tmp_path / "strict", quantization="int8", representative_data=x,
-                        limits=ParityLimits(max_abs_err=1e-9))
+                        options=ExportOptions(limits=ParityLimits(max_abs_err=1e-9)))
     assert not (tmp_path / "strict").exists()
 
 

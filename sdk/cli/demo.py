@@ -53,7 +53,7 @@ def stage_minilm(workdir: Path) -> Metrics:
     import numpy as np
     import torch
 
-    from coinfer.converters import torch_to_onnx
+    from coinfer.converters import ExportOptions, torch_to_onnx
     from coinfer.device.runtime import create_runner
     from coinfer.sdk import metrics
     from coinfer.sdk.models import minilm
@@ -64,9 +64,10 @@ def stage_minilm(workdir: Path) -> Metrics:
     dynamic = {name: {0: "batch", 1: "sequence"} for name in names} | {"embedding": {0: "batch"}}
     result = torch_to_onnx(
         encoder, [feeds[n] for n in names], workdir / "minilm-onnx", input_names=names,
-        output_names=["embedding"], dynamic_axes=dynamic, capability="demo", kind="sentence-encoder",
-        metadata={"model": "all-MiniLM-L6-v2"}, preprocessing={"tokenizer": "minilm", "max_length": 128},
-        overwrite=True,
+        output_names=["embedding"], dynamic_axes=dynamic,
+        options=ExportOptions(capability="demo", kind="sentence-encoder", overwrite=True,
+                              metadata={"model": "all-MiniLM-L6-v2"},
+                              preprocessing={"tokenizer": "minilm", "max_length": 128}),
     )
     runner = create_runner(result.artifact)
     # The export's own batch and one of another size and length: the axes must really be dynamic.
@@ -115,7 +116,7 @@ def stage_digits(workdir: Path) -> Metrics:
     """Keras digits CNN -> float32 / int8 TFLite on ``TFLiteRunner``."""
     import numpy as np
 
-    from coinfer.converters import keras_to_tflite
+    from coinfer.converters import ExportOptions, keras_to_tflite
     from coinfer.device.runtime import create_runner
     from coinfer.sdk import metrics
     from coinfer.sdk.models import digits
@@ -127,8 +128,9 @@ def stage_digits(workdir: Path) -> Metrics:
     for quantization in ("float32", "int8"):
         result = keras_to_tflite(
             model, workdir / f"digits-{quantization}", quantization=quantization,
-            representative_data=split.x_train, samples=split.x_test, capability="demo",
-            kind=f"digits-classifier-{quantization}", overwrite=True,
+            representative_data=split.x_train, samples=split.x_test,
+            options=ExportOptions(capability="demo", kind=f"digits-classifier-{quantization}",
+                                  overwrite=True),
         )
         predicted = create_runner(result.artifact).run(split.x_test)["output_0"]
         labels = np.argmax(predicted, axis=1)
