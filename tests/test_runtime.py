@@ -141,3 +141,18 @@ def test_tampered_artifact_is_not_run(filter_artifacts, tmp_path):
     model.write_bytes(bytes(data))
     with pytest.raises(ArtifactError, match=r"model\.tflite: sha256 mismatch"):
         create_runner(copy)
+
+
+def test_interpreter_fallback_chain(monkeypatch, filter_artifacts, filter_data):
+    from coinfer.device.runtime import tflite
+
+    x, _ = filter_data
+    expected = create_runner(filter_artifacts["float32"].artifact).run(x[:5])["output_0"]
+    chain = ("no_such_litert.interpreter", "tensorflow.lite.python.interpreter")
+    monkeypatch.setattr(tflite, "INTERPRETER_MODULES", chain)
+    runner = create_runner(filter_artifacts["float32"].artifact)
+    assert runner.backend == "tensorflow.lite.python.interpreter"
+    np.testing.assert_allclose(runner.run(x[:5])["output_0"], expected, atol=1e-6)
+    monkeypatch.setattr(tflite, "INTERPRETER_MODULES", ("no_such_litert.interpreter",))
+    with pytest.raises(RunnerError, match="no TFLite interpreter is installed; pip install ai-edge-litert"):
+        create_runner(filter_artifacts["float32"].artifact)

@@ -13,7 +13,11 @@ from coinfer.sdk.tensor import QuantParams, TensorSpec
 
 #: Interpreter modules in order of preference: LiteRT, the old standalone runtime
 #: (works only with numpy<2, e.g. older Raspberry Pi images), full TensorFlow.
-INTERPRETER_MODULES = ("ai_edge_litert.interpreter", "tflite_runtime.interpreter", "tensorflow.lite")
+INTERPRETER_MODULES = (
+    "ai_edge_litert.interpreter",
+    "tflite_runtime.interpreter",
+    "tensorflow.lite.python.interpreter",
+)
 
 
 def load_interpreter_class() -> tuple[type, str]:
