@@ -85,6 +85,8 @@ def test_wrong_inputs_raise_clear_errors_before_invoking(filter_artifacts, filte
         runner.run(x[:2].astype(np.complex64))
     with pytest.raises(RunnerError, match=r"missing \['features'\], unknown \['feature'\]"):
         runner.run({"feature": x[:2]})
+    with pytest.raises(RunnerError, match="empty batch"):
+        runner.run(x[:0])
     with pytest.raises(RunnerError, match="takes 1 input"):
         runner.run([x[:2], x[:2]])
     # float64 and int inputs are safely cast

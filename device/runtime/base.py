@@ -100,6 +100,8 @@ class Runner(ABC):
         """Run the model on a batch; returns outputs by name, batched along axis 0."""
         feeds = self._prepare(inputs)
         batch = _batch_size(feeds)
+        if batch == 0:
+            raise RunnerError("empty batch: inputs have 0 rows")
         fixed = self._fixed_batch
         limit = fixed or self.options.batch_size
         if batch is None or limit is None or batch == limit or (fixed is None and batch < limit):
