@@ -37,6 +37,9 @@ def build(kind: str):
         model = tf.LlamaForCausalLM(tf.LlamaConfig(**small, num_attention_heads=8, num_key_value_heads=2))
     elif kind == "mistral":
         model = tf.MistralForCausalLM(tf.MistralConfig(**small, num_attention_heads=4, num_key_value_heads=4))
+    elif kind == "mixtral":
+        model = tf.MixtralForCausalLM(tf.MixtralConfig(**small, num_attention_heads=4, num_key_value_heads=2,
+                                                       num_local_experts=4, num_experts_per_tok=2))
     elif kind == "qwen2":
         model = tf.Qwen2ForCausalLM(tf.Qwen2Config(**small, num_attention_heads=4, num_key_value_heads=2))
     else:
@@ -56,7 +59,7 @@ def output_size(model) -> int | None:
     return model.config.hidden_size if name == "BertModel" else None
 
 
-ARCHITECTURES = ["gpt2", "bert", "bert-classifier", "llama-gqa", "mistral", "qwen2"]
+ARCHITECTURES = ["gpt2", "bert", "bert-classifier", "llama-gqa", "mistral", "qwen2", "mixtral"]
 
 
 @pytest.mark.parametrize("kind", ARCHITECTURES)
@@ -156,3 +159,42 @@ def test_generated_keys_are_structured_and_fresh():
     assert np.array_equal(layer.query_heads // group, np.repeat(layer.kv_heads, group))
     assert (layer.qk_within == np.arange(layout.head_dim)).all()
     assert sorted(layer.q_out) == list(range(layout.num_heads * layout.head_dim))
+
+
+def test_mixtral_experts_get_their_own_permutations():
+    model = build("mixtral")
+    keys = generate_keys(ModelLayout.from_config(model.config), seed=5)
+    assert keys.layers[0].mlp.shape == (4, 96)
+    assert len({tuple(row) for row in keys.layers[0].mlp}) == 4
+    cloud = transform_model(model, keys)
+    original = model.model.layers[0].mlp.experts.down_proj
+    transformed = cloud.model.layers[0].mlp.experts.down_proj
+    for expert, row in enumerate(keys.layers[0].mlp):
+        expected = original[expert][keys.user.hidden][:, row]
+        assert transformed[expert].equal(expected)
+
+
+@pytest.mark.slow
+def test_real_minilm_sentence_embeddings_through_stip():
+    import torch
+    from transformers import AutoModel
+
+    from coinfer.sdk.models import minilm
+    from coinfer.sdk.stip import device_embedding_table
+
+    model = AutoModel.from_pretrained(str(minilm.model_dir())).eval()
+    keys = generate_keys(ModelLayout.from_config(model.config, model.config.hidden_size))
+    cloud = transform_model(model, keys)
+    sentences = ["The device permutes its embeddings.", "The cloud never sees plaintext features.", "Short."]
+    feeds = minilm.tokenize(sentences)
+    report = compare(model, cloud, keys.user, feeds["input_ids"], feeds["attention_mask"])
+    assert report.rel_err <= 1e-4, report
+    # The data owner's whole path: numpy lookup + permute, server forward, un-permute, pool.
+    permuted = keys.user.permute_input(device_embedding_table(model)[feeds["input_ids"]])
+    with torch.no_grad():
+        served = cloud(inputs_embeds=torch.from_numpy(permuted),
+                       attention_mask=torch.from_numpy(feeds["attention_mask"])).last_hidden_state.numpy()
+        plain = model(**{k: torch.from_numpy(v) for k, v in feeds.items()}).last_hidden_state.numpy()
+    stip_embeddings = minilm.mean_pool(keys.user.unpermute_hidden(served), feeds["attention_mask"])
+    plain_embeddings = minilm.mean_pool(plain, feeds["attention_mask"])
+    assert np.max(np.abs(stip_embeddings - plain_embeddings)) <= 1e-4

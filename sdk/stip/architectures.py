@@ -3,9 +3,11 @@
 A rule maps a parameter name (regex, with the layer index as group ``layer``) to one
 symbol per tensor axis, in PyTorch storage order. Symbols name index vectors of the keys:
 ``hidden`` (pi), ``output`` (pi_c), per layer ``q``, ``k``, ``v`` (projection outputs),
-``o`` (attention output), ``qkv`` (GPT-2's fused projection), ``mlp``; ``None`` leaves an
-axis alone. Parameters listed in ``device`` stay with the data owner (the input
-embedding) and are removed from the cloud model. A parameter that no rule matches makes
+``o`` (attention output), ``qkv`` (GPT-2's fused projection), ``mlp``, and for
+mixture-of-experts layers ``expert_mlp`` / ``expert_gate_up`` (one permutation per expert,
+applied slice by slice along the leading expert axis); ``None`` leaves an axis alone.
+Parameters listed in ``device`` stay with the data owner (the input embedding) and are
+removed from the cloud model. A parameter that no rule matches makes
 the transform refuse the model.
 """
 
@@ -110,6 +112,13 @@ _BERT_RULES = tuple(
     + _linear(r"classifier", "output", "hidden")
 )
 
+_MIXTRAL_RULES = (
+    *(rule for rule in _LLAMA_LIKE_RULES if "mlp" not in rule[0]),
+    (rf"model\.layers\.{_LAYER}\.mlp\.gate\.weight", (None, "hidden")),  # router: experts stay in place
+    (rf"model\.layers\.{_LAYER}\.mlp\.experts\.gate_up_proj", (None, "expert_gate_up", "hidden")),
+    (rf"model\.layers\.{_LAYER}\.mlp\.experts\.down_proj", (None, "hidden", "expert_mlp")),
+)
+
 ARCHITECTURES: dict[str, Architecture] = {
     "gpt2": Architecture("gpt2", _GPT2_RULES, device=(r"transformer\.wte\.weight",)),
     "bert": Architecture("bert", _BERT_RULES, device=(rf"{_BERT}embeddings\.word_embeddings\.weight",)),
@@ -117,6 +126,8 @@ ARCHITECTURES: dict[str, Architecture] = {
     "mistral": Architecture("mistral", _LLAMA_LIKE_RULES, device=(r"model\.embed_tokens\.weight",),
                             rotary=True),
     "qwen2": Architecture("qwen2", _LLAMA_LIKE_RULES, device=(r"model\.embed_tokens\.weight",), rotary=True),
+    "mixtral": Architecture("mixtral", _MIXTRAL_RULES, device=(r"model\.embed_tokens\.weight",),
+                            rotary=True),
 }
 
 
@@ -153,4 +164,5 @@ def layout_from_config(config: Any, output_size: int | None = None):
     return ModelLayout(
         hidden_size=hidden, num_layers=layers, num_heads=heads, num_kv_heads=kv_heads, head_dim=head_dim,
         intermediate_size=intermediate, output_size=output_size or config.vocab_size, rotary_dim=rotary_dim,
+        num_experts=getattr(config, "num_local_experts", 0) if arch.model_type == "mixtral" else 0,
     )

@@ -36,15 +36,28 @@ def transform_model(model: Any, keys: DeveloperKeys) -> Any:
     plan = _plan(cloud, arch, keys)
     with torch.no_grad():
         for param, indices in plan:
-            permuted = param.data
-            for axis, index in enumerate(indices):
-                if index is not None:
-                    permuted = permuted.index_select(axis, torch.as_tensor(index, device=permuted.device))
-            param.data.copy_(permuted)
+            param.data.copy_(_permute(param.data, indices))
         placeholder = torch.nn.Embedding(1, keys.layout.hidden_size)
         placeholder.weight.zero_()
         cloud.set_input_embeddings(placeholder)
     return cloud
+
+
+def _permute(tensor: Any, indices: list[np.ndarray | None]) -> Any:
+    """Gather ``tensor`` along every axis that has an index; a 2-D index is per leading slice."""
+    import torch
+
+    for axis, index in enumerate(indices):
+        if index is None:
+            continue
+        if index.ndim == 2:  # one permutation per expert, along axis 0
+            tensor = torch.stack([
+                part.index_select(axis - 1, torch.as_tensor(row, device=tensor.device))
+                for part, row in zip(tensor, index, strict=True)
+            ])
+        else:
+            tensor = tensor.index_select(axis, torch.as_tensor(index, device=tensor.device))
+    return tensor
 
 
 def device_embedding_table(model: Any) -> np.ndarray:
@@ -77,10 +90,10 @@ def _plan(model: Any, arch: Architecture, keys: DeveloperKeys) -> list[tuple[Any
                                         f"rules expect {len(axes)}")
         indices = [None if symbol is None else _index(symbol, keys, layer) for symbol in axes]
         for axis, index in enumerate(indices):
-            if index is not None and len(index) != param.shape[axis]:
+            if index is not None and index.shape[-1] != param.shape[axis]:
                 raise UnsupportedModelError(
                     f"parameter '{name}' axis {axis} has size {param.shape[axis]}, key '{axes[axis]}' has "
-                    f"{len(index)}: the model's layout is not what its config says"
+                    f"{index.shape[-1]}: the model's layout is not what its config says"
                 )
         plan.append((param, indices))
     if unknown:
@@ -103,5 +116,8 @@ def _index(symbol: str, keys: DeveloperKeys, layer: int | None) -> np.ndarray:
     if symbol == "qkv":
         width = keys.layout.num_heads * keys.layout.head_dim
         return np.concatenate([layer_keys.q_out, width + layer_keys.k_out, 2 * width + layer_keys.v_out])
+    if symbol == "expert_gate_up":  # gate and up halves share each expert's permutation
+        width = keys.layout.intermediate_size
+        return np.concatenate([layer_keys.mlp, width + layer_keys.mlp], axis=1)
     return {"q": layer_keys.q_out, "k": layer_keys.k_out, "v": layer_keys.v_out, "o": layer_keys.o_in,
-            "mlp": layer_keys.mlp[0]}[symbol]
+            "mlp": layer_keys.mlp[0], "expert_mlp": layer_keys.mlp}[symbol]
