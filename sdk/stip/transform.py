@@ -37,10 +37,18 @@ def transform_model(model: Any, keys: DeveloperKeys) -> Any:
     with torch.no_grad():
         for param, indices in plan:
             param.data.copy_(_permute(param.data, indices))
-        placeholder = torch.nn.Embedding(1, keys.layout.hidden_size)
-        placeholder.weight.zero_()
-        cloud.set_input_embeddings(placeholder)
+    remove_input_embedding(cloud, keys.layout.hidden_size)
     return cloud
+
+
+def remove_input_embedding(model: Any, hidden_size: int) -> None:
+    """Replace the input embedding (the data owner's) by a one-row zero placeholder."""
+    import torch
+
+    placeholder = torch.nn.Embedding(1, hidden_size)
+    with torch.no_grad():
+        placeholder.weight.zero_()
+    model.set_input_embeddings(placeholder)
 
 
 def _permute(tensor: Any, indices: list[np.ndarray | None]) -> Any:

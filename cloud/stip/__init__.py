@@ -1,0 +1,1 @@
+"""The STIP model developer's tooling (publish) and the model server (serve)."""

@@ -1,0 +1,212 @@
+"""The STIP model server: runs the transformed model on permuted embeddings, nothing else.
+
+It never holds the input embedding, the tokenizer or any key, so what it receives and
+returns is permuted. Endpoints (all need ``Authorization: Bearer <token>``):
+
+- ``GET  /v1/info``: hidden size, output kind and size, position limit;
+- ``POST /v1/forward``: a wire frame with ``inputs_embeds`` (B, T, hidden) float32 and an
+  optional ``attention_mask`` (B, T); returns ``output`` (permuted logits or hidden states);
+- ``POST /v1/sessions``: open a generation session; the server keeps its KV cache;
+- ``POST /v1/sessions/{id}/step``: append permuted embedding rows (1, t, hidden); returns
+  the permuted logits of the last position, so each decoding step sends one row;
+- ``DELETE /v1/sessions/{id}``.
+
+Example::
+
+    coinfer cloud serve stip --artifact out/server --port 8000   # token from COINFER_TOKEN
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from fastapi import Depends, FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, Response
+
+from coinfer.sdk import wire
+from coinfer.sdk.errors import CoinferError
+from coinfer.sdk.stip import protocol
+
+
+class RequestError(CoinferError):
+    """A request the server refuses; ``status`` is the HTTP status to answer with."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    """Bounds on what one client can make the server hold or compute."""
+
+    max_request_bytes: int = protocol.DEFAULT_MAX_REQUEST_BYTES
+    max_batch: int = 64
+    max_sessions: int = 64
+    session_idle_seconds: float = 600.0
+
+
+@dataclass
+class _Session:
+    cache: Any = None
+    tokens: int = 0
+    last_used: float = field(default_factory=time.monotonic)
+
+
+class StipModelServer:
+    """The transformed model behind a lock, plus KV-cache sessions."""
+
+    def __init__(self, model: Any, info: dict[str, Any], options: ServerOptions = ServerOptions()) -> None:
+        self.model = model
+        self.info = info
+        self.options = options
+        self._model_lock = threading.Lock()
+        self._sessions: dict[str, _Session] = {}
+        self._sessions_lock = threading.Lock()
+
+    def forward(self, embeds: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+        import torch
+
+        self._check_embeddings(embeds, max_batch=self.options.max_batch)
+        if mask is not None and (mask.shape != embeds.shape[:2] or mask.dtype.kind not in "iub"):
+            raise RequestError(f"{protocol.MASK} must be an integer array of shape {embeds.shape[:2]}, "
+                               f"got {mask.dtype}{list(mask.shape)}")
+        mask_tensor = None if mask is None else torch.from_numpy(mask.astype(np.int64))
+        with self._model_lock, torch.no_grad():
+            outputs = self.model(inputs_embeds=torch.from_numpy(np.array(embeds, dtype=np.float32)),
+                                 attention_mask=mask_tensor)
+        return _primary(outputs)
+
+    def open_session(self) -> str:
+        now = time.monotonic()
+        with self._sessions_lock:
+            idle = [sid for sid, s in self._sessions.items()
+                    if now - s.last_used > self.options.session_idle_seconds]
+            for sid in idle:
+                del self._sessions[sid]
+            if len(self._sessions) >= self.options.max_sessions:
+                raise RequestError(f"all {self.options.max_sessions} sessions are in use", status=429)
+            session_id = secrets.token_urlsafe(16)
+            self._sessions[session_id] = _Session()
+        return session_id
+
+    def step(self, session_id: str, embeds: np.ndarray) -> np.ndarray:
+        import torch
+
+        self._check_embeddings(embeds, max_batch=1)
+        with self._sessions_lock:
+            session = self._sessions.get(session_id)
+        if session is None:
+            raise RequestError(f"no session {session_id!r} (closed or expired)", status=404)
+        limit = int(self.info.get("max_positions") or 0)
+        if limit and session.tokens + embeds.shape[1] > limit:
+            raise RequestError(f"session would exceed the model's {limit} positions")
+        with self._model_lock, torch.no_grad():
+            outputs = self.model(inputs_embeds=torch.from_numpy(np.array(embeds, dtype=np.float32)),
+                                 past_key_values=session.cache, use_cache=True)
+        session.cache = outputs.past_key_values
+        session.tokens += embeds.shape[1]
+        session.last_used = time.monotonic()
+        return _primary(outputs)[:, -1, :]
+
+    def close_session(self, session_id: str) -> None:
+        with self._sessions_lock:
+            if self._sessions.pop(session_id, None) is None:
+                raise RequestError(f"no session {session_id!r}", status=404)
+
+    def _check_embeddings(self, embeds: np.ndarray, max_batch: int) -> None:
+        hidden = int(self.info["hidden_size"])
+        if embeds.ndim != 3 or embeds.shape[2] != hidden:
+            raise RequestError(f"{protocol.INPUTS} must have shape (batch, tokens, {hidden}), "
+                               f"got {list(embeds.shape)}")
+        if embeds.dtype != np.float32:
+            raise RequestError(f"{protocol.INPUTS} must be float32, got {embeds.dtype}")
+        if not 1 <= embeds.shape[0] <= max_batch or embeds.shape[1] < 1:
+            raise RequestError(f"batch must be 1..{max_batch} and tokens >= 1, got {list(embeds.shape[:2])}")
+        limit = int(self.info.get("max_positions") or 0)
+        if limit and embeds.shape[1] > limit:
+            raise RequestError(f"{embeds.shape[1]} tokens exceed the model's {limit} positions")
+        if not np.isfinite(embeds).all():
+            raise RequestError(f"{protocol.INPUTS} contains NaN or infinity")
+
+
+def _primary(outputs: Any) -> np.ndarray:
+    logits = getattr(outputs, "logits", None)
+    tensor = logits if logits is not None else outputs.last_hidden_state
+    return tensor.detach().cpu().numpy().astype(np.float32)
+
+
+def create_app(server: StipModelServer, token: str) -> FastAPI:
+    """The FastAPI application serving ``server``; every route checks the bearer token."""
+    if not token:
+        raise CoinferError("the STIP server needs a non-empty token")
+    expected = f"Bearer {token}".encode()
+
+    def authorize(request: Request) -> None:
+        given = request.headers.get("authorization", "").encode()
+        if not hmac.compare_digest(given, expected):
+            raise RequestError("missing or wrong bearer token", status=401)
+
+    app = FastAPI(title="coinfer STIP model server", dependencies=[Depends(authorize)])
+
+    @app.exception_handler(RequestError)
+    async def refuse(_: Request, error: RequestError) -> JSONResponse:
+        return JSONResponse({"detail": str(error)}, status_code=error.status)
+
+    async def read_frame(request: Request) -> wire.Message:
+        declared = request.headers.get("content-length")
+        limit = server.options.max_request_bytes
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            raise RequestError(f"request body over the {limit}-byte limit", status=413)
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise RequestError(f"request body over the {limit}-byte limit", status=413)
+        try:
+            message = wire.decode(bytes(body), protocol.DEFAULT_LIMITS)
+        except wire.WireError as error:
+            raise RequestError(f"malformed frame: {error}") from error
+        if protocol.INPUTS not in message.arrays:
+            raise RequestError(f"frame has no '{protocol.INPUTS}' array")
+        return message
+
+    def frame_response(output: np.ndarray) -> Response:
+        payload = wire.encode(wire.Message(wire.MessageType.RESPONSE, {}, {protocol.OUTPUT: output}),
+                              protocol.RESPONSE_LIMITS)
+        return Response(payload, media_type=protocol.CONTENT_TYPE)
+
+    @app.get(protocol.INFO_PATH)
+    def info() -> dict[str, Any]:
+        return server.info
+
+    @app.post(protocol.FORWARD_PATH)
+    async def forward(request: Request) -> Response:
+        message = await read_frame(request)
+        output = await run_in_threadpool(server.forward, message.arrays[protocol.INPUTS],
+                                         message.arrays.get(protocol.MASK))
+        return frame_response(output)
+
+    @app.post(protocol.SESSIONS_PATH)
+    def open_session() -> dict[str, str]:
+        return {"session": server.open_session()}
+
+    @app.post(protocol.SESSIONS_PATH + "/{session_id}/step")
+    async def step(session_id: str, request: Request) -> Response:
+        message = await read_frame(request)
+        output = await run_in_threadpool(server.step, session_id, message.arrays[protocol.INPUTS])
+        return frame_response(output)
+
+    @app.delete(protocol.SESSIONS_PATH + "/{session_id}")
+    def close_session(session_id: str) -> dict[str, str]:
+        server.close_session(session_id)
+        return {"closed": session_id}
+
+    return app

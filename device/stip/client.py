@@ -1,0 +1,159 @@
+"""The STIP data owner: tokenise, embed and permute locally; un-permute and sample locally.
+
+Only permuted embeddings leave the device and only permuted outputs come back. Runs on
+numpy and the standard library (plus ``tokenizers`` when text is given): no torch, no
+transformers. Example::
+
+    client = STIPClient.create_from_bundle("out/user", "http://127.0.0.1:8000", token)
+    text = client.generate_text("The edge server", max_new_tokens=32)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from coinfer.sdk import wire
+from coinfer.sdk.artifact import Artifact, load_artifact
+from coinfer.sdk.errors import CoinferError
+from coinfer.sdk.stip import protocol
+from coinfer.sdk.stip.keys import UserKeys
+from coinfer.sdk.stip.sampling import GREEDY, SamplingOptions, TokenSampler
+
+USER_KEYS = "user.keys.npz"
+EMBEDDINGS = "embeddings.npy"
+
+
+class StipClientError(CoinferError):
+    """The server refused a request or could not be reached."""
+
+
+class STIPClient:
+    """One data owner talking to one STIP model server."""
+
+    def __init__(self, embeddings: np.ndarray, keys: UserKeys, url: str, token: str, *,
+                 info: dict[str, Any], tokenizer_file: Path | None = None, timeout: float = 120.0) -> None:
+        if embeddings.ndim != 2 or embeddings.shape[1] != keys.hidden.shape[0]:
+            raise StipClientError(
+                f"embedding table {embeddings.shape} does not fit pi of size {keys.hidden.shape[0]}"
+            )
+        # Permute the table once: each lookup then yields x pi directly (a plain gather).
+        self._table = np.ascontiguousarray(keys.permute_input(embeddings.astype(np.float32)))
+        self.keys = keys
+        self.url = url.rstrip("/")
+        self.info = info
+        self.timeout = timeout
+        self._token = token
+        self._tokenizer_file = tokenizer_file
+        self._tokenizer: Any = None
+        self.bytes_sent = 0
+        self.bytes_received = 0
+
+    @classmethod
+    def create_from_bundle(cls, bundle: Artifact | str | os.PathLike, url: str, token: str,
+                           timeout: float = 120.0) -> STIPClient:
+        """Load a verified user bundle written by ``coinfer stip publish``."""
+        if not isinstance(bundle, Artifact):
+            bundle = load_artifact(bundle, capability="stip", kind="user-bundle")
+        embeddings = np.load(bundle.file(EMBEDDINGS), allow_pickle=False)
+        tokenizer = bundle.path / "tokenizer.json" if "tokenizer.json" in bundle.manifest.files else None
+        return cls(embeddings, UserKeys.load(bundle.file(USER_KEYS)), url, token,
+                   info=dict(bundle.manifest.metadata), tokenizer_file=tokenizer, timeout=timeout)
+
+    def embed(self, token_ids: np.ndarray) -> np.ndarray:
+        """Permuted embeddings ``x pi`` of (batch, tokens) ids."""
+        ids = np.asarray(token_ids)
+        if ids.dtype.kind not in "iu" or (ids.size and (ids.min() < 0 or ids.max() >= len(self._table))):
+            raise StipClientError(f"token ids must be integers in [0, {len(self._table)})")
+        return self._table[ids]
+
+    def forward(self, token_ids: np.ndarray, attention_mask: np.ndarray | None = None) -> np.ndarray:
+        """The model's plain output for a batch: logits, or hidden states for encoders."""
+        arrays = {protocol.INPUTS: self.embed(np.atleast_2d(token_ids))}
+        if attention_mask is not None:
+            arrays[protocol.MASK] = np.atleast_2d(attention_mask).astype(np.int64)
+        permuted = self._exchange("POST", protocol.FORWARD_PATH, arrays)
+        if self.info.get("output_kind") == "hidden":
+            return self.keys.unpermute_hidden(permuted)
+        return self.keys.unpermute_output(permuted)
+
+    def generate(self, prompt_ids: Sequence[int], max_new_tokens: int,
+                 sampling: SamplingOptions = GREEDY, stop_ids: Sequence[int] = ()) -> list[int]:
+        """Decode with the server's KV cache: the prompt once, then one permuted row per token."""
+        if self.info.get("output_kind") != "logits":
+            raise StipClientError("generation needs a model with a language-model head")
+        if not prompt_ids:
+            raise StipClientError("the prompt is empty")
+        sampler = TokenSampler(sampling)
+        session = self._json("POST", protocol.SESSIONS_PATH)["session"]
+        path = f"{protocol.SESSIONS_PATH}/{session}/step"
+        generated: list[int] = []
+        try:
+            step_input = np.asarray([list(prompt_ids)])
+            for _ in range(max_new_tokens):
+                logits = self.keys.unpermute_output(self._exchange("POST", path,
+                                                                   {protocol.INPUTS: self.embed(step_input)}))
+                token = sampler(logits[0])
+                generated.append(token)
+                if token in stop_ids:
+                    break
+                step_input = np.asarray([[token]])
+        finally:
+            self._json("DELETE", f"{protocol.SESSIONS_PATH}/{session}")
+        return generated
+
+    def tokenize(self, text: str) -> list[int]:
+        return self._load_tokenizer().encode(text).ids
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        return self._load_tokenizer().decode(list(ids))
+
+    def generate_text(self, prompt: str, max_new_tokens: int,
+                      sampling: SamplingOptions = GREEDY) -> str:
+        eos = self.info.get("eos_token_id")
+        stops = [eos] if isinstance(eos, int) else list(eos or [])
+        return self.detokenize(self.generate(self.tokenize(prompt), max_new_tokens, sampling, stops))
+
+    def _load_tokenizer(self) -> Any:
+        if self._tokenizer is None:
+            if self._tokenizer_file is None:
+                raise StipClientError("this bundle has no tokenizer.json; pass token ids instead")
+            from tokenizers import Tokenizer
+
+            self._tokenizer = Tokenizer.from_file(str(self._tokenizer_file))
+        return self._tokenizer
+
+    def _exchange(self, method: str, path: str, arrays: dict[str, np.ndarray]) -> np.ndarray:
+        frame = wire.encode(wire.Message(wire.MessageType.REQUEST, {}, arrays), protocol.DEFAULT_LIMITS)
+        body = self._request(method, path, frame, protocol.CONTENT_TYPE)
+        try:
+            message = wire.decode(body, protocol.RESPONSE_LIMITS)
+        except wire.WireError as error:
+            raise StipClientError(f"malformed response from {self.url}{path}: {error}") from error
+        return message.arrays[protocol.OUTPUT]
+
+    def _json(self, method: str, path: str) -> dict[str, Any]:
+        return json.loads(self._request(method, path, None, "application/json"))
+
+    def _request(self, method: str, path: str, body: bytes | None, content_type: str) -> bytes:
+        request = urllib.request.Request(f"{self.url}{path}", data=body, method=method, headers={
+            "Authorization": f"Bearer {self._token}", "Content-Type": content_type,
+        })
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                data = response.read()
+        except urllib.error.HTTPError as error:
+            detail = error.read().decode("utf-8", "replace")
+            raise StipClientError(f"{method} {path}: HTTP {error.code}: {detail}") from error
+        except urllib.error.URLError as error:
+            raise StipClientError(f"cannot reach the STIP server at {self.url}: {error.reason}") from error
+        self.bytes_sent += len(body or b"")
+        self.bytes_received += len(data)
+        return data
