@@ -128,6 +128,7 @@ class STIPClient:
             from tokenizers import Tokenizer
 
             self._tokenizer = Tokenizer.from_file(str(self._tokenizer_file))
+            self._tokenizer.no_padding()  # a prompt is one sequence; padding would be sent as tokens
         return self._tokenizer
 
     def _exchange(self, method: str, path: str, arrays: dict[str, np.ndarray]) -> np.ndarray:

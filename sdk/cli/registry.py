@@ -27,7 +27,7 @@ class CommandSpec:
 COMMANDS: tuple[CommandSpec, ...] = (
     CommandSpec("gate", "PacketGame: gate video packets before decoding", tracking_issue=4),
     CommandSpec("infi", "InFi: learnable skip/reuse input filters", tracking_issue=5),
-    CommandSpec("stip", "STIP: three-party secure transformer inference", tracking_issue=3),
+    CommandSpec("stip", "STIP: three-party secure transformer inference", module="coinfer.cloud.stip.cli"),
     CommandSpec("mlink", "MLink: link black-box models, run many under a budget",
                 tracking_issue=6),
     CommandSpec("split", "choose the device/edge DNN cut and compress the tensor across it"),
@@ -37,7 +37,7 @@ COMMANDS: tuple[CommandSpec, ...] = (
     CommandSpec("export", "export Keras / PyTorch models to TFLite / ONNX with parity checks",
                 module="coinfer.converters.cli"),
     CommandSpec("edge", "run the edge gateway daemon", tracking_issue=4),
-    CommandSpec("cloud", "serve models on the cloud tier", tracking_issue=3),
+    CommandSpec("cloud", "serve models on the cloud tier", module="coinfer.cloud.cli"),
     CommandSpec("demo", "run the end-to-end demo on embedded defaults",
                 module="coinfer.sdk.cli.demo"),
 )

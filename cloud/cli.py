@@ -1,0 +1,57 @@
+"""``coinfer cloud``: cloud-tier services.
+
+    coinfer cloud serve stip --artifact out/server [--host 127.0.0.1] [--port 8000]
+
+The bearer token comes from ``COINFER_TOKEN`` or ``--token-file``; without either, a
+fresh one is generated and printed once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import sys
+from pathlib import Path
+
+from coinfer.sdk.errors import CoinferError
+
+TOKEN_ENV = "COINFER_TOKEN"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    serve = sub.add_parser("serve", help="run a cloud service")
+    services = serve.add_subparsers(dest="service", metavar="SERVICE", required=True)
+    stip = services.add_parser("stip", help="the STIP model server")
+    stip.add_argument("--artifact", type=Path, required=True, help="server bundle from coinfer stip publish")
+    stip.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
+    stip.add_argument("--port", type=int, default=8000)
+    stip.add_argument("--token-file", type=Path, help="file holding the bearer token")
+    stip.add_argument("--max-request-mib", type=int, default=64)
+
+
+def resolve_token(token_file: Path | None) -> str:
+    if token_file is not None:
+        if not token_file.is_file():
+            raise CoinferError(f"{token_file}: no such token file")
+        token = token_file.read_text().strip()
+    else:
+        token = os.environ.get(TOKEN_ENV, "")
+    if not token:
+        token = secrets.token_urlsafe(24)
+        print(f"no token given; clients must send: Authorization: Bearer {token}", file=sys.stderr)
+    return token
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from coinfer.cloud.stip.publish import load_cloud_model
+    from coinfer.cloud.stip.server import ServerOptions, StipModelServer, create_app
+
+    model, info = load_cloud_model(args.artifact)
+    options = ServerOptions(max_request_bytes=args.max_request_mib << 20)
+    app = create_app(StipModelServer(model, info, options), resolve_token(args.token_file))
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    return 0

@@ -1,0 +1,110 @@
+"""``coinfer stip``: publish a keyed model, verify equivalence, chat as a data owner.
+
+Examples::
+
+    coinfer stip verify --model ./my-llama --json verify.json
+    coinfer stip publish --model ./my-llama --out ./published --instances 3
+    coinfer cloud serve stip --artifact ./published/server          # on the cloud
+    COINFER_TOKEN=... coinfer stip chat --bundle ./published/user --url http://127.0.0.1:8000
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from coinfer.sdk.cli.registry import EXIT_NOT_IMPLEMENTED
+from coinfer.sdk.errors import CoinferError
+
+TOKEN_ENV = "COINFER_TOKEN"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    publish = sub.add_parser("publish", help="key and transform a model; write server and user bundles")
+    publish.add_argument("--model", type=Path, required=True, help="Hugging Face model directory")
+    publish.add_argument("--out", type=Path, required=True)
+    publish.add_argument("--instances", type=int, default=1, help="independently keyed copies")
+    publish.add_argument("--overwrite", action="store_true")
+
+    verify = sub.add_parser("verify", help="check F'(x pi) pi_c^T == F(x) on random inputs, in process")
+    verify.add_argument("--model", type=Path, required=True, help="Hugging Face model directory")
+    verify.add_argument("--batch", type=int, default=4)
+    verify.add_argument("--tokens", type=int, default=64)
+    verify.add_argument("--seed", type=int, default=0, help="seed of the random token ids")
+    verify.add_argument("--tolerance", type=float, default=1e-4, help="largest acceptable rel_err")
+    verify.add_argument("--json", type=Path, metavar="PATH")
+
+    chat = sub.add_parser("chat", help="generate text through a STIP server as the data owner")
+    chat.add_argument("--bundle", type=Path, required=True, help="the user bundle (OUT/user)")
+    chat.add_argument("--url", default="http://127.0.0.1:8000")
+    chat.add_argument("--prompt", help="one prompt; without it, read prompts from standard input")
+    chat.add_argument("--max-new-tokens", type=int, default=64)
+    chat.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    chat.add_argument("--top-k", type=int, default=0)
+    chat.add_argument("--top-p", type=float, default=1.0)
+    chat.add_argument("--seed", type=int)
+
+    for name in ("audit", "bench"):
+        sub.add_parser(name, help=f"{name} [not implemented yet, issue #3]")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.action in ("audit", "bench"):
+        print(f"coinfer stip {args.action}: not implemented yet (tracked in issue #3).", file=sys.stderr)
+        return EXIT_NOT_IMPLEMENTED
+    return {"publish": _publish, "verify": _verify, "chat": _chat}[args.action](args)
+
+
+def _publish(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from coinfer.cloud.stip.publish import publish
+
+    with Console(stderr=True).status("keying and transforming the model..."):
+        instances = publish(args.model, args.out, instances=args.instances, overwrite=args.overwrite)
+    for instance in instances:
+        print(f"server bundle:  {instance.server}   (give to the model server)")
+        print(f"user bundle:    {instance.user}   (give to registered data owners)")
+        print(f"developer keys: {instance.developer_keys}   (keep; never share)")
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from coinfer.cloud.stip.publish import load_pretrained, output_kind
+    from coinfer.sdk.cli.report import print_metrics
+    from coinfer.sdk.fsutil import atomic_write_json
+    from coinfer.sdk.stip import ModelLayout, compare, generate_keys, transform_model
+
+    model = load_pretrained(args.model)
+    _, size = output_kind(model)
+    keys = generate_keys(ModelLayout.from_config(model.config, size))
+    vocab = model.get_input_embeddings().weight.shape[0]
+    ids = np.random.default_rng(args.seed).integers(0, vocab, size=(args.batch, args.tokens))
+    report = compare(model, transform_model(model, keys), keys.user, ids)
+    found = {**report.to_dict(), "model_type": model.config.model_type,
+             "equivalent": report.equivalent(args.tolerance)}
+    print_metrics(f"STIP equivalence of {args.model}", found)
+    if args.json:
+        atomic_write_json(args.json, found)
+    return 0 if found["equivalent"] else 1
+
+
+def _chat(args: argparse.Namespace) -> int:
+    from coinfer.device.stip import STIPClient
+    from coinfer.sdk.stip.sampling import SamplingOptions
+
+    token = os.environ.get(TOKEN_ENV)
+    if not token:
+        raise CoinferError(f"set {TOKEN_ENV} to the server's bearer token")
+    client = STIPClient.create_from_bundle(args.bundle, args.url, token)
+    sampling = SamplingOptions(args.temperature, args.top_k, args.top_p, args.seed)
+    prompts = [args.prompt] if args.prompt is not None else (line.rstrip("\n") for line in sys.stdin)
+    for prompt in prompts:
+        if prompt:
+            print(client.generate_text(prompt, args.max_new_tokens, sampling), flush=True)
+    return 0

@@ -1,0 +1,99 @@
+"""`coinfer stip` and `coinfer cloud serve stip` as a user runs them: separate processes."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+
+from coinfer.sdk.cli.main import main
+
+TOKEN = "cli-test-token"
+
+
+@pytest.fixture(scope="module")
+def model_with_tokenizer(tmp_path_factory):
+    """A small random LLaMA that speaks MiniLM's real WordPiece vocabulary."""
+    import torch
+    import transformers as tf
+
+    from coinfer.sdk.models import minilm
+
+    torch.manual_seed(1)
+    model = tf.LlamaForCausalLM(tf.LlamaConfig(vocab_size=30522, hidden_size=32, intermediate_size=64,
+                                               num_hidden_layers=2, num_attention_heads=4,
+                                               num_key_value_heads=2, max_position_embeddings=128,
+                                               eos_token_id=None, bos_token_id=None))
+    path = tmp_path_factory.mktemp("tok-llama")
+    model.save_pretrained(path)
+    shutil.copyfile(minilm.model_dir() / "tokenizer.json", path / "tokenizer.json")
+    return model.eval(), path
+
+
+def test_verify_reports_equivalence_and_refuses_unknown_models(model_with_tokenizer, tmp_path, capsys):
+    import transformers as tf
+
+    _, path = model_with_tokenizer
+    assert main(["stip", "verify", "--model", str(path), "--json", str(tmp_path / "v.json")]) == 0
+    report = json.loads((tmp_path / "v.json").read_text())
+    assert report["rel_err"] <= 1e-4 and report["top1_agreement"] == 1.0 and report["positions"] == 256
+    opt = tf.OPTForCausalLM(tf.OPTConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1,
+                                         num_attention_heads=2, ffn_dim=32))
+    opt.save_pretrained(tmp_path / "opt")
+    assert main(["stip", "verify", "--model", str(tmp_path / "opt")]) == 1
+    assert "does not support model_type 'opt'" in capsys.readouterr().err
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_publish_serve_and_chat_as_separate_processes(model_with_tokenizer, tmp_path):
+    import torch
+    from tokenizers import Tokenizer
+
+    model, path = model_with_tokenizer
+    assert main(["stip", "publish", "--model", str(path), "--out", str(tmp_path / "pub")]) == 0
+    port = free_port()
+    env = dict(os.environ, COINFER_TOKEN=TOKEN)
+    serve = [sys.executable, "-m", "coinfer.sdk.cli", "cloud", "serve", "stip",
+             "--artifact", str(tmp_path / "pub" / "server"), "--port", str(port)]
+    server = subprocess.Popen(serve, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/info",
+                                         headers={"Authorization": f"Bearer {TOKEN}"})
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                info = json.loads(urllib.request.urlopen(request, timeout=5).read())
+                break
+            except OSError:
+                assert server.poll() is None, server.stderr.read().decode()
+                assert time.monotonic() < deadline, "server did not come up"
+                time.sleep(0.5)
+        assert info["hidden_size"] == 32 and info["output_kind"] == "logits"
+        chat = subprocess.run([sys.executable, "-m", "coinfer.sdk.cli", "stip", "chat", "--bundle",
+                               str(tmp_path / "pub" / "user"), "--url", f"http://127.0.0.1:{port}",
+                               "--prompt", "secure inference at the edge", "--max-new-tokens", "8"],
+                              env=env, capture_output=True, text=True, timeout=120)
+        assert chat.returncode == 0, chat.stderr
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
+    tokenizer.no_padding()
+    tokens = tokenizer.encode("secure inference at the edge").ids
+    prompt_length = len(tokens)
+    with torch.no_grad():
+        for _ in range(8):
+            tokens.append(int(np.argmax(model(input_ids=torch.tensor([tokens])).logits[0, -1].numpy())))
+    assert chat.stdout.strip() == tokenizer.decode(tokens[prompt_length:]).strip()
