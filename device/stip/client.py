@@ -98,9 +98,10 @@ class STIPClient:
         try:
             step_input = np.asarray([list(prompt_ids)])
             for _ in range(max_new_tokens):
-                logits = self.keys.unpermute_output(self._exchange("POST", path,
-                                                                   {protocol.INPUTS: self.embed(step_input)}))
-                token = sampler(logits[0])
+                permuted = self._exchange("POST", path, {protocol.INPUTS: self.embed(step_input)})
+                # o'[j] = o[pi_c[j]]: choose in permuted space, then map the index; top-k/top-p
+                # and greedy are order-independent, so nothing of size vocab is un-permuted.
+                token = int(self.keys.output[sampler(permuted[0])])
                 generated.append(token)
                 if token in stop_ids:
                     break
