@@ -97,3 +97,15 @@ def test_publish_serve_and_chat_as_separate_processes(model_with_tokenizer, tmp_
         for _ in range(8):
             tokens.append(int(np.argmax(model(input_ids=torch.tensor([tokens])).logits[0, -1].numpy())))
     assert chat.stdout.strip() == tokenizer.decode(tokens[prompt_length:]).strip()
+
+
+@pytest.mark.slow
+def test_quick_bench_writes_the_issue_metrics(tmp_path):
+    assert main(["stip", "bench", "--quick", "--json", str(tmp_path / "b.json")]) == 0
+    found = json.loads((tmp_path / "b.json").read_text())
+    expected = {"rel_err", "top1_agreement", "cloud_throughput_ratio", "device_overhead_ms",
+                "bytes_per_request", "gen_ms_per_token_stip", "gen_ms_per_token_plain", "machine"}
+    assert expected <= set(found)
+    assert found["rel_err"] <= 1e-4 and found["top1_agreement"] == 1.0
+    # One (1, 128) request: 128 x 768 float32 in, 128 x 50257 float32 out, plus frame headers.
+    assert 128 * (768 + 50257) * 4 < found["bytes_per_request"] < 128 * (768 + 50257) * 4 + 1024

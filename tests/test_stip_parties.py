@@ -1,6 +1,7 @@
 """STIP's three parties as separate roles: publish, serve over loopback HTTP, and a device client."""
 
 import http.client
+import json
 import os
 import socket
 import threading
@@ -166,6 +167,13 @@ def test_server_refuses_bad_requests_clearly(server_url):
     connection.close()
     status, body = post(server_url + protocol.SESSIONS_PATH + "/nope/step", good)
     assert status == 404
+    # A STIP server never takes token ids in clear (only a benchmark's plain baseline does).
+    opened = urllib.request.Request(server_url + protocol.SESSIONS_PATH, method="POST",
+                                    headers={"Authorization": f"Bearer {TOKEN}"})
+    session = json.loads(urllib.request.urlopen(opened, timeout=30).read())["session"]
+    ids = wire.encode(wire.Message(wire.MessageType.REQUEST, {}, {protocol.TOKEN_IDS: np.array([[1, 2]])}))
+    status, body = post(f"{server_url}{protocol.SESSIONS_PATH}/{session}/step", ids)
+    assert status == 400 and b"not token ids" in body
 
 
 def test_client_reports_server_errors(published, server_url):

@@ -47,15 +47,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     chat.add_argument("--top-p", type=float, default=1.0)
     chat.add_argument("--seed", type=int)
 
-    for name in ("audit", "bench"):
-        sub.add_parser(name, help=f"{name} [not implemented yet, issue #3]")
+    bench = sub.add_parser("bench", help="STIP vs plain cloud inference, same run")
+    bench.add_argument("--quick", action="store_true", help="small model, under 60 s on 2 cores")
+    bench.add_argument("--json", type=Path, metavar="PATH")
+
+    sub.add_parser("audit", help="audit [not implemented yet, issue #3]")
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.action in ("audit", "bench"):
+    if args.action == "audit":
         print(f"coinfer stip {args.action}: not implemented yet (tracked in issue #3).", file=sys.stderr)
         return EXIT_NOT_IMPLEMENTED
-    return {"publish": _publish, "verify": _verify, "chat": _chat}[args.action](args)
+    return {"publish": _publish, "verify": _verify, "chat": _chat, "bench": _bench}[args.action](args)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from coinfer.cloud.stip.bench import run_bench
+    from coinfer.sdk.cli.demo import machine_description
+    from coinfer.sdk.cli.report import print_metrics
+    from coinfer.sdk.fsutil import atomic_write_json
+
+    with Console(stderr=True).status("benchmarking STIP against plain inference..."):
+        found = run_bench(quick=args.quick)
+    print_metrics("coinfer stip bench", found)
+    if args.json:
+        atomic_write_json(args.json, {**found, "machine": machine_description()})
+    return 0
 
 
 def _publish(args: argparse.Namespace) -> int:

@@ -51,6 +51,9 @@ class ServerOptions:
     max_batch: int = 64
     max_sessions: int = 64
     session_idle_seconds: float = 600.0
+    #: Plain-baseline mode for benchmarks: the server holds a full model and takes token ids
+    #: in clear. Never enable it for a STIP deployment.
+    accept_token_ids: bool = False
 
 
 @dataclass
@@ -97,22 +100,35 @@ class StipModelServer:
             self._sessions[session_id] = _Session()
         return session_id
 
-    def step(self, session_id: str, embeds: np.ndarray) -> np.ndarray:
+    def step(self, session_id: str, embeds: np.ndarray | None,
+             token_ids: np.ndarray | None = None) -> np.ndarray:
         import torch
 
-        self._check_embeddings(embeds, max_batch=1)
+        if token_ids is not None:
+            if not self.options.accept_token_ids:
+                raise RequestError("this server takes permuted embeddings only, not token ids")
+            vocab = self.model.get_input_embeddings().num_embeddings
+            well_formed = (token_ids.ndim == 2 and token_ids.shape[0] == 1 and token_ids.shape[1] >= 1
+                           and token_ids.dtype.kind in "iu")
+            if not well_formed or not 0 <= token_ids.min() <= token_ids.max() < vocab:
+                raise RequestError(f"{protocol.TOKEN_IDS} must be (1, tokens) integers below {vocab}")
+            inputs = {"input_ids": torch.from_numpy(token_ids.astype(np.int64))}
+            count = token_ids.shape[1]
+        else:
+            self._check_embeddings(embeds, max_batch=1)
+            inputs = {"inputs_embeds": torch.from_numpy(np.array(embeds, dtype=np.float32))}
+            count = embeds.shape[1]
         with self._sessions_lock:
             session = self._sessions.get(session_id)
         if session is None:
             raise RequestError(f"no session {session_id!r} (closed or expired)", status=404)
         limit = int(self.info.get("max_positions") or 0)
-        if limit and session.tokens + embeds.shape[1] > limit:
+        if limit and session.tokens + count > limit:
             raise RequestError(f"session would exceed the model's {limit} positions")
         with self._model_lock, torch.no_grad():
-            outputs = self.model(inputs_embeds=torch.from_numpy(np.array(embeds, dtype=np.float32)),
-                                 past_key_values=session.cache, use_cache=True)
+            outputs = self.model(**inputs, past_key_values=session.cache, use_cache=True)
         session.cache = outputs.past_key_values
-        session.tokens += embeds.shape[1]
+        session.tokens += count
         session.last_used = time.monotonic()
         return _primary(outputs)[:, -1, :]
 
@@ -174,7 +190,7 @@ def create_app(server: StipModelServer, token: str) -> FastAPI:
             message = wire.decode(bytes(body), protocol.DEFAULT_LIMITS)
         except wire.WireError as error:
             raise RequestError(f"malformed frame: {error}") from error
-        if protocol.INPUTS not in message.arrays:
+        if protocol.INPUTS not in message.arrays and protocol.TOKEN_IDS not in message.arrays:
             raise RequestError(f"frame has no '{protocol.INPUTS}' array")
         return message
 
@@ -190,6 +206,8 @@ def create_app(server: StipModelServer, token: str) -> FastAPI:
     @app.post(protocol.FORWARD_PATH)
     async def forward(request: Request) -> Response:
         message = await read_frame(request)
+        if protocol.INPUTS not in message.arrays:
+            raise RequestError(f"frame has no '{protocol.INPUTS}' array")
         output = await run_in_threadpool(server.forward, message.arrays[protocol.INPUTS],
                                          message.arrays.get(protocol.MASK))
         return frame_response(output)
@@ -201,7 +219,8 @@ def create_app(server: StipModelServer, token: str) -> FastAPI:
     @app.post(protocol.SESSIONS_PATH + "/{session_id}/step")
     async def step(session_id: str, request: Request) -> Response:
         message = await read_frame(request)
-        output = await run_in_threadpool(server.step, session_id, message.arrays[protocol.INPUTS])
+        output = await run_in_threadpool(server.step, session_id, message.arrays.get(protocol.INPUTS),
+                                         message.arrays.get(protocol.TOKEN_IDS))
         return frame_response(output)
 
     @app.delete(protocol.SESSIONS_PATH + "/{session_id}")

@@ -16,6 +16,7 @@ CONTENT_TYPE = "application/octet-stream"
 #: Array names inside frames.
 INPUTS = "inputs_embeds"      # (batch, tokens, hidden) float32, already permuted by pi
 MASK = "attention_mask"       # (batch, tokens) int64, optional
+TOKEN_IDS = "input_ids"       # (batch, tokens) int64: only a plain baseline server accepts these
 OUTPUT = "output"             # permuted logits (pi_c) or hidden states (pi)
 
 #: Default request bound: 64 MiB covers a 16 x 512 x 2048 float32 batch.

@@ -1,0 +1,172 @@
+"""``coinfer stip bench``: STIP against plain cloud inference, measured in one run.
+
+Model: GPT-2 with random weights (vocab 50,257, hidden 768, 12 heads); 2 layers in quick
+mode, 12 (GPT-2 small) in full mode. Metrics:
+
+- ``rel_err``, ``top1_agreement``: STIP path vs plain model on the same token ids;
+- ``cloud_throughput_ratio``: transformed / plain forward throughput, same batch, same
+  process, interleaved repetitions (medians);
+- ``device_overhead_ms``: what STIP adds on the device per request at n=128 tokens:
+  permuting the (128, 768) embeddings and mapping the chosen next token through pi_c;
+  ``device_full_unpermute_ms`` is un-permuting all (128, 50257) logits, for callers that
+  want every row;
+- ``bytes_per_request``: request + response frames of one (1, 128) forward;
+- ``gen_ms_per_token_stip`` / ``gen_ms_per_token_plain``: greedy decoding through the same
+  server over loopback with its KV cache; STIP sends one permuted embedding row per step,
+  plain sends the token id in clear. Both receive the logits row.
+"""
+
+from __future__ import annotations
+
+import socket
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from coinfer.sdk import wire
+from coinfer.sdk.stip import protocol
+
+VOCAB, HIDDEN, HEADS, TOKENS = 50257, 768, 12, 128
+
+
+def _median_ms(call: Callable[[], Any], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def _gpt2(layers: int) -> Any:
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=VOCAB, n_embd=HIDDEN, n_head=HEADS, n_layer=layers,
+                                     n_positions=1024)
+    return transformers.GPT2LMHeadModel(config).eval()
+
+
+def _serve(model: Any, info: dict[str, Any], accept_token_ids: bool) -> tuple[Any, threading.Thread, str]:
+    import uvicorn
+
+    from coinfer.cloud.stip.server import ServerOptions, StipModelServer, create_app
+
+    server = StipModelServer(model, info, ServerOptions(accept_token_ids=accept_token_ids))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    uv = uvicorn.Server(uvicorn.Config(create_app(server, "bench"), host="127.0.0.1", port=port,
+                                       log_level="warning"))
+    thread = threading.Thread(target=uv.run, daemon=True)
+    thread.start()
+    while not uv.started:
+        time.sleep(0.02)
+    return uv, thread, f"http://127.0.0.1:{port}"
+
+
+def _plain_generate_ms(url: str, prompt: list[int], new_tokens: int) -> float:
+    """Greedy decoding against a plain server: token ids in clear, logits back."""
+    import json
+    import urllib.request
+
+    headers = {"Authorization": "Bearer bench", "Content-Type": protocol.CONTENT_TYPE}
+
+    def call(method: str, path: str, body: bytes | None = None) -> bytes:
+        request = urllib.request.Request(url + path, data=body, method=method, headers=headers)
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.read()
+
+    session = json.loads(call("POST", protocol.SESSIONS_PATH))["session"]
+    step_ids = np.asarray([prompt], dtype=np.int64)
+    start = time.perf_counter()
+    for _ in range(new_tokens):
+        frame = wire.encode(wire.Message(wire.MessageType.REQUEST, {}, {protocol.TOKEN_IDS: step_ids}))
+        reply = wire.decode(call("POST", f"{protocol.SESSIONS_PATH}/{session}/step", frame),
+                            protocol.RESPONSE_LIMITS)
+        step_ids = np.asarray([[int(np.argmax(reply.arrays[protocol.OUTPUT][0]))]], dtype=np.int64)
+    elapsed = (time.perf_counter() - start) * 1e3 / new_tokens
+    call("DELETE", f"{protocol.SESSIONS_PATH}/{session}")
+    return elapsed
+
+
+def run_bench(quick: bool = True) -> dict[str, Any]:
+    import torch
+
+    from coinfer.device.stip import STIPClient
+    from coinfer.sdk.stip import ModelLayout, compare, device_embedding_table, generate_keys, transform_model
+
+    layers, batch, repeats, new_tokens = (2, 2, 5, 24) if quick else (12, 8, 9, 64)
+    model = _gpt2(layers)
+    start = time.perf_counter()
+    keys = generate_keys(ModelLayout.from_config(model.config))
+    cloud = transform_model(model, keys)
+    transform_seconds = time.perf_counter() - start
+    rng = np.random.default_rng(0)
+    report = compare(model, cloud, keys.user, rng.integers(0, VOCAB, size=(4, TOKENS)))
+
+    table = device_embedding_table(model)
+    ids = rng.integers(0, VOCAB, size=(batch, TOKENS))
+    plain_x = torch.from_numpy(table[ids])
+    stip_x = torch.from_numpy(keys.user.permute_input(table[ids]))
+    plain_ms, stip_ms = [], []
+    with torch.no_grad():
+        cloud(inputs_embeds=stip_x)
+        model(inputs_embeds=plain_x)
+        for _ in range(repeats):  # interleaved so drift affects both alike
+            plain_ms.append(_median_ms(lambda: model(inputs_embeds=plain_x), 1))
+            stip_ms.append(_median_ms(lambda: cloud(inputs_embeds=stip_x), 1))
+    plain_median, stip_median = statistics.median(plain_ms), statistics.median(stip_ms)
+
+    embeddings = table[ids[0]]
+    logits = rng.standard_normal((TOKENS, VOCAB)).astype(np.float32)
+    device_ms = _median_ms(lambda: (keys.user.permute_input(embeddings),
+                                    int(keys.user.output[int(np.argmax(logits[-1]))])), 50)
+    full_unpermute_ms = _median_ms(lambda: keys.user.unpermute_output(logits), 10)
+    request = wire.encode(wire.Message(wire.MessageType.REQUEST, {}, {protocol.INPUTS: stip_x[:1].numpy()}))
+    response = wire.encode(wire.Message(wire.MessageType.RESPONSE, {}, {protocol.OUTPUT: logits[None]}),
+                           protocol.RESPONSE_LIMITS)
+
+    info = {"hidden_size": HIDDEN, "output_kind": "logits", "output_size": VOCAB, "max_positions": 1024}
+    prompt = [int(t) for t in rng.integers(0, VOCAB, size=16)]
+    stip_server, stip_thread, stip_url = _serve(cloud, info, accept_token_ids=False)
+    plain_server, plain_thread, plain_url = _serve(model, info, accept_token_ids=True)
+    try:
+        client = STIPClient(table, keys.user, stip_url, "bench", info=info)
+        client.generate(prompt, 2)  # warm-up
+        _plain_generate_ms(plain_url, prompt, 2)
+        begin = time.perf_counter()
+        client.generate(prompt, new_tokens)
+        gen_stip = (time.perf_counter() - begin) * 1e3 / new_tokens
+        gen_plain = _plain_generate_ms(plain_url, prompt, new_tokens)
+    finally:
+        for server, thread in ((stip_server, stip_thread), (plain_server, plain_thread)):
+            server.should_exit = True
+            thread.join(timeout=10)
+
+    return {
+        "mode": "quick" if quick else "full",
+        "model": f"gpt2 random, {layers} layers, hidden {HIDDEN}, vocab {VOCAB}",
+        "rel_err": report.rel_err,
+        "max_abs_err": report.max_abs_err,
+        "top1_agreement": report.top1_agreement,
+        "positions": report.positions,
+        "transform_seconds": transform_seconds,
+        "cloud_ms_plain": plain_median,
+        "cloud_ms_stip": stip_median,
+        "cloud_throughput_ratio": plain_median / stip_median,
+        "cloud_tokens_per_s_stip": batch * TOKENS / (stip_median / 1e3),
+        "device_overhead_ms": device_ms,
+        "device_full_unpermute_ms": full_unpermute_ms,
+        "bytes_per_request": len(request) + len(response),
+        "request_bytes": len(request),
+        "response_bytes": len(response),
+        "gen_ms_per_token_stip": gen_stip,
+        "gen_ms_per_token_plain": gen_plain,
+        "gen_ratio": gen_stip / gen_plain,
+    }
