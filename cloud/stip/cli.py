@@ -15,7 +15,6 @@ import os
 import sys
 from pathlib import Path
 
-from coinfer.sdk.cli.registry import EXIT_NOT_IMPLEMENTED
 from coinfer.sdk.errors import CoinferError
 
 TOKEN_ENV = "COINFER_TOKEN"
@@ -28,6 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     publish.add_argument("--out", type=Path, required=True)
     publish.add_argument("--instances", type=int, default=1, help="independently keyed copies")
     publish.add_argument("--overwrite", action="store_true")
+    publish.add_argument("--gguf", metavar="FILE", help="load this GGUF file inside --model")
 
     verify = sub.add_parser("verify", help="check F'(x pi) pi_c^T == F(x) on random inputs, in process")
     verify.add_argument("--model", type=Path, required=True, help="Hugging Face model directory")
@@ -36,6 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     verify.add_argument("--seed", type=int, default=0, help="seed of the random token ids")
     verify.add_argument("--tolerance", type=float, default=1e-4, help="largest acceptable rel_err")
     verify.add_argument("--json", type=Path, metavar="PATH")
+    verify.add_argument("--gguf", metavar="FILE", help="load this GGUF file inside --model")
 
     chat = sub.add_parser("chat", help="generate text through a STIP server as the data owner")
     chat.add_argument("--bundle", type=Path, required=True, help="the user bundle (OUT/user)")
@@ -51,14 +52,42 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     bench.add_argument("--quick", action="store_true", help="small model, under 60 s on 2 cores")
     bench.add_argument("--json", type=Path, metavar="PATH")
 
-    sub.add_parser("audit", help="audit [not implemented yet, issue #3]")
+    audit = sub.add_parser("audit", help="distance correlation, known-plaintext attack, text without keys")
+    audit.add_argument("--model", type=Path, required=True, help="Hugging Face model directory")
+    audit.add_argument("--gguf", metavar="FILE", help="load this GGUF file inside --model")
+    audit.add_argument("--prompt", default="The weather today is")
+    audit.add_argument("--json", type=Path, metavar="PATH")
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.action == "audit":
-        print(f"coinfer stip {args.action}: not implemented yet (tracked in issue #3).", file=sys.stderr)
-        return EXIT_NOT_IMPLEMENTED
-    return {"publish": _publish, "verify": _verify, "chat": _chat, "bench": _bench}[args.action](args)
+    actions = {"publish": _publish, "verify": _verify, "chat": _chat, "bench": _bench, "audit": _audit}
+    return actions[args.action](args)
+
+
+def _audit(args: argparse.Namespace) -> int:
+    from coinfer.cloud.stip.audit_run import run_audit
+    from coinfer.cloud.stip.publish import load_pretrained, output_kind
+    from coinfer.sdk.cli.report import print_metrics
+    from coinfer.sdk.fsutil import atomic_write_json
+
+    model = load_pretrained(args.model, args.gguf)
+    kind, size = output_kind(model)
+    tokenizer = _tokenizer(args.model, args.gguf) if kind == "logits" else None
+    found = run_audit(model, size, tokenizer, args.prompt)
+    print_metrics(f"STIP audit of {args.model}", found)
+    if args.json:
+        atomic_write_json(args.json, found)
+    return 0
+
+
+def _tokenizer(model_dir: Path, gguf_file: str | None):
+    """The model's tokenizer when the directory has one (text output is skipped otherwise)."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(model_dir, gguf_file=gguf_file, local_files_only=True)
+    except (OSError, ValueError):
+        return None
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -83,7 +112,8 @@ def _publish(args: argparse.Namespace) -> int:
     from coinfer.cloud.stip.publish import publish
 
     with Console(stderr=True).status("keying and transforming the model..."):
-        instances = publish(args.model, args.out, instances=args.instances, overwrite=args.overwrite)
+        instances = publish(args.model, args.out, instances=args.instances, overwrite=args.overwrite,
+                            gguf_file=args.gguf)
     for instance in instances:
         print(f"server bundle:  {instance.server}   (give to the model server)")
         print(f"user bundle:    {instance.user}   (give to registered data owners)")
@@ -99,7 +129,7 @@ def _verify(args: argparse.Namespace) -> int:
     from coinfer.sdk.fsutil import atomic_write_json
     from coinfer.sdk.stip import ModelLayout, compare, generate_keys, transform_model
 
-    model = load_pretrained(args.model)
+    model = load_pretrained(args.model, args.gguf)
     _, size = output_kind(model)
     keys = generate_keys(ModelLayout.from_config(model.config, size))
     vocab = model.get_input_embeddings().weight.shape[0]

@@ -34,19 +34,21 @@ class PublishedInstance:
     developer_keys: Path
 
 
-def load_pretrained(model_dir: str | os.PathLike) -> Any:
-    """Load a local Hugging Face model directory with the class its config names."""
+def load_pretrained(model_dir: str | os.PathLike, gguf_file: str | None = None) -> Any:
+    """Load a local Hugging Face model directory (or a GGUF file in it) with its config's class."""
     import transformers
 
     model_dir = Path(model_dir)
-    if not (model_dir / "config.json").is_file():
+    if gguf_file is None and not (model_dir / "config.json").is_file():
         raise CoinferError(f"{model_dir}: no config.json; expected a Hugging Face model directory")
-    config = transformers.AutoConfig.from_pretrained(model_dir, local_files_only=True)
+    if gguf_file is not None and not (model_dir / gguf_file).is_file():
+        raise CoinferError(f"{model_dir / gguf_file}: no such GGUF file")
+    config = transformers.AutoConfig.from_pretrained(model_dir, gguf_file=gguf_file, local_files_only=True)
     architecture_for(config)  # refuse unsupported model types before loading weights
     names = getattr(config, "architectures", None) or []
     model_class = next((getattr(transformers, name) for name in names if hasattr(transformers, name)),
-                       transformers.AutoModel)
-    return model_class.from_pretrained(model_dir, local_files_only=True).eval()
+                       transformers.AutoModelForCausalLM if gguf_file else transformers.AutoModel)
+    return model_class.from_pretrained(model_dir, gguf_file=gguf_file, local_files_only=True).eval()
 
 
 def output_kind(model: Any) -> tuple[str, int]:
@@ -61,11 +63,11 @@ def output_kind(model: Any) -> tuple[str, int]:
 
 
 def publish(model_dir: str | os.PathLike, out: str | os.PathLike, *, instances: int = 1,
-            overwrite: bool = False) -> list[PublishedInstance]:
+            overwrite: bool = False, gguf_file: str | None = None) -> list[PublishedInstance]:
     """Publish ``instances`` independently keyed copies of the model in ``model_dir``."""
     if instances < 1:
         raise CoinferError(f"instances must be >= 1, got {instances}")
-    model = load_pretrained(model_dir)
+    model = load_pretrained(model_dir, gguf_file)
     out = Path(out)
     roots = [out] if instances == 1 else [out / f"instance-{k}" for k in range(instances)]
     return [_publish_one(model, Path(model_dir), root, overwrite) for root in roots]
