@@ -5,7 +5,7 @@ mode, 12 (GPT-2 small) in full mode. Metrics:
 
 - ``rel_err``, ``top1_agreement``: STIP path vs plain model on the same token ids;
 - ``cloud_throughput_ratio``: transformed / plain forward throughput, same batch, same
-  process, interleaved repetitions (medians);
+  process, best of interleaved repetitions;
 - ``device_overhead_ms``: what STIP adds on the device per request at n=128 tokens:
   permuting the (128, 768) embeddings and mapping the chosen next token through pi_c;
   ``device_full_unpermute_ms`` is un-permuting all (128, 50257) logits, for callers that
@@ -101,7 +101,7 @@ def run_bench(quick: bool = True) -> dict[str, Any]:
     from coinfer.device.stip import STIPClient
     from coinfer.sdk.stip import ModelLayout, compare, device_embedding_table, generate_keys, transform_model
 
-    layers, batch, repeats, new_tokens = (2, 2, 5, 24) if quick else (12, 8, 9, 64)
+    layers, batch, repeats, new_tokens = (2, 2, 15, 24) if quick else (12, 8, 21, 64)
     model = _gpt2(layers)
     start = time.perf_counter()
     keys = generate_keys(ModelLayout.from_config(model.config))
@@ -121,7 +121,9 @@ def run_bench(quick: bool = True) -> dict[str, Any]:
         for _ in range(repeats):  # interleaved so drift affects both alike
             plain_ms.append(_median_ms(lambda: model(inputs_embeds=plain_x), 1))
             stip_ms.append(_median_ms(lambda: cloud(inputs_embeds=stip_x), 1))
-    plain_median, stip_median = statistics.median(plain_ms), statistics.median(stip_ms)
+    # Best of N interleaved runs: the two graphs are the same size, so the fastest run of
+    # each is the fairest estimate of its cost; medians drift with whatever else runs.
+    plain_median, stip_median = min(plain_ms), min(stip_ms)
 
     embeddings = table[ids[0]]
     logits = rng.standard_normal((TOKENS, VOCAB)).astype(np.float32)
@@ -157,8 +159,8 @@ def run_bench(quick: bool = True) -> dict[str, Any]:
         "top1_agreement": report.top1_agreement,
         "positions": report.positions,
         "transform_seconds": transform_seconds,
-        "cloud_ms_plain": plain_median,
-        "cloud_ms_stip": stip_median,
+        "cloud_ms_plain_best": plain_median,
+        "cloud_ms_stip_best": stip_median,
         "cloud_throughput_ratio": plain_median / stip_median,
         "cloud_tokens_per_s_stip": batch * TOKENS / (stip_median / 1e3),
         "device_overhead_ms": device_ms,
