@@ -109,3 +109,13 @@ def test_quick_bench_writes_the_issue_metrics(tmp_path):
     assert found["rel_err"] <= 1e-4 and found["top1_agreement"] == 1.0
     # One (1, 128) request: 128 x 768 float32 in, 128 x 50257 float32 out, plus frame headers.
     assert 128 * (768 + 50257) * 4 < found["bytes_per_request"] < 128 * (768 + 50257) * 4 + 1024
+
+
+def test_publish_refuses_pixel_models_clearly(tmp_path, capsys):
+    import transformers as tf
+
+    tf.ViTModel(tf.ViTConfig(hidden_size=32, intermediate_size=48, num_hidden_layers=1, num_attention_heads=4,
+                             image_size=16, patch_size=8)).save_pretrained(tmp_path / "vit")
+    assert main(["stip", "publish", "--model", str(tmp_path / "vit"), "--out", str(tmp_path / "out")]) == 1
+    assert "publishing vit bundles (pixel inputs) is not supported yet" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

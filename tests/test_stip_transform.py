@@ -40,6 +40,10 @@ def build(kind: str):
     elif kind == "mixtral":
         model = tf.MixtralForCausalLM(tf.MixtralConfig(**small, num_attention_heads=4, num_key_value_heads=2,
                                                        num_local_experts=4, num_experts_per_tok=2))
+    elif kind.startswith("vit"):
+        config = tf.ViTConfig(hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                              num_attention_heads=4, image_size=32, patch_size=8, num_labels=6)
+        model = tf.ViTForImageClassification(config) if kind == "vit-classifier" else tf.ViTModel(config)
     elif kind == "qwen2":
         model = tf.Qwen2ForCausalLM(tf.Qwen2Config(**small, num_attention_heads=4, num_key_value_heads=2))
     else:
@@ -54,12 +58,13 @@ def build(kind: str):
 
 def output_size(model) -> int | None:
     name = type(model).__name__
-    if name.endswith("ForSequenceClassification"):
+    if name.endswith(("ForSequenceClassification", "ForImageClassification")):
         return model.config.num_labels
-    return model.config.hidden_size if name == "BertModel" else None
+    return model.config.hidden_size if name in ("BertModel", "ViTModel") else None
 
 
-ARCHITECTURES = ["gpt2", "bert", "bert-classifier", "llama-gqa", "mistral", "qwen2", "mixtral"]
+ARCHITECTURES = ["gpt2", "bert", "bert-classifier", "llama-gqa", "mistral", "qwen2", "mixtral", "vit",
+                 "vit-classifier"]
 
 
 @pytest.mark.parametrize("kind", ARCHITECTURES)
@@ -68,11 +73,14 @@ def test_transformed_model_is_equivalent(kind):
     keys = generate_keys(ModelLayout.from_config(model.config, output_size(model)), seed=11)
     cloud = transform_model(model, keys)
     rng = np.random.default_rng(0)
-    ids = rng.integers(0, VOCAB, size=(8, 128))
-    mask = np.ones_like(ids)
-    mask[1, 100:] = 0  # padding must not break anything
-    report = compare(model, cloud, keys.user, ids, mask)
-    if kind != "bert-classifier":  # a classifier has one output per sequence
+    if kind.startswith("vit"):
+        report = compare(model, cloud, keys.user, rng.standard_normal((64, 3, 32, 32)).astype(np.float32))
+    else:
+        ids = rng.integers(0, VOCAB, size=(8, 128))
+        mask = np.ones_like(ids)
+        mask[1, 100:] = 0  # padding must not break anything
+        report = compare(model, cloud, keys.user, ids, mask)
+    if not kind.endswith("classifier"):  # a classifier has one output per input
         assert report.positions >= 1000
     assert report.rel_err <= 1e-4, report
     assert report.top1_agreement == 1.0

@@ -20,7 +20,7 @@ from coinfer.sdk.artifact import Artifact, Manifest, load_artifact, save_artifac
 from coinfer.sdk.errors import CoinferError
 from coinfer.sdk.stip import ModelLayout, generate_keys, transform_model
 from coinfer.sdk.stip.architectures import architecture_for
-from coinfer.sdk.stip.transform import remove_input_embedding
+from coinfer.sdk.stip.transform import strip_device_side
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
 USER_KEYS = "user.keys.npz"
@@ -68,6 +68,9 @@ def publish(model_dir: str | os.PathLike, out: str | os.PathLike, *, instances: 
     if instances < 1:
         raise CoinferError(f"instances must be >= 1, got {instances}")
     model = load_pretrained(model_dir, gguf_file)
+    if architecture_for(model.config).device_embed is not None:
+        raise CoinferError(f"publishing {model.config.model_type} bundles (pixel inputs) is not supported "
+                           "yet; transform_model and compare work in process")
     out = Path(out)
     roots = [out] if instances == 1 else [out / f"instance-{k}" for k in range(instances)]
     return [_publish_one(model, Path(model_dir), root, overwrite) for root in roots]
@@ -136,6 +139,6 @@ def load_cloud_model(artifact: Artifact | str | os.PathLike) -> tuple[Any, dict[
     if missing or unexpected:
         raise CoinferError(f"{artifact.path}: weights do not fit {info['model_class']} "
                            f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
-    remove_input_embedding(model, int(info["hidden_size"]))
+    strip_device_side(model)
     return model, info
 

@@ -33,6 +33,7 @@ from fastapi.responses import JSONResponse, Response
 from coinfer.sdk import wire
 from coinfer.sdk.errors import CoinferError
 from coinfer.sdk.stip import protocol
+from coinfer.sdk.stip.transform import cloud_forward
 
 
 class RequestError(CoinferError):
@@ -83,8 +84,8 @@ class StipModelServer:
                                f"got {mask.dtype}{list(mask.shape)}")
         mask_tensor = None if mask is None else torch.from_numpy(mask.astype(np.int64))
         with self._model_lock, torch.no_grad():
-            outputs = self.model(inputs_embeds=torch.from_numpy(np.array(embeds, dtype=np.float32)),
-                                 attention_mask=mask_tensor)
+            outputs = cloud_forward(self.model, torch.from_numpy(np.array(embeds, dtype=np.float32)),
+                                    mask_tensor)
         return _primary(outputs)
 
     def open_session(self) -> str:

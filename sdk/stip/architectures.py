@@ -14,6 +14,7 @@ the transform refuse the model.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +35,11 @@ class Architecture:
     rules: tuple[tuple[str, tuple[Axis, ...]], ...]
     device: tuple[str, ...]
     rotary: bool = False
+    #: For models without an ``inputs_embeds`` entry: the device's embedding of raw inputs
+    #: (numpy) and the cloud's forward from embeddings. ``None`` means token ids, a table
+    #: lookup on the device, and ``model(inputs_embeds=...)`` in the cloud.
+    device_embed: Callable[[Any, Any], Any] | None = None
+    cloud_forward: Callable[..., Any] | None = None
 
     def match(self, name: str) -> tuple[tuple[Axis, ...], int | None] | None:
         """The axis symbols of parameter ``name`` and its layer index, or None if unknown."""
@@ -119,6 +125,28 @@ _MIXTRAL_RULES = (
     (rf"model\.layers\.{_LAYER}\.mlp\.experts\.down_proj", (None, "hidden", "expert_mlp")),
 )
 
+_VIT = r"(?:vit\.)?"
+_VIT_RULES = tuple(
+    _linear(rf"{_VIT}layers\.{_LAYER}\.attention\.q_proj", "q", "hidden")
+    + _linear(rf"{_VIT}layers\.{_LAYER}\.attention\.k_proj", "k", "hidden")
+    + _linear(rf"{_VIT}layers\.{_LAYER}\.attention\.v_proj", "v", "hidden")
+    + _linear(rf"{_VIT}layers\.{_LAYER}\.attention\.o_proj", "hidden", "o")
+    + _norm(rf"{_VIT}layers\.{_LAYER}\.layernorm_(before|after)")
+    + _linear(rf"{_VIT}layers\.{_LAYER}\.mlp\.fc1", "mlp", "hidden")
+    + _linear(rf"{_VIT}layers\.{_LAYER}\.mlp\.fc2", "hidden", "mlp")
+    + _norm(rf"{_VIT}layernorm")
+    + _linear(rf"{_VIT}pooler\.dense", "hidden", "hidden")
+    + _linear(r"classifier", "output", "hidden")
+)
+
+
+def _vit() -> Architecture:
+    from coinfer.sdk.stip import vit
+
+    return Architecture("vit", _VIT_RULES, device=(rf"{_VIT}embeddings\..*",),
+                        device_embed=vit.device_embed, cloud_forward=vit.cloud_forward)
+
+
 ARCHITECTURES: dict[str, Architecture] = {
     "gpt2": Architecture("gpt2", _GPT2_RULES, device=(r"transformer\.wte\.weight",)),
     "bert": Architecture("bert", _BERT_RULES, device=(rf"{_BERT}embeddings\.word_embeddings\.weight",)),
@@ -128,6 +156,7 @@ ARCHITECTURES: dict[str, Architecture] = {
     "qwen2": Architecture("qwen2", _LLAMA_LIKE_RULES, device=(r"model\.embed_tokens\.weight",), rotary=True),
     "mixtral": Architecture("mixtral", _MIXTRAL_RULES, device=(r"model\.embed_tokens\.weight",),
                             rotary=True),
+    "vit": _vit(),
 }
 
 
@@ -161,8 +190,12 @@ def layout_from_config(config: Any, output_size: int | None = None):
     if arch.rotary:
         factor = getattr(config, "partial_rotary_factor", None) or 1.0
         rotary_dim = int(head_dim * factor) // 2 * 2
+    output_size = output_size or getattr(config, "vocab_size", None)
+    if output_size is None:
+        raise UnsupportedModelError(f"a {arch.model_type} model has no vocabulary: pass output_size "
+                                    "(its number of labels, or hidden_size for the bare encoder)")
     return ModelLayout(
         hidden_size=hidden, num_layers=layers, num_heads=heads, num_kv_heads=kv_heads, head_dim=head_dim,
-        intermediate_size=intermediate, output_size=output_size or config.vocab_size, rotary_dim=rotary_dim,
+        intermediate_size=intermediate, output_size=output_size, rotary_dim=rotary_dim,
         num_experts=getattr(config, "num_local_experts", 0) if arch.model_type == "mixtral" else 0,
     )

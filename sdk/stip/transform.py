@@ -37,18 +37,44 @@ def transform_model(model: Any, keys: DeveloperKeys) -> Any:
     with torch.no_grad():
         for param, indices in plan:
             param.data.copy_(_permute(param.data, indices))
-    remove_input_embedding(cloud, keys.layout.hidden_size)
+    strip_device_side(cloud)
     return cloud
 
 
-def remove_input_embedding(model: Any, hidden_size: int) -> None:
-    """Replace the input embedding (the data owner's) by a one-row zero placeholder."""
+def strip_device_side(model: Any) -> None:
+    """Take the data owner's parameters out of a cloud model.
+
+    A token embedding table becomes a one-row zero placeholder; other device-side
+    parameters (ViT's patch embedding) are zeroed, since the cloud forward skips them.
+    """
     import torch
 
-    placeholder = torch.nn.Embedding(1, hidden_size)
+    arch = architecture_for(model.config)
     with torch.no_grad():
-        placeholder.weight.zero_()
-    model.set_input_embeddings(placeholder)
+        if arch.device_embed is None:
+            placeholder = torch.nn.Embedding(1, model.get_input_embeddings().weight.shape[1])
+            placeholder.weight.zero_()
+            model.set_input_embeddings(placeholder)
+            return
+        for name, param in model.named_parameters():
+            if arch.is_device_side(name):
+                param.zero_()
+
+
+def device_embed(model: Any, inputs: np.ndarray) -> np.ndarray:
+    """The data owner's embedding of raw inputs (token ids, or pixels for ViT), before pi."""
+    arch = architecture_for(model.config)
+    if arch.device_embed is not None:
+        return arch.device_embed(model, inputs)
+    return device_embedding_table(model)[inputs]
+
+
+def cloud_forward(model: Any, inputs_embeds: Any, attention_mask: Any = None, **kwargs: Any) -> Any:
+    """Run a (transformed) model from embeddings, whatever its entry point."""
+    arch = architecture_for(model.config)
+    if arch.cloud_forward is not None:
+        return arch.cloud_forward(model, inputs_embeds, attention_mask)
+    return model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs)
 
 
 def _permute(tensor: Any, indices: list[np.ndarray | None]) -> Any:

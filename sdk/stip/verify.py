@@ -7,8 +7,9 @@ from typing import Any
 
 import numpy as np
 
+from coinfer.sdk.stip.architectures import architecture_for
 from coinfer.sdk.stip.keys import UserKeys
-from coinfer.sdk.stip.transform import device_embedding_table
+from coinfer.sdk.stip.transform import cloud_forward, device_embed
 
 
 @dataclass(frozen=True)
@@ -27,22 +28,24 @@ class EquivalenceReport:
         return self.rel_err <= rel_tolerance and self.top1_agreement == 1.0
 
 
-def compare(model: Any, cloud_model: Any, keys: UserKeys, input_ids: np.ndarray,
+def compare(model: Any, cloud_model: Any, keys: UserKeys, inputs: np.ndarray,
             attention_mask: np.ndarray | None = None) -> EquivalenceReport:
-    """Run ``model`` on token ids and the STIP path on the same ids; compare the outputs.
+    """Run ``model`` on raw inputs and the STIP path on the same inputs; compare the outputs.
 
-    The data owner's side uses numpy only: look up embeddings, permute with pi, and
-    un-permute the server's output with pi_c (logits) or pi (hidden states).
+    ``inputs`` are token ids (pixels for ViT). The data owner's side uses numpy only: embed,
+    permute with pi, and un-permute the server's output with pi_c (logits) or pi (hidden).
     """
     import torch
 
-    ids = torch.as_tensor(input_ids)
     mask = None if attention_mask is None else torch.as_tensor(attention_mask)
-    permuted = keys.permute_input(device_embedding_table(model)[input_ids])
+    permuted = keys.permute_input(device_embed(model, inputs))
+    entry = "pixel_values" if architecture_for(model.config).device_embed else "input_ids"
     with torch.no_grad():
-        plain, is_logits = _primary_output(model(input_ids=ids, attention_mask=mask))
-        served = cloud_model(inputs_embeds=torch.from_numpy(permuted), attention_mask=mask)
-        served, _ = _primary_output(served)
+        plain_kwargs = {entry: torch.as_tensor(inputs)}
+        if mask is not None:
+            plain_kwargs["attention_mask"] = mask
+        plain, is_logits = _primary_output(model(**plain_kwargs))
+        served, _ = _primary_output(cloud_forward(cloud_model, torch.from_numpy(permuted), mask))
     recovered = keys.unpermute_output(served) if is_logits else keys.unpermute_hidden(served)
     error = float(np.max(np.abs(recovered.astype(np.float64) - plain)))
     scale = float(np.max(np.abs(plain))) or 1.0
