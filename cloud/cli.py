@@ -1,6 +1,7 @@
 """``coinfer cloud``: cloud-tier services.
 
     coinfer cloud serve stip --artifact out/server [--host 127.0.0.1] [--port 8000]
+    coinfer cloud serve stip --artifact out/server --ray [ADDRESS] --replicas 2
 
 The bearer token comes from ``COINFER_TOKEN`` or ``--token-file``; without either, a
 fresh one is generated and printed once.
@@ -12,6 +13,7 @@ import argparse
 import os
 import secrets
 import sys
+import time
 from pathlib import Path
 
 from coinfer.sdk.errors import CoinferError
@@ -29,6 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     stip.add_argument("--port", type=int, default=8000)
     stip.add_argument("--token-file", type=Path, help="file holding the bearer token")
     stip.add_argument("--max-request-mib", type=int, default=64)
+    stip.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
+                      help="deploy on Ray Serve: alone starts a local Ray, with an address joins a cluster")
+    stip.add_argument("--replicas", type=int, default=1, help="Ray Serve replicas")
 
 
 def resolve_token(token_file: Path | None) -> str:
@@ -50,8 +55,22 @@ def run(args: argparse.Namespace) -> int:
     from coinfer.cloud.stip.publish import load_cloud_model
     from coinfer.cloud.stip.server import ServerOptions, StipModelServer, create_app
 
-    model, info = load_cloud_model(args.artifact)
     options = ServerOptions(max_request_bytes=args.max_request_mib << 20)
-    app = create_app(StipModelServer(model, info, options), resolve_token(args.token_file))
+    token = resolve_token(args.token_file)
+    if args.ray is not None:
+        from coinfer.cloud.stip.ray_serve import deploy
+
+        url = deploy(args.artifact, token, address=args.ray or None, host=args.host, port=args.port,
+                     num_replicas=args.replicas, options=options)
+        print(f"STIP server on Ray Serve at {url}; Ctrl-C stops it", file=sys.stderr)
+        try:
+            while True:
+                time.sleep(3600)
+        finally:
+            from ray import serve
+
+            serve.shutdown()
+    model, info = load_cloud_model(args.artifact)
+    app = create_app(StipModelServer(model, info, options), token)
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
     return 0
