@@ -42,6 +42,7 @@ MODELS = [
     OPENCV,
 ]
 APP = ["kivy>=2.3"]
+BENCH = ["matplotlib>=3.7"]  # plots of the full benchmarks
 TEST = ["pytest>=8", "hypothesis>=6.100", "ruff>=0.5", "build>=1.0"]
 
 
@@ -78,9 +79,10 @@ setup(
         # keep it out of "all" and install it in its own environment.
         "torch-tflite": [TORCH, "litert-torch>=0.5"],
         "ray": ["ray[serve]>=2.9"],
+        "bench": BENCH,
         "app": APP,
         "test": TEST,
-        "all": unique(CLOUD + CONVERT + MODELS + APP),
+        "all": unique(CLOUD + CONVERT + MODELS + APP + BENCH),
     },
     entry_points={"console_scripts": ["coinfer=coinfer.sdk.cli.main:main"]},
     classifiers=[

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -119,3 +120,15 @@ def test_publish_refuses_pixel_models_clearly(tmp_path, capsys):
     assert main(["stip", "publish", "--model", str(tmp_path / "vit"), "--out", str(tmp_path / "out")]) == 1
     assert "publishing vit bundles (pixel inputs) is not supported yet" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_full_bench_sweeps_write_plots(tmp_path):
+    from coinfer.cloud.stip.bench import run_sweeps, write_plots
+
+    sweeps = run_sweeps(layer_counts=(1,), batches=(1, 2), repeats=1, depth_batch=2)
+    assert [row["batch"] for row in sweeps["by_batch"]] == [1, 2]
+    assert [row["layers"] for row in sweeps["by_layers"]] == [1]
+    assert all(row["throughput_ratio"] > 0 for row in sweeps["by_batch"])
+    for path in write_plots(sweeps, tmp_path):
+        assert Path(path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

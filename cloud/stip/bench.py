@@ -42,6 +42,80 @@ def _median_ms(call: Callable[[], Any], repeats: int) -> float:
     return statistics.median(times)
 
 
+def _forward_ms(model: Any, cloud: Any, keys: Any, table: np.ndarray, ids: np.ndarray,
+                repeats: int) -> tuple[float, float]:
+    """Best-of-N forward times (ms) of the plain and the transformed model, interleaved.
+
+    Both graphs have the same size, so the fastest run of each is the fairest estimate of
+    its cost; medians drift with whatever else the machine runs.
+    """
+    import torch
+
+    plain_x = torch.from_numpy(table[ids])
+    stip_x = torch.from_numpy(keys.user.permute_input(table[ids]))
+    plain_ms, stip_ms = [], []
+    with torch.no_grad():
+        cloud(inputs_embeds=stip_x)
+        model(inputs_embeds=plain_x)
+        for _ in range(repeats):  # interleaved so drift affects both alike
+            plain_ms.append(_median_ms(lambda: model(inputs_embeds=plain_x), 1))
+            stip_ms.append(_median_ms(lambda: cloud(inputs_embeds=stip_x), 1))
+    return min(plain_ms), min(stip_ms)
+
+
+def run_sweeps(layer_counts: tuple[int, ...] = (2, 6, 12), batches: tuple[int, ...] = (1, 2, 4, 8),
+               repeats: int = 5, depth_batch: int = 4) -> dict[str, Any]:
+    """Throughput ratio against batch size (deepest model) and against depth (``depth_batch``)."""
+    from coinfer.sdk.stip import ModelLayout, device_embedding_table, generate_keys, transform_model
+
+    rng = np.random.default_rng(1)
+    sweeps: dict[str, Any] = {"by_batch": [], "by_layers": []}
+    for layers in layer_counts:
+        model = _gpt2(layers)
+        keys = generate_keys(ModelLayout.from_config(model.config))
+        cloud = transform_model(model, keys)
+        table = device_embedding_table(model)
+        deepest = layers == max(layer_counts)
+        for batch in sorted({*batches, depth_batch}) if deepest else (depth_batch,):
+            ids = rng.integers(0, VOCAB, (batch, TOKENS))
+            plain, stip = _forward_ms(model, cloud, keys, table, ids, repeats)
+            row = {"layers": layers, "batch": batch, "tokens_per_s_plain": batch * TOKENS / plain * 1e3,
+                   "tokens_per_s_stip": batch * TOKENS / stip * 1e3, "throughput_ratio": plain / stip}
+            if deepest and batch in batches:
+                sweeps["by_batch"].append(row)
+            if batch == depth_batch:
+                sweeps["by_layers"].append(row)
+    return sweeps
+
+
+def write_plots(sweeps: dict[str, Any], directory: Any) -> list[str]:
+    """Two PNGs: tokens/s against batch size and against depth, plain vs STIP."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from pathlib import Path
+
+    import matplotlib.pyplot as plt
+
+    written = []
+    for key, axis, label in (("by_batch", "batch", "batch size"), ("by_layers", "layers", "layers")):
+        rows = sweeps[key]
+        figure, ax = plt.subplots(figsize=(5, 3.5))
+        xs = [row[axis] for row in rows]
+        ax.plot(xs, [row["tokens_per_s_plain"] for row in rows], "o-", label="plain")
+        ax.plot(xs, [row["tokens_per_s_stip"] for row in rows], "s--", label="STIP")
+        ax.set_xlabel(label)
+        ax.set_ylabel("cloud tokens / s")
+        ax.set_title(f"GPT-2 forward throughput by {label}")
+        ax.legend()
+        figure.tight_layout()
+        path = Path(directory) / f"stip_throughput_{key}.png"
+        figure.savefig(path, dpi=110)
+        plt.close(figure)
+        written.append(str(path))
+    return written
+
+
 def _gpt2(layers: int) -> Any:
     import torch
     import transformers
@@ -112,18 +186,8 @@ def run_bench(quick: bool = True) -> dict[str, Any]:
 
     table = device_embedding_table(model)
     ids = rng.integers(0, VOCAB, size=(batch, TOKENS))
-    plain_x = torch.from_numpy(table[ids])
     stip_x = torch.from_numpy(keys.user.permute_input(table[ids]))
-    plain_ms, stip_ms = [], []
-    with torch.no_grad():
-        cloud(inputs_embeds=stip_x)
-        model(inputs_embeds=plain_x)
-        for _ in range(repeats):  # interleaved so drift affects both alike
-            plain_ms.append(_median_ms(lambda: model(inputs_embeds=plain_x), 1))
-            stip_ms.append(_median_ms(lambda: cloud(inputs_embeds=stip_x), 1))
-    # Best of N interleaved runs: the two graphs are the same size, so the fastest run of
-    # each is the fairest estimate of its cost; medians drift with whatever else runs.
-    plain_median, stip_median = min(plain_ms), min(stip_ms)
+    plain_median, stip_median = _forward_ms(model, cloud, keys, table, ids, repeats)
 
     embeddings = table[ids[0]]
     logits = rng.standard_normal((TOKENS, VOCAB)).astype(np.float32)

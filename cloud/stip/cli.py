@@ -93,14 +93,19 @@ def _tokenizer(model_dir: Path, gguf_file: str | None):
 def _bench(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from coinfer.cloud.stip.bench import run_bench
+    from coinfer.cloud.stip.bench import run_bench, run_sweeps, write_plots
     from coinfer.sdk.cli.demo import machine_description
     from coinfer.sdk.cli.report import print_metrics
     from coinfer.sdk.fsutil import atomic_write_json
 
     with Console(stderr=True).status("benchmarking STIP against plain inference..."):
         found = run_bench(quick=args.quick)
+        sweeps = None if args.quick else run_sweeps()
     print_metrics("coinfer stip bench", found)
+    if sweeps is not None:
+        found["sweeps"] = sweeps
+        if args.json:
+            found["plots"] = write_plots(sweeps, args.json.parent)
     if args.json:
         atomic_write_json(args.json, {**found, "machine": machine_description()})
     return 0
