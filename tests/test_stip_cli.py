@@ -112,14 +112,31 @@ def test_quick_bench_writes_the_issue_metrics(tmp_path):
     assert 128 * (768 + 50257) * 4 < found["bytes_per_request"] < 128 * (768 + 50257) * 4 + 1024
 
 
-def test_publish_refuses_pixel_models_clearly(tmp_path, capsys):
+def test_vit_publish_serve_and_classify_images(tmp_path):
+    import torch
     import transformers as tf
 
-    tf.ViTModel(tf.ViTConfig(hidden_size=32, intermediate_size=48, num_hidden_layers=1, num_attention_heads=4,
-                             image_size=16, patch_size=8)).save_pretrained(tmp_path / "vit")
-    assert main(["stip", "publish", "--model", str(tmp_path / "vit"), "--out", str(tmp_path / "out")]) == 1
-    assert "publishing vit bundles (pixel inputs) is not supported yet" in capsys.readouterr().err
-    assert not (tmp_path / "out").exists()
+    from coinfer.cloud.stip.publish import load_cloud_model, publish
+    from coinfer.cloud.stip.server import BackgroundServer, StipModelServer
+    from coinfer.device.stip import STIPClient
+
+    torch.manual_seed(0)
+    config = tf.ViTConfig(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+                          image_size=16, patch_size=8, num_labels=7)
+    model = tf.ViTForImageClassification(config).eval()
+    model.save_pretrained(tmp_path / "vit")
+    (instance,) = publish(tmp_path / "vit", tmp_path / "pub")
+    assert (instance.user / "pixel_embedding.npz").is_file()
+    assert not (instance.user / "embeddings.npy").exists()
+    cloud, info = load_cloud_model(instance.server)
+    images = np.random.default_rng(0).standard_normal((5, 3, 16, 16)).astype(np.float32)
+    with BackgroundServer(StipModelServer(cloud, info), TOKEN) as running:
+        client = STIPClient.create_from_bundle(instance.user, running.url, TOKEN)
+        logits = client.forward(images)
+    with torch.no_grad():
+        plain = model(pixel_values=torch.from_numpy(images)).logits.numpy()
+    assert logits.shape == (5, 7)
+    assert np.max(np.abs(logits - plain)) / np.max(np.abs(plain)) <= 1e-4
 
 
 @pytest.mark.slow

@@ -3,9 +3,6 @@
 import http.client
 import json
 import os
-import socket
-import threading
-import time
 import urllib.error
 import urllib.request
 
@@ -13,7 +10,7 @@ import numpy as np
 import pytest
 
 from coinfer.cloud.stip.publish import load_cloud_model, publish
-from coinfer.cloud.stip.server import ServerOptions, StipModelServer, create_app
+from coinfer.cloud.stip.server import BackgroundServer, ServerOptions, StipModelServer
 from coinfer.device.stip import STIPClient, StipClientError
 from coinfer.sdk import wire
 from coinfer.sdk.stip import DeveloperKeys, UserKeys, protocol
@@ -48,24 +45,10 @@ def published(plain_model, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server_url(published):
-    import uvicorn
-
     model, info = load_cloud_model(published.server)
     server = StipModelServer(model, info, ServerOptions(max_request_bytes=1 << 20, max_sessions=4))
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    uv = uvicorn.Server(uvicorn.Config(create_app(server, TOKEN), host="127.0.0.1", port=port,
-                                       log_level="warning"))
-    thread = threading.Thread(target=uv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not uv.started:
-        assert time.monotonic() < deadline, "server did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    uv.should_exit = True
-    thread.join(timeout=10)
+    with BackgroundServer(server, TOKEN) as running:
+        yield running.url
 
 
 @pytest.fixture

@@ -1,9 +1,5 @@
 """The real SmolLM2-135M through STIP: data owner -> model server over loopback -> data owner."""
 
-import socket
-import threading
-import time
-
 import numpy as np
 import pytest
 
@@ -41,10 +37,8 @@ def plain_greedy(model, prompt_ids):
 
 @pytest.mark.slow
 def test_smollm2_generation_through_stip_over_loopback(smollm2):
-    import uvicorn
-
     from coinfer.cloud.stip.publish import output_kind
-    from coinfer.cloud.stip.server import StipModelServer, create_app
+    from coinfer.cloud.stip.server import BackgroundServer, StipModelServer
     from coinfer.device.stip import STIPClient
 
     model, tokenizer = smollm2
@@ -59,18 +53,8 @@ def test_smollm2_generation_through_stip_over_loopback(smollm2):
 
     info = {"hidden_size": keys.layout.hidden_size, "output_kind": "logits", "output_size": vocab,
             "max_positions": model.config.max_position_embeddings}
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(StipModelServer(cloud, info), "t"), host="127.0.0.1",
-                                           port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        client = STIPClient(device_embedding_table(model), keys.user, url, "t", info=info)
+    with BackgroundServer(StipModelServer(cloud, info), "t") as running:
+        client = STIPClient(device_embedding_table(model), keys.user, running.url, "t", info=info)
         for prompt in PROMPTS:
             prompt_ids = tokenizer(prompt)["input_ids"]
             expected, gaps = plain_greedy(model, prompt_ids)
@@ -78,6 +62,3 @@ def test_smollm2_generation_through_stip_over_loopback(smollm2):
             diverged = next((i for i, (a, b) in enumerate(zip(got, expected, strict=True)) if a != b), None)
             # Exact, unless the plain model itself stood at a float near-tie where they part.
             assert diverged is None or gaps[diverged] < NEAR_TIE, (prompt, diverged, gaps[diverged])
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)

@@ -18,9 +18,7 @@ mode, 12 (GPT-2 small) in full mode. Metrics:
 
 from __future__ import annotations
 
-import socket
 import statistics
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -126,24 +124,6 @@ def _gpt2(layers: int) -> Any:
     return transformers.GPT2LMHeadModel(config).eval()
 
 
-def _serve(model: Any, info: dict[str, Any], accept_token_ids: bool) -> tuple[Any, threading.Thread, str]:
-    import uvicorn
-
-    from coinfer.cloud.stip.server import ServerOptions, StipModelServer, create_app
-
-    server = StipModelServer(model, info, ServerOptions(accept_token_ids=accept_token_ids))
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    uv = uvicorn.Server(uvicorn.Config(create_app(server, "bench"), host="127.0.0.1", port=port,
-                                       log_level="warning"))
-    thread = threading.Thread(target=uv.run, daemon=True)
-    thread.start()
-    while not uv.started:
-        time.sleep(0.02)
-    return uv, thread, f"http://127.0.0.1:{port}"
-
-
 def _plain_generate_ms(url: str, prompt: list[int], new_tokens: int) -> float:
     """Greedy decoding against a plain server: token ids in clear, logits back."""
     import json
@@ -172,6 +152,7 @@ def _plain_generate_ms(url: str, prompt: list[int], new_tokens: int) -> float:
 def run_bench(quick: bool = True) -> dict[str, Any]:
     import torch
 
+    from coinfer.cloud.stip.server import BackgroundServer, ServerOptions, StipModelServer
     from coinfer.device.stip import STIPClient
     from coinfer.sdk.stip import ModelLayout, compare, device_embedding_table, generate_keys, transform_model
 
@@ -200,20 +181,16 @@ def run_bench(quick: bool = True) -> dict[str, Any]:
 
     info = {"hidden_size": HIDDEN, "output_kind": "logits", "output_size": VOCAB, "max_positions": 1024}
     prompt = [int(t) for t in rng.integers(0, VOCAB, size=16)]
-    stip_server, stip_thread, stip_url = _serve(cloud, info, accept_token_ids=False)
-    plain_server, plain_thread, plain_url = _serve(model, info, accept_token_ids=True)
-    try:
-        client = STIPClient(table, keys.user, stip_url, "bench", info=info)
+    with (BackgroundServer(StipModelServer(cloud, info), "bench") as stip_server,
+          BackgroundServer(StipModelServer(model, info, ServerOptions(accept_token_ids=True)),
+                           "bench") as plain_server):
+        client = STIPClient(table, keys.user, stip_server.url, "bench", info=info)
         client.generate(prompt, 2)  # warm-up
-        _plain_generate_ms(plain_url, prompt, 2)
+        _plain_generate_ms(plain_server.url, prompt, 2)
         begin = time.perf_counter()
         client.generate(prompt, new_tokens)
         gen_stip = (time.perf_counter() - begin) * 1e3 / new_tokens
-        gen_plain = _plain_generate_ms(plain_url, prompt, new_tokens)
-    finally:
-        for server, thread in ((stip_server, stip_thread), (plain_server, plain_thread)):
-            server.should_exit = True
-            thread.join(timeout=10)
+        gen_plain = _plain_generate_ms(plain_server.url, prompt, new_tokens)
 
     return {
         "mode": "quick" if quick else "full",

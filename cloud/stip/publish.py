@@ -25,6 +25,7 @@ from coinfer.sdk.stip.transform import strip_device_side
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
 USER_KEYS = "user.keys.npz"
 EMBEDDINGS = "embeddings.npy"
+PIXEL_EMBEDDING = "pixel_embedding.npz"
 
 
 @dataclass(frozen=True)
@@ -68,9 +69,6 @@ def publish(model_dir: str | os.PathLike, out: str | os.PathLike, *, instances: 
     if instances < 1:
         raise CoinferError(f"instances must be >= 1, got {instances}")
     model = load_pretrained(model_dir, gguf_file)
-    if architecture_for(model.config).device_embed is not None:
-        raise CoinferError(f"publishing {model.config.model_type} bundles (pixel inputs) is not supported "
-                           "yet; transform_model and compare work in process")
     out = Path(out)
     roots = [out] if instances == 1 else [out / f"instance-{k}" for k in range(instances)]
     return [_publish_one(model, Path(model_dir), root, overwrite) for root in roots]
@@ -87,6 +85,7 @@ def _publish_one(model: Any, model_dir: Path, root: Path, overwrite: bool) -> Pu
     cloud = transform_model(model, keys)
     arch = architecture_for(model.config)
     info = {
+        "input_kind": "tokens" if arch.device_embed is None else "pixels",
         "model_class": type(model).__name__,
         "model_type": model.config.model_type,
         "output_kind": kind,
@@ -105,9 +104,16 @@ def _publish_one(model: Any, model_dir: Path, root: Path, overwrite: bool) -> Pu
         server = save_artifact(root / "server", Manifest("stip", "cloud-model", metadata=info),
                                {"model.safetensors": scratch / "model.safetensors",
                                 "config.json": scratch / "config.json"}, overwrite=overwrite)
-        np.save(scratch / EMBEDDINGS, device_embedding_table(model))
         keys.user.save(scratch / USER_KEYS)
-        files: dict[str, Any] = {EMBEDDINGS: scratch / EMBEDDINGS, USER_KEYS: scratch / USER_KEYS}
+        files: dict[str, Any] = {USER_KEYS: scratch / USER_KEYS}
+        if arch.device_embed is None:
+            np.save(scratch / EMBEDDINGS, device_embedding_table(model))
+            files[EMBEDDINGS] = scratch / EMBEDDINGS
+        else:
+            from coinfer.sdk.stip.vit import device_parameters
+
+            np.savez(scratch / PIXEL_EMBEDDING, **device_parameters(model))
+            files[PIXEL_EMBEDDING] = scratch / PIXEL_EMBEDDING
         files |= {name: model_dir / name for name in TOKENIZER_FILES if (model_dir / name).is_file()}
         user = save_artifact(root / "user", Manifest("stip", "user-bundle", metadata=info), files,
                              overwrite=overwrite)

@@ -230,3 +230,44 @@ def create_app(server: StipModelServer, token: str) -> FastAPI:
         return {"closed": session_id}
 
     return app
+
+
+class BackgroundServer:
+    """A STIP server on a uvicorn thread (port 0 picks a free one); for notebooks, apps and tests.
+
+    Example::
+
+        with BackgroundServer(StipModelServer(model, info), token) as running:
+            client = STIPClient(..., running.url, token, ...)
+    """
+
+    def __init__(self, server: StipModelServer, token: str, host: str = "127.0.0.1", port: int = 0,
+                 start_timeout: float = 30.0) -> None:
+        import socket
+
+        import uvicorn
+
+        if port == 0:
+            with socket.socket() as probe:
+                probe.bind((host, 0))
+                port = probe.getsockname()[1]
+        self.url = f"http://{host}:{port}"
+        self._uvicorn = uvicorn.Server(uvicorn.Config(create_app(server, token), host=host, port=port,
+                                                      log_level="warning"))
+        self._thread = threading.Thread(target=self._uvicorn.run, daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + start_timeout
+        while not self._uvicorn.started:
+            if time.monotonic() > deadline or not self._thread.is_alive():
+                raise CoinferError(f"the STIP server did not start on {self.url}")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        self._uvicorn.should_exit = True
+        self._thread.join(timeout=10)
+
+    def __enter__(self) -> BackgroundServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -26,9 +26,11 @@ from coinfer.sdk.errors import CoinferError
 from coinfer.sdk.stip import protocol
 from coinfer.sdk.stip.keys import UserKeys
 from coinfer.sdk.stip.sampling import GREEDY, SamplingOptions, TokenSampler
+from coinfer.sdk.stip.vit import embed_pixels
 
 USER_KEYS = "user.keys.npz"
 EMBEDDINGS = "embeddings.npy"
+PIXEL_EMBEDDING = "pixel_embedding.npz"
 
 
 class StipClientError(CoinferError):
@@ -38,14 +40,19 @@ class StipClientError(CoinferError):
 class STIPClient:
     """One data owner talking to one STIP model server."""
 
-    def __init__(self, embeddings: np.ndarray, keys: UserKeys, url: str, token: str, *,
-                 info: dict[str, Any], tokenizer_file: Path | None = None, timeout: float = 120.0) -> None:
-        if embeddings.ndim != 2 or embeddings.shape[1] != keys.hidden.shape[0]:
+    def __init__(self, embeddings: np.ndarray | None, keys: UserKeys, url: str, token: str, *,
+                 info: dict[str, Any], tokenizer_file: Path | None = None, timeout: float = 120.0,
+                 pixel_embedding: dict[str, np.ndarray] | None = None) -> None:
+        if (embeddings is None) == (pixel_embedding is None):
+            raise StipClientError("give either a token embedding table or pixel-embedding parameters")
+        if embeddings is not None and (embeddings.ndim != 2 or embeddings.shape[1] != keys.hidden.shape[0]):
             raise StipClientError(
                 f"embedding table {embeddings.shape} does not fit pi of size {keys.hidden.shape[0]}"
             )
         # Permute the table once: each lookup then yields x pi directly (a plain gather).
-        self._table = np.ascontiguousarray(keys.permute_input(embeddings.astype(np.float32)))
+        self._table = (np.empty((0, keys.hidden.shape[0]), np.float32) if embeddings is None
+                       else np.ascontiguousarray(keys.permute_input(embeddings.astype(np.float32))))
+        self._pixel_embedding = pixel_embedding
         self.keys = keys
         self.url = url.rstrip("/")
         self.info = info
@@ -62,10 +69,16 @@ class STIPClient:
         """Load a verified user bundle written by ``coinfer stip publish``."""
         if not isinstance(bundle, Artifact):
             bundle = load_artifact(bundle, capability="stip", kind="user-bundle")
-        embeddings = np.load(bundle.file(EMBEDDINGS), allow_pickle=False)
-        tokenizer = bundle.path / "tokenizer.json" if "tokenizer.json" in bundle.manifest.files else None
+        files = bundle.manifest.files
+        embeddings = np.load(bundle.file(EMBEDDINGS), allow_pickle=False) if EMBEDDINGS in files else None
+        pixel_embedding = None
+        if PIXEL_EMBEDDING in files:
+            with np.load(bundle.file(PIXEL_EMBEDDING), allow_pickle=False) as data:
+                pixel_embedding = {name: data[name] for name in data.files}
+        tokenizer = bundle.path / "tokenizer.json" if "tokenizer.json" in files else None
         return cls(embeddings, UserKeys.load(bundle.file(USER_KEYS)), url, token,
-                   info=dict(bundle.manifest.metadata), tokenizer_file=tokenizer, timeout=timeout)
+                   info=dict(bundle.manifest.metadata), tokenizer_file=tokenizer, timeout=timeout,
+                   pixel_embedding=pixel_embedding)
 
     def embed(self, token_ids: np.ndarray) -> np.ndarray:
         """Permuted embeddings ``x pi`` of (batch, tokens) ids."""
@@ -74,9 +87,20 @@ class STIPClient:
             raise StipClientError(f"token ids must be integers in [0, {len(self._table)})")
         return self._table[ids]
 
-    def forward(self, token_ids: np.ndarray, attention_mask: np.ndarray | None = None) -> np.ndarray:
-        """The model's plain output for a batch: logits, or hidden states for encoders."""
-        arrays = {protocol.INPUTS: self.embed(np.atleast_2d(token_ids))}
+    def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """Permuted patch embeddings of (batch, channels, H, W) images (ViT bundles)."""
+        if self._pixel_embedding is None:
+            raise StipClientError("this bundle embeds token ids, not pixels")
+        return self.keys.permute_input(embed_pixels(self._pixel_embedding, pixels))
+
+    def forward(self, inputs: np.ndarray, attention_mask: np.ndarray | None = None) -> np.ndarray:
+        """The model's plain output for a batch of token ids (or images for ViT bundles).
+
+        Returns logits, or hidden states for bare encoders.
+        """
+        embedded = self.embed_pixels(inputs) if self._pixel_embedding is not None else self.embed(
+            np.atleast_2d(inputs))
+        arrays = {protocol.INPUTS: embedded}
         if attention_mask is not None:
             arrays[protocol.MASK] = np.atleast_2d(attention_mask).astype(np.int64)
         permuted = self._exchange("POST", protocol.FORWARD_PATH, arrays)
