@@ -8,8 +8,6 @@ the model it receives may drift from the one that was trained.
 from __future__ import annotations
 
 import os
-import statistics
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -118,21 +116,9 @@ def measure_parity(reference: Reference, runner: Runner, samples: list[np.ndarra
         min_cosine=min(cosines) if cosines else 1.0,
         top1_agreement=min(top1) if top1 else None,
         model_bytes=model_bytes,
-        latency_ms=median_latency_ms(lambda: runner.run(first_feeds)),
-        reference_latency_ms=median_latency_ms(lambda: reference(first)),
+        latency_ms=metrics.median_latency_ms(lambda: runner.run(first_feeds)),
+        reference_latency_ms=metrics.median_latency_ms(lambda: reference(first)),
     )
-
-
-def median_latency_ms(call: Callable[[], object], repeats: int = 10, warmup: int = 2) -> float:
-    """Median wall time of ``call`` in milliseconds after a warm-up."""
-    for _ in range(warmup):
-        call()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
 
 
 def write_export(model_file: Path, out: str | os.PathLike, *, reference: Reference, samples: Samples,

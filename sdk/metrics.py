@@ -1,6 +1,10 @@
-"""Agreement metrics between a reference model and a converted or remote copy of it."""
+"""Agreement metrics between a reference model and a converted or remote copy of it, and timing."""
 
 from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
 
 import numpy as np
 
@@ -35,3 +39,15 @@ def _same_shape(reference: np.ndarray, candidate: np.ndarray) -> tuple[np.ndarra
     if reference.shape != candidate.shape:
         raise ValueError(f"shapes differ: reference {reference.shape}, candidate {candidate.shape}")
     return reference, candidate
+
+
+def median_latency_ms(call: Callable[[], object], repeats: int = 10, warmup: int = 2) -> float:
+    """Median wall time of ``call`` in milliseconds after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        call()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)

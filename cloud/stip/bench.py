@@ -18,26 +18,16 @@ mode, 12 (GPT-2 small) in full mode. Metrics:
 
 from __future__ import annotations
 
-import statistics
 import time
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from coinfer.sdk import wire
+from coinfer.sdk.metrics import median_latency_ms
 from coinfer.sdk.stip import protocol
 
 VOCAB, HIDDEN, HEADS, TOKENS = 50257, 768, 12, 128
-
-
-def _median_ms(call: Callable[[], Any], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
 
 
 def _forward_ms(model: Any, cloud: Any, keys: Any, table: np.ndarray, ids: np.ndarray,
@@ -56,8 +46,8 @@ def _forward_ms(model: Any, cloud: Any, keys: Any, table: np.ndarray, ids: np.nd
         cloud(inputs_embeds=stip_x)
         model(inputs_embeds=plain_x)
         for _ in range(repeats):  # interleaved so drift affects both alike
-            plain_ms.append(_median_ms(lambda: model(inputs_embeds=plain_x), 1))
-            stip_ms.append(_median_ms(lambda: cloud(inputs_embeds=stip_x), 1))
+            plain_ms.append(median_latency_ms(lambda: model(inputs_embeds=plain_x), 1, 0))
+            stip_ms.append(median_latency_ms(lambda: cloud(inputs_embeds=stip_x), 1, 0))
     return min(plain_ms), min(stip_ms)
 
 
@@ -172,9 +162,9 @@ def run_bench(quick: bool = True) -> dict[str, Any]:
 
     embeddings = table[ids[0]]
     logits = rng.standard_normal((TOKENS, VOCAB)).astype(np.float32)
-    device_ms = _median_ms(lambda: (keys.user.permute_input(embeddings),
+    device_ms = median_latency_ms(lambda: (keys.user.permute_input(embeddings),
                                     int(keys.user.output[int(np.argmax(logits[-1]))])), 50)
-    full_unpermute_ms = _median_ms(lambda: keys.user.unpermute_output(logits), 10)
+    full_unpermute_ms = median_latency_ms(lambda: keys.user.unpermute_output(logits), 10)
     request = wire.encode(wire.Message(wire.MessageType.REQUEST, {}, {protocol.INPUTS: stip_x[:1].numpy()}))
     response = wire.encode(wire.Message(wire.MessageType.RESPONSE, {}, {protocol.OUTPUT: logits[None]}),
                            protocol.RESPONSE_LIMITS)
