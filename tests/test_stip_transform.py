@@ -199,6 +199,8 @@ def test_real_minilm_sentence_embeddings_through_stip():
     feeds = minilm.tokenize(sentences)
     report = compare(model, cloud, keys.user, feeds["input_ids"], feeds["attention_mask"])
     assert report.rel_err <= 1e-4, report
+    wide = compare(model, cloud, keys.user, np.random.default_rng(0).integers(0, 30522, size=(8, 128)))
+    assert wide.positions >= 1000 and wide.rel_err <= 1e-4 and wide.top1_agreement == 1.0, wide
     # The data owner's whole path: numpy lookup + permute, server forward, un-permute, pool.
     permuted = keys.user.permute_input(device_embedding_table(model)[feeds["input_ids"]])
     with torch.no_grad():
