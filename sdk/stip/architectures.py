@@ -77,13 +77,21 @@ def _norm(prefix: str) -> list[tuple[str, tuple[Axis, ...]]]:
 
 _LAYER = r"(?P<layer>\d+)"
 
+
+def _attention(prefix: str, q: str, k: str, v: str, o: str) -> list[tuple[str, tuple[Axis, ...]]]:
+    """Q/K/V projections (hidden -> heads) and the output projection (heads -> hidden)."""
+    return (_linear(rf"{prefix}\.{q}", "q", "hidden") + _linear(rf"{prefix}\.{k}", "k", "hidden")
+            + _linear(rf"{prefix}\.{v}", "v", "hidden") + _linear(rf"{prefix}\.{o}", "hidden", "o"))
+
+
+def _mlp(up: str, down: str) -> list[tuple[str, tuple[Axis, ...]]]:
+    """The feed-forward pair: ``up`` (hidden -> intermediate) and ``down`` (back)."""
+    return _linear(up, "mlp", "hidden") + _linear(down, "hidden", "mlp")
+
+
 _LLAMA_LIKE_RULES = tuple(
-    _linear(rf"model\.layers\.{_LAYER}\.self_attn\.q_proj", "q", "hidden")
-    + _linear(rf"model\.layers\.{_LAYER}\.self_attn\.k_proj", "k", "hidden")
-    + _linear(rf"model\.layers\.{_LAYER}\.self_attn\.v_proj", "v", "hidden")
-    + _linear(rf"model\.layers\.{_LAYER}\.self_attn\.o_proj", "hidden", "o")
-    + _linear(rf"model\.layers\.{_LAYER}\.mlp\.(gate|up)_proj", "mlp", "hidden")
-    + _linear(rf"model\.layers\.{_LAYER}\.mlp\.down_proj", "hidden", "mlp")
+    _attention(rf"model\.layers\.{_LAYER}\.self_attn", "q_proj", "k_proj", "v_proj", "o_proj")
+    + _mlp(rf"model\.layers\.{_LAYER}\.mlp\.(gate|up)_proj", rf"model\.layers\.{_LAYER}\.mlp\.down_proj")
     + _norm(rf"model\.layers\.{_LAYER}\.(input|post_attention)_layernorm")
     + _norm(r"model\.norm")
     + _linear(r"lm_head", "output", "hidden")
@@ -106,13 +114,11 @@ _BERT = r"(?:bert\.)?"
 _BERT_RULES = tuple(
     _table(rf"{_BERT}embeddings\.(position|token_type)_embeddings\.weight")
     + _norm(rf"{_BERT}embeddings\.LayerNorm")
-    + _linear(rf"{_BERT}encoder\.layer\.{_LAYER}\.attention\.self\.query", "q", "hidden")
-    + _linear(rf"{_BERT}encoder\.layer\.{_LAYER}\.attention\.self\.key", "k", "hidden")
-    + _linear(rf"{_BERT}encoder\.layer\.{_LAYER}\.attention\.self\.value", "v", "hidden")
-    + _linear(rf"{_BERT}encoder\.layer\.{_LAYER}\.attention\.output\.dense", "hidden", "o")
+    + _attention(rf"{_BERT}encoder\.layer\.{_LAYER}\.attention", r"self\.query", r"self\.key",
+                 r"self\.value", r"output\.dense")
     + _norm(rf"{_BERT}encoder\.layer\.{_LAYER}\.attention\.output\.LayerNorm")
-    + _linear(rf"{_BERT}encoder\.layer\.{_LAYER}\.intermediate\.dense", "mlp", "hidden")
-    + _linear(rf"{_BERT}encoder\.layer\.{_LAYER}\.output\.dense", "hidden", "mlp")
+    + _mlp(rf"{_BERT}encoder\.layer\.{_LAYER}\.intermediate\.dense",
+           rf"{_BERT}encoder\.layer\.{_LAYER}\.output\.dense")
     + _norm(rf"{_BERT}encoder\.layer\.{_LAYER}\.output\.LayerNorm")
     + _linear(rf"{_BERT}pooler\.dense", "hidden", "hidden")
     + _linear(r"classifier", "output", "hidden")
@@ -127,13 +133,9 @@ _MIXTRAL_RULES = (
 
 _VIT = r"(?:vit\.)?"
 _VIT_RULES = tuple(
-    _linear(rf"{_VIT}layers\.{_LAYER}\.attention\.q_proj", "q", "hidden")
-    + _linear(rf"{_VIT}layers\.{_LAYER}\.attention\.k_proj", "k", "hidden")
-    + _linear(rf"{_VIT}layers\.{_LAYER}\.attention\.v_proj", "v", "hidden")
-    + _linear(rf"{_VIT}layers\.{_LAYER}\.attention\.o_proj", "hidden", "o")
+    _attention(rf"{_VIT}layers\.{_LAYER}\.attention", "q_proj", "k_proj", "v_proj", "o_proj")
     + _norm(rf"{_VIT}layers\.{_LAYER}\.layernorm_(before|after)")
-    + _linear(rf"{_VIT}layers\.{_LAYER}\.mlp\.fc1", "mlp", "hidden")
-    + _linear(rf"{_VIT}layers\.{_LAYER}\.mlp\.fc2", "hidden", "mlp")
+    + _mlp(rf"{_VIT}layers\.{_LAYER}\.mlp\.fc1", rf"{_VIT}layers\.{_LAYER}\.mlp\.fc2")
     + _norm(rf"{_VIT}layernorm")
     + _linear(rf"{_VIT}pooler\.dense", "hidden", "hidden")
     + _linear(r"classifier", "output", "hidden")
