@@ -59,3 +59,29 @@ def torch_net():
 
     torch.manual_seed(0)
     return torch.nn.Sequential(torch.nn.Linear(6, 12), torch.nn.Tanh(), torch.nn.Linear(12, 3)).eval()
+
+
+def _synthetic_traces(streams: int, rounds: int, seed: int = 0) -> list:
+    """IPPP... streams whose count changes now and then; a change inflates the packet size."""
+    from coinfer.sdk.gate.packet import PacketInfo, PictureInfo, PictureType
+    from coinfer.sdk.gate.replay import StreamTrace
+
+    rng = np.random.default_rng(seed)
+    traces = []
+    for s in range(streams):
+        counts = np.cumsum(rng.random(rounds) < 0.05) % 3
+        changed = np.r_[True, counts[1:] != counts[:-1]]
+        packets = []
+        for t in range(rounds):
+            kind = "I" if t % 10 == 0 else "P"
+            size = (4000 if kind == "I" else 300) + (1500 if changed[t] else 0) + int(rng.integers(0, 50))
+            packets.append(PacketInfo(s, t, size, t, t, kind == "I", PictureInfo(
+                PictureType[kind], reference=True, random_access=kind == "I")))
+        traces.append(StreamTrace(packets, np.arange(rounds), {"count": counts}))
+    return traces
+
+
+@pytest.fixture(scope="session")
+def synthetic_traces():
+    """Factory of hand-made packet streams for the gate's algorithm tests."""
+    return _synthetic_traces

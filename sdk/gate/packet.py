@@ -1,0 +1,63 @@
+"""What gating knows about a compressed packet before anything is decoded."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from coinfer.sdk.errors import CoinferError
+
+
+class BitstreamError(CoinferError, ValueError):
+    """A packet's bytes could not be parsed; the message says which field broke."""
+
+
+class PictureType(enum.IntEnum):
+    """Coding type of the picture a packet carries (as the decoder would report it)."""
+
+    UNKNOWN = 0
+    I = 1  # noqa: E741 - the codec standards' own name
+    P = 2
+    B = 3
+
+
+@dataclass(frozen=True, slots=True)
+class PictureInfo:
+    """Header facts of one packet, read from its first slice / frame header.
+
+    ``reference`` is False only when no later picture can depend on this one (an H.264
+    picture with nal_ref_idc 0, an HEVC sub-layer non-reference NAL, a VP9 frame that
+    refreshes no reference slot), so skipping it can never corrupt another frame.
+    ``random_access`` marks pictures a decoder can start from (IDR/CRA/BLA, VP9 key
+    frames, every picture of an intra-only codec).
+    """
+
+    picture: PictureType
+    reference: bool
+    random_access: bool
+    show: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class PacketInfo:
+    """One demuxed packet of one stream, in decode order, with its parsed header."""
+
+    stream: int
+    index: int
+    size: int
+    pts: int | None
+    dts: int | None
+    keyframe: bool
+    header: PictureInfo
+
+    @property
+    def picture(self) -> PictureType:
+        return self.header.picture
+
+    @property
+    def reference(self) -> bool:
+        return self.header.reference
+
+    @property
+    def random_access(self) -> bool:
+        return self.header.random_access

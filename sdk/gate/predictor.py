@@ -1,0 +1,230 @@
+"""Contextual view: a tiny three-view network predicting whether decoding a packet is necessary.
+
+Views (PacketGame fig. 2.8): the last ``window`` intra-picture sizes, the last ``window``
+predicted-picture sizes (each Conv1D(32, k=1, relu) x2 -> global max pool), and the
+temporal estimate. The two size views are merged into one score (Dense(1, sigmoid)),
+joined with the temporal view, then Dense(128, relu) -> Dense(tasks, sigmoid): one
+necessity probability per downstream task. About 5K multiply-adds per stream.
+
+It is trained with TensorFlow (:func:`train_predictor`) and then frozen; the edge runs it
+with :class:`ContextualPredictor`, a numpy forward batched over every stream that equals
+Keras within 1e-5, and devices run the TFLite export (:meth:`ContextualPredictor.export_tflite`).
+
+Example::
+
+    predictor = train_predictor(dataset, PredictorOptions(tasks=("faces", "cats")))
+    predictor.save("out/predictor")
+    probabilities = ContextualPredictor.load("out/predictor").predict(i_view, p_view, mu)
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from coinfer.sdk.artifact import ArtifactError, Manifest, load_artifact, save_artifact
+from coinfer.sdk.gate.features import CHANNELS
+
+KIND = "contextual-predictor"
+WEIGHTS_FILE = "weights.npz"
+_LAYERS = ("i_conv1", "i_conv2", "p_conv1", "p_conv2", "context", "hidden", "heads")
+
+
+@dataclass(frozen=True)
+class PredictorOptions:
+    """Architecture and training settings (defaults: the paper's)."""
+
+    tasks: tuple[str, ...] = ("necessary",)
+    window: int = 5
+    filters: int = 32
+    hidden: int = 128
+    use_temporal: bool = True
+    epochs: int = 30
+    batch_size: int = 2048
+    learning_rate: float = 1e-3
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.tasks:
+            raise ValueError("at least one task is needed")
+        for name in ("window", "filters", "hidden", "epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass
+class PredictorDataset:
+    """Training rows: the two size views, the temporal estimate, and 0/1 labels per task."""
+
+    i_view: np.ndarray
+    p_view: np.ndarray
+    temporal: np.ndarray
+    labels: np.ndarray
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        rows = self.labels.shape[0]
+        for name in ("i_view", "p_view", "temporal"):
+            if getattr(self, name).shape[0] != rows:
+                raise ValueError(f"{name} has {getattr(self, name).shape[0]} rows, labels have {rows}")
+        shape = self.i_view.shape
+        if len(shape) != 3 or shape[2] != CHANNELS or shape != self.p_view.shape:
+            raise ValueError(f"size views must be (rows, window, {CHANNELS}), got {self.i_view.shape} "
+                             f"and {self.p_view.shape}")
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * x))
+
+
+class ContextualPredictor:
+    """Frozen predictor: numpy weights, forward batched over streams."""
+
+    def __init__(self, weights: dict[str, np.ndarray], options: PredictorOptions,
+                 metrics: dict[str, Any] | None = None) -> None:
+        missing = [f"{layer}.{part}" for layer in _LAYERS for part in ("w", "b")
+                   if f"{layer}.{part}" not in weights]
+        if missing:
+            raise ArtifactError(f"predictor weights lack {', '.join(missing)}")
+        self.options = options
+        self.metrics = dict(metrics or {})
+        self._w = {name: np.asarray(value, dtype=np.float32) for name, value in weights.items()}
+        if self._w["heads.w"].shape[1] != len(options.tasks):
+            raise ArtifactError(f"predictor has {self._w['heads.w'].shape[1]} heads, options name "
+                                f"{len(options.tasks)} tasks")
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        return self.options.tasks
+
+    def predict(self, i_view: np.ndarray, p_view: np.ndarray, temporal: np.ndarray) -> np.ndarray:
+        """Necessity probability per stream and task, shape (streams, tasks)."""
+        w = self._w
+        window = self.options.window
+        for name, view in (("i_view", i_view), ("p_view", p_view)):
+            if view.ndim != 3 or view.shape[1:] != (window, CHANNELS):
+                raise ValueError(f"{name} must be (streams, {window}, {CHANNELS}), got {view.shape}")
+        pooled = []
+        for prefix, view in (("i", i_view), ("p", p_view)):
+            x = np.maximum(view.astype(np.float32) @ w[f"{prefix}_conv1.w"] + w[f"{prefix}_conv1.b"], 0)
+            x = np.maximum(x @ w[f"{prefix}_conv2.w"] + w[f"{prefix}_conv2.b"], 0)
+            pooled.append(x.max(axis=1))
+        context = _sigmoid(np.concatenate(pooled, axis=1) @ w["context.w"] + w["context.b"])
+        mu = np.asarray(temporal, dtype=np.float32).reshape(-1, 1)
+        if not self.options.use_temporal:
+            mu = np.zeros_like(mu)
+        hidden = np.maximum(np.concatenate([context, mu], axis=1) @ w["hidden.w"] + w["hidden.b"], 0)
+        return _sigmoid(hidden @ w["heads.w"] + w["heads.b"])
+
+    def save(self, out: str | os.PathLike, *, overwrite: bool = False) -> Path:
+        buffer = io.BytesIO()
+        np.savez(buffer, **self._w)
+        manifest = Manifest(capability="gate", kind=KIND,
+                            metadata={"options": _options_to_dict(self.options), "metrics": self.metrics})
+        return save_artifact(out, manifest, {WEIGHTS_FILE: buffer.getvalue()}, overwrite=overwrite).path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> ContextualPredictor:
+        artifact = load_artifact(path, capability="gate", kind=KIND)
+        try:
+            options = _options_from_dict(artifact.manifest.metadata["options"])
+        except (KeyError, TypeError, ValueError) as error:
+            raise ArtifactError(f"{artifact.path}: bad predictor options: {error}") from error
+        try:
+            with np.load(artifact.file(WEIGHTS_FILE), allow_pickle=False) as archive:
+                weights = {name: archive[name] for name in archive.files}
+        except (OSError, ValueError) as error:
+            raise ArtifactError(f"{artifact.file(WEIGHTS_FILE)}: unreadable weights: {error}") from error
+        return cls(weights, options, artifact.manifest.metadata.get("metrics"))
+
+    def keras_model(self) -> Any:
+        """The same network as a Keras model carrying these weights (for export and checks)."""
+        model = build_keras_model(self.options)
+        for layer in _LAYERS:
+            kernel = self._w[f"{layer}.w"]
+            if layer.endswith(("conv1", "conv2")):
+                kernel = kernel[np.newaxis]
+            model.get_layer(layer).set_weights([kernel, self._w[f"{layer}.b"]])
+        return model
+
+    def export_tflite(self, out: str | os.PathLike, samples: list[np.ndarray], *,
+                      overwrite: bool = False) -> Any:
+        """Write a float32 TFLite artifact checked against Keras on ``samples``."""
+        from coinfer.converters.export import ExportOptions
+        from coinfer.converters.keras_tflite import keras_to_tflite
+
+        options = ExportOptions(capability="gate", kind="contextual-predictor-tflite",
+                                metadata={"tasks": list(self.tasks), "window": self.options.window},
+                                overwrite=overwrite)
+        return keras_to_tflite(self.keras_model(), out, samples=samples, options=options)
+
+
+def _options_to_dict(options: PredictorOptions) -> dict[str, Any]:
+    data = asdict(options)
+    data["tasks"] = list(options.tasks)
+    return data
+
+
+def _options_from_dict(data: dict[str, Any]) -> PredictorOptions:
+    return PredictorOptions(**{**data, "tasks": tuple(data["tasks"])})
+
+
+def build_keras_model(options: PredictorOptions) -> Any:
+    """The three-view Keras network (untrained)."""
+    from coinfer.converters.frameworks import import_tensorflow
+
+    tf = import_tensorflow()
+    layers = tf.keras.layers
+    i_in = layers.Input((options.window, CHANNELS), name="i_view")
+    p_in = layers.Input((options.window, CHANNELS), name="p_view")
+    t_in = layers.Input((1,), name="temporal")
+    pooled = []
+    for prefix, view in (("i", i_in), ("p", p_in)):
+        x = layers.Conv1D(options.filters, 1, activation="relu", name=f"{prefix}_conv1")(view)
+        x = layers.Conv1D(options.filters, 1, activation="relu", name=f"{prefix}_conv2")(x)
+        pooled.append(layers.GlobalMaxPooling1D()(x))
+    context = layers.Dense(1, activation="sigmoid", name="context")(layers.Concatenate()(pooled))
+    hidden = layers.Dense(options.hidden, activation="relu", name="hidden")(
+        layers.Concatenate()([context, t_in]))
+    heads = layers.Dense(len(options.tasks), activation="sigmoid", name="heads")(hidden)
+    return tf.keras.Model([i_in, p_in, t_in], heads, name="packetgame_predictor")
+
+
+def train_predictor(dataset: PredictorDataset, options: PredictorOptions, *, validation: float = 0.2,
+                    verbose: int = 0) -> ContextualPredictor:
+    """Fit the network on logged packets (BCE, RMSprop) and freeze it into numpy weights."""
+    from coinfer.converters.frameworks import import_tensorflow
+
+    tf = import_tensorflow()
+    if dataset.labels.ndim != 2 or dataset.labels.shape[1] != len(options.tasks):
+        raise ValueError(f"labels must be (rows, {len(options.tasks)}) for tasks {options.tasks}, "
+                         f"got {dataset.labels.shape}")
+    tf.keras.utils.set_random_seed(options.seed)
+    model = build_keras_model(options)
+    model.compile(optimizer=tf.keras.optimizers.RMSprop(options.learning_rate),
+                  loss="binary_crossentropy", metrics=["binary_accuracy"])
+    temporal = dataset.temporal.reshape(-1, 1).astype(np.float32)
+    if not options.use_temporal:
+        temporal = np.zeros_like(temporal)
+    rows = dataset.labels.shape[0]
+    order = np.random.default_rng(options.seed).permutation(rows)
+    cut = int(rows * (1.0 - validation))
+    inputs = [dataset.i_view.astype(np.float32), dataset.p_view.astype(np.float32), temporal]
+    train = [array[order[:cut]] for array in inputs]
+    held = [array[order[cut:]] for array in inputs]
+    labels = dataset.labels.astype(np.float32)
+    history = model.fit(train, labels[order[:cut]], validation_data=(held, labels[order[cut:]]),
+                        epochs=options.epochs, batch_size=options.batch_size, verbose=verbose, shuffle=True)
+    weights = {}
+    for layer in _LAYERS:
+        kernel, bias = model.get_layer(layer).get_weights()
+        weights[f"{layer}.w"] = kernel[0] if kernel.ndim == 3 else kernel
+        weights[f"{layer}.b"] = bias
+    metrics = {name: float(values[-1]) for name, values in history.history.items()}
+    metrics["rows"] = rows
+    return ContextualPredictor(weights, options, metrics)
