@@ -105,10 +105,13 @@ def test_size_windows_normalise_per_class() -> None:
     windows = SizeWindows(2, window=3)
     i_view, p_view = windows.push(np.array([1000, 100]), np.array([1, 2]))
     assert i_view.shape == (2, 3, 2) and p_view.shape == (2, 3, 2)
-    assert i_view[0, -1, 0] == 0.0 and p_view[1, -1, 0] == 0.0
+    assert i_view[0, 0, 0] == 0.0 and p_view[1, 0, 0] == 0.0
     _, p_view = windows.push(np.array([200, 300]), np.array([2, 2]))
-    assert p_view[1, -1, 0] > 0 and p_view[1, -2, 0] == 0.0
-    assert p_view[0, -1, 1] < 0  # a P packet is smaller than the stream's mean size (with its I)
+    assert p_view[1, 1, 0] > 0 and p_view[1, 0, 0] == 0.0       # ring buffer: slot 1 is the newest
+    assert p_view[0, 0, 1] < 0  # a P packet is smaller than the stream's mean size (with its I)
+    for size in (10, 20, 30):
+        windows.push(np.array([size, size]), np.array([2, 2]))
+    assert np.all(p_view[1, :, 0] != 0.0)                        # every slot written, oldest overwritten
 
 
 def brute_force(values: np.ndarray, costs: np.ndarray, budget: float) -> float:
@@ -175,3 +178,25 @@ def test_replay_decode_all_and_oracle_reference_points(synthetic_traces) -> None
     assert oracle.cost_fraction <= 0.5 + 1e-9
     assert all(oracle.accuracy >= other.accuracy for other in others)
     assert oracle.accuracy > 0.9
+
+
+def test_savings_bisection_and_sustained_streams(synthetic_traces) -> None:
+    from coinfer.sdk.gate.evaluation import (
+        decode_all_cost_per_round,
+        run_at_fraction,
+        savings_at_accuracy,
+        sustained_streams,
+    )
+
+    traces = synthetic_traces(16, 80, seed=3)
+    measures = {"count": CountChanged()}
+    oracle = savings_at_accuracy(traces, OraclePolicy, COSTS, measures, resolution=1 / 32)
+    rr = savings_at_accuracy(traces, RoundRobinPolicy, COSTS, measures, resolution=1 / 32)
+    assert oracle.result.accuracy >= 0.9 and rr.result.accuracy >= 0.9
+    assert oracle.savings > rr.savings > 0.0
+    below = run_at_fraction(traces, OraclePolicy, COSTS, oracle.fraction - 1 / 32, measures)
+    assert below.accuracy < 0.9
+    budget = decode_all_cost_per_round(traces[:4], COSTS)
+    served = sustained_streams(traces, OraclePolicy, COSTS, budget, [4, 8, 12, 16], measures)
+    assert served >= 8
+    assert sustained_streams(traces, RandomPolicy, COSTS, 0.0, [4, 8], measures) == 0

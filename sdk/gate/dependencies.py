@@ -11,29 +11,61 @@ This assumes closed GOPs, which surveillance encoders use and ``coinfer data sce
 writes; HEVC open-GOP leading pictures (RASL) after a CRA are dropped by decoders that
 start at that CRA.
 
+The per-round work is a handful of numpy operations over all streams; packet lists are
+only materialised for the streams that are decoded.
+
 Example::
 
     tracker = DependencyTracker(streams=2)
-    costs = tracker.arrive([packet_a, packet_b], own_costs)   # cost of decoding each now
-    plan = tracker.decode(np.array([True, False]))           # packets to hand the decoder
+    batch = PacketBatch.from_packets([packet_a, packet_b])
+    costs = tracker.arrive(batch, own_costs)        # cost of decoding each packet now
+    plans = tracker.decode(np.array([True, False]))  # packets to hand the decoders
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
-from coinfer.sdk.gate.packet import PacketInfo
+from coinfer.sdk.gate.packet import PacketInfo, PictureType
+
+
+@dataclass(frozen=True)
+class PacketBatch:
+    """One round's packets as columns (what the gate needs), plus the packets themselves.
+
+    ``packets[i]`` may be any sequence (even a lazy one) returning stream i's PacketInfo or
+    None; it is only indexed for streams whose packets end up decoded.
+    """
+
+    packets: Sequence[PacketInfo | None]
+    present: np.ndarray
+    sizes: np.ndarray
+    pictures: np.ndarray
+    reference: np.ndarray
+    random_access: np.ndarray
+
+    @classmethod
+    def from_packets(cls, packets: Sequence[PacketInfo | None]) -> PacketBatch:
+        count = len(packets)
+        present = np.fromiter((p is not None for p in packets), dtype=bool, count=count)
+        sizes = np.fromiter((p.size if p is not None else 0 for p in packets), dtype=np.float64, count=count)
+        pictures = np.fromiter((p.header.picture if p is not None else PictureType.UNKNOWN for p in packets),
+                               dtype=np.int64, count=count)
+        reference = np.fromiter((p is not None and p.header.reference for p in packets), dtype=bool,
+                                count=count)
+        random_access = np.fromiter((p is not None and p.header.random_access for p in packets),
+                                    dtype=bool, count=count)
+        return cls(packets, present, sizes, pictures, reference, random_access)
 
 
 @dataclass
-class _Pending:
-    """Reference packets of one stream that arrived since its last decoded packet."""
-
-    packets: list[PacketInfo] = field(default_factory=list)
-    costs: list[float] = field(default_factory=list)
+class _Round:
+    packets: Sequence[PacketInfo | None]
+    own: np.ndarray
+    pending: np.ndarray  # reference packets of this round that were not decoded
 
 
 class DependencyTracker:
@@ -43,39 +75,42 @@ class DependencyTracker:
         if streams < 1:
             raise ValueError(f"streams must be >= 1, got {streams}")
         self.streams = streams
-        self._pending = [_Pending() for _ in range(streams)]
         self._pending_cost = np.zeros(streams)
+        self._pending_from = np.zeros(streams, dtype=np.int64)  # first round that may hold a pending ref
         self._synced = np.zeros(streams, dtype=bool)
-        self._current: list[PacketInfo | None] = [None] * streams
-        self._own = np.zeros(streams)
+        self._history: list[_Round] = []
+        self._first_round = 0  # round number of _history[0]
+        self._round = -1
+        self._decodable = np.zeros(streams, dtype=bool)
 
     @property
     def pending_cost(self) -> np.ndarray:
         """Cost of the undecoded references each stream's next packet would need."""
         return self._pending_cost.copy()
 
-    def arrive(self, packets: Sequence[PacketInfo | None], own_costs: np.ndarray) -> np.ndarray:
-        """Register this round's packets (``None``: nothing arrived) and price decoding each now.
+    def arrive(self, batch: PacketBatch | Sequence[PacketInfo | None], own_costs: np.ndarray) -> np.ndarray:
+        """Register this round's packets and price decoding each now (with its pending references).
 
-        Returns the cost of decoding each stream's new packet together with its undecoded
-        references; ``inf`` where nothing arrived or the stream has not reached a random
-        access point yet.
+        ``inf`` where nothing arrived or the stream has not reached a random access point.
         """
-        if len(packets) != self.streams:
-            raise ValueError(f"expected {self.streams} packets (None for absent), got {len(packets)}")
+        if not isinstance(batch, PacketBatch):
+            batch = PacketBatch.from_packets(batch)
+        if batch.present.shape != (self.streams,):
+            raise ValueError(f"expected {self.streams} packets (None for absent), "
+                             f"got {batch.present.shape[0]}")
         own = np.asarray(own_costs, dtype=np.float64)
         if own.shape != (self.streams,):
             raise ValueError(f"own_costs must have shape ({self.streams},), got {own.shape}")
         self._retire_undecoded()
-        for i, packet in enumerate(packets):
-            self._current[i] = packet
-            if packet is not None and packet.random_access:
-                self._pending[i] = _Pending()
-                self._pending_cost[i] = 0.0
-                self._synced[i] = True
-        self._own = own
-        present = np.array([packet is not None for packet in packets])
-        return np.where(present & self._synced, own + self._pending_cost, np.inf)
+        self._round += 1
+        fresh = batch.random_access
+        self._pending_cost[fresh] = 0.0
+        self._pending_from[fresh] = self._round
+        self._synced |= fresh
+        self._pending_from[~self._synced] = self._round
+        self._decodable = batch.present & self._synced
+        self._history.append(_Round(batch.packets, own, batch.reference & self._decodable))
+        return np.where(self._decodable, own + self._pending_cost, np.inf)
 
     def decode(self, selected: np.ndarray) -> list[list[PacketInfo]]:
         """Mark the selected streams' current packets decoded; return what each decoder must get.
@@ -84,41 +119,60 @@ class DependencyTracker:
         followed by the packet itself; unselected streams get an empty list.
         """
         mask = np.asarray(selected, dtype=bool)
+        bad = mask & ~self._decodable
+        if bad.any():
+            raise ValueError(f"stream {int(np.flatnonzero(bad)[0])} has no decodable packet this round")
         plans: list[list[PacketInfo]] = [[] for _ in range(self.streams)]
+        current = self._history[-1]
         for i in np.flatnonzero(mask):
-            packet = self._current[i]
-            if packet is None or not self._synced[i]:
-                raise ValueError(f"stream {i} has no decodable packet this round")
-            plans[i] = [*self._pending[i].packets, packet]
-            self._pending[i] = _Pending()
-            self._pending_cost[i] = 0.0
-            self._current[i] = None
+            plans[i] = [*self._take_pending(int(i), self._round), current.packets[i]]
+        current.pending &= ~mask
+        self._pending_cost[mask] = 0.0
+        self._pending_from[mask] = self._round + 1
+        self._decodable &= ~mask
         return plans
 
     def prefetch(self, stream: int, budget: float) -> list[PacketInfo]:
-        """Decode the oldest pending references of ``stream`` that fit in ``budget`` seconds.
+        """Decode the oldest pending references of ``stream`` that fit in ``budget``.
 
         Spending a round's leftover budget this way makes the stream's next packet
         cheaper without changing what is decoded.
         """
-        pending = self._pending[stream]
-        spent, count = 0.0, 0
-        for cost in pending.costs:
+        taken: list[PacketInfo] = []
+        spent = 0.0
+        start = int(self._pending_from[stream])
+        for number in range(start, self._round):
+            entry = self._history[number - self._first_round]
+            if not entry.pending[stream]:
+                continue
+            cost = float(entry.own[stream])
             if spent + cost > budget:
+                self._pending_from[stream] = number
                 break
             spent += cost
-            count += 1
-        taken = pending.packets[:count]
-        del pending.packets[:count], pending.costs[:count]
-        self._pending_cost[stream] = float(sum(pending.costs))
+            entry.pending[stream] = False
+            taken.append(entry.packets[stream])
+        else:
+            self._pending_from[stream] = self._round
+        self._pending_cost[stream] = max(self._pending_cost[stream] - spent, 0.0)
+        return taken
+
+    def _take_pending(self, stream: int, end: int) -> list[PacketInfo]:
+        taken = []
+        for number in range(int(self._pending_from[stream]), end):
+            entry = self._history[number - self._first_round]
+            if entry.pending[stream]:
+                entry.pending[stream] = False
+                taken.append(entry.packets[stream])
         return taken
 
     def _retire_undecoded(self) -> None:
-        """Packets of the last round that were skipped: references become pending."""
-        for i, packet in enumerate(self._current):
-            if packet is None or not packet.reference or not self._synced[i]:
-                continue
-            self._pending[i].packets.append(packet)
-            self._pending[i].costs.append(float(self._own[i]))
-            self._pending_cost[i] += self._own[i]
-        self._current = [None] * self.streams
+        """Last round's skipped references become pending; forget rounds nobody needs."""
+        if not self._history:
+            return
+        last = self._history[-1]
+        self._pending_cost += np.where(last.pending, last.own, 0.0)
+        oldest = int(self._pending_from.min())
+        if oldest - self._first_round > 64:
+            del self._history[:oldest - self._first_round]
+            self._first_round = oldest

@@ -32,26 +32,30 @@ class SizeWindows:
         self.streams, self.window, self.smoothing = streams, window, smoothing
         self._views = np.zeros((2, streams, window, CHANNELS), dtype=np.float32)
         self._means = np.zeros((3, streams))  # intra, predicted, all
+        self._slots = np.zeros((2, streams), dtype=np.int64)
 
     def push(self, sizes: np.ndarray, pictures: np.ndarray, present: np.ndarray | None = None
              ) -> tuple[np.ndarray, np.ndarray]:
-        """Add this round's packets and return the (intra, predicted) views, each (streams, window, 2)."""
+        """Add this round's packets and return the (intra, predicted) views, each (streams, window, 2).
+
+        The windows are ring buffers: the network max-pools over them, so slot order does not
+        matter. The returned arrays are the live buffers; copy them to keep a snapshot.
+        """
         sizes = np.maximum(np.asarray(sizes, dtype=np.float64), 1.0)
         pictures = np.asarray(pictures)
         here = np.ones(self.streams, dtype=bool) if present is None else np.asarray(present, dtype=bool)
         intra = here & (pictures == PictureType.I)
-        predicted = here & ~intra
         total = self._update_mean(2, sizes, here)
-        for view, members in ((0, intra), (1, predicted)):
-            mean = self._update_mean(view, sizes, members)
-            if not members.any():
+        for view, members in ((0, intra), (1, here & ~intra)):
+            rows = np.flatnonzero(members)
+            if rows.size == 0:
                 continue
-            rows = self._views[view, members]
-            rows[:, :-1] = rows[:, 1:]
-            rows[:, -1, 0] = np.log(sizes[members] / mean[members])
-            rows[:, -1, 1] = np.log(sizes[members] / total[members])
-            self._views[view, members] = rows
-        return self._views[0].copy(), self._views[1].copy()
+            mean = self._update_mean(view, sizes, members)
+            slots = self._slots[view, rows]
+            self._views[view, rows, slots, 0] = np.log(sizes[rows] / mean[rows])
+            self._views[view, rows, slots, 1] = np.log(sizes[rows] / total[rows])
+            self._slots[view, rows] = (slots + 1) % self.window
+        return self._views[0], self._views[1]
 
     def _update_mean(self, which: int, sizes: np.ndarray, members: np.ndarray) -> np.ndarray:
         mean = self._means[which]

@@ -94,6 +94,12 @@ class ContextualPredictor:
         self.options = options
         self.metrics = dict(metrics or {})
         self._w = {name: np.asarray(value, dtype=np.float32) for name, value in weights.items()}
+        w = self._w
+        self._conv1_w = np.stack([w["i_conv1.w"], w["p_conv1.w"]])
+        self._conv1_b = np.stack([w["i_conv1.b"], w["p_conv1.b"]])[:, np.newaxis]
+        self._conv2_w = np.stack([w["i_conv2.w"], w["p_conv2.w"]])
+        self._conv2_b = np.stack([w["i_conv2.b"], w["p_conv2.b"]])[:, np.newaxis]
+        self._context_w = w["context.w"].reshape(2, -1, 1)
         if self._w["heads.w"].shape[1] != len(options.tasks):
             raise ArtifactError(f"predictor has {self._w['heads.w'].shape[1]} heads, options name "
                                 f"{len(options.tasks)} tasks")
@@ -109,16 +115,26 @@ class ContextualPredictor:
         for name, view in (("i_view", i_view), ("p_view", p_view)):
             if view.ndim != 3 or view.shape[1:] != (window, CHANNELS):
                 raise ValueError(f"{name} must be (streams, {window}, {CHANNELS}), got {view.shape}")
-        pooled = []
-        for prefix, view in (("i", i_view), ("p", p_view)):
-            x = np.maximum(view.astype(np.float32) @ w[f"{prefix}_conv1.w"] + w[f"{prefix}_conv1.b"], 0)
-            x = np.maximum(x @ w[f"{prefix}_conv2.w"] + w[f"{prefix}_conv2.b"], 0)
-            pooled.append(x.max(axis=1))
-        context = _sigmoid(np.concatenate(pooled, axis=1) @ w["context.w"] + w["context.b"])
+        streams = i_view.shape[0]
+        # both views at once, window-major, so the max-pool is a few contiguous elementwise maxima
+        x = np.stack([i_view, p_view]).astype(np.float32, copy=False).transpose(0, 2, 1, 3)
+        x = np.matmul(x.reshape(2, window * streams, CHANNELS), self._conv1_w)
+        x += self._conv1_b
+        np.maximum(x, 0, out=x)
+        x = np.matmul(x, self._conv2_w)
+        x += self._conv2_b
+        np.maximum(x, 0, out=x)
+        slots = x.reshape(2, window, streams, -1)
+        pooled = slots[:, 0].copy()
+        for k in range(1, window):
+            np.maximum(pooled, slots[:, k], out=pooled)
+        context = _sigmoid(np.matmul(pooled, self._context_w).sum(axis=0) + w["context.b"])
         mu = np.asarray(temporal, dtype=np.float32).reshape(-1, 1)
         if not self.options.use_temporal:
             mu = np.zeros_like(mu)
-        hidden = np.maximum(np.concatenate([context, mu], axis=1) @ w["hidden.w"] + w["hidden.b"], 0)
+        hidden = np.concatenate([context, mu], axis=1) @ w["hidden.w"]
+        hidden += w["hidden.b"]
+        np.maximum(hidden, 0, out=hidden)
         return _sigmoid(hidden @ w["heads.w"] + w["heads.b"])
 
     def save(self, out: str | os.PathLike, *, overwrite: bool = False) -> Path:

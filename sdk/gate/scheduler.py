@@ -22,21 +22,33 @@ from dataclasses import dataclass
 import numpy as np
 
 from coinfer.sdk.gate.costs import DecodeCostModel
-from coinfer.sdk.gate.dependencies import DependencyTracker
+from coinfer.sdk.gate.dependencies import DependencyTracker, PacketBatch
 from coinfer.sdk.gate.estimator import SlidingWindowUCB
 from coinfer.sdk.gate.features import SizeWindows
 from coinfer.sdk.gate.optimizer import DecodeBudgetOptimizer
-from coinfer.sdk.gate.packet import PacketInfo, PictureType
+from coinfer.sdk.gate.packet import PacketInfo
 from coinfer.sdk.gate.policies import Policy, RoundContext
 
 
 @dataclass(frozen=True)
 class GateOptions:
-    """Window sizes and whether leftover budget prefetches the next-best packet's references."""
+    """Window sizes, leftover prefetching, and how long unused budget may be banked.
+
+    Decoders work from a short queue, so budget a round leaves unused stays available for
+    up to ``carry_rounds`` rounds (1: strictly per round, as in the paper's formulation),
+    and the bank always reaches the dearest single picture, so a stream can afford an
+    intra picture that costs more than one round's budget.
+    """
 
     size_window: int = 5
     ucb_window: int = 30
     prefetch: bool = True
+    carry_rounds: int = 10
+
+    def __post_init__(self) -> None:
+        for name in ("size_window", "ucb_window", "carry_rounds"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
 
 @dataclass
@@ -75,30 +87,34 @@ class PacketGate:
         self.estimator = SlidingWindowUCB(streams, self.options.ucb_window)
         self.optimizer = DecodeBudgetOptimizer()
         self.rounds = 0
+        self._credit = 0.0
+        self._dearest = float(costs.table.max()) if budget > 0 else 0.0
         self._last_selected = np.zeros(streams, dtype=bool)
 
-    def step(self, packets: Sequence[PacketInfo | None], oracle: np.ndarray | None = None) -> GateDecision:
-        present = np.fromiter((packet is not None for packet in packets), dtype=bool, count=self.streams)
-        pictures = np.fromiter((packet.picture if packet is not None else PictureType.UNKNOWN
-                                for packet in packets), dtype=np.int64, count=self.streams)
-        sizes = np.fromiter((packet.size if packet is not None else 0 for packet in packets),
-                            dtype=np.float64, count=self.streams)
-        costs = self.tracker.arrive(packets, self.cost_model.cost_of(pictures))
-        i_view, p_view = self.windows.push(sizes, pictures, present)
-        context = RoundContext(self.rounds, present, costs, i_view, p_view, self.estimator.estimate(), oracle)
+    def step(self, packets: PacketBatch | Sequence[PacketInfo | None],
+             oracle: np.ndarray | None = None) -> GateDecision:
+        """Decide this round. ``packets``: one PacketInfo (or None) per stream, or a PacketBatch."""
+        batch = packets if isinstance(packets, PacketBatch) else PacketBatch.from_packets(packets)
+        costs = self.tracker.arrive(batch, self.cost_model.table[batch.pictures])
+        i_view, p_view = self.windows.push(batch.sizes, batch.pictures, batch.present)
+        context = RoundContext(self.rounds, batch.present, costs, i_view, p_view, self.estimator.estimate(),
+                               oracle)
         values = self.policy.values(context)
         if self.policy.decode_all:
             selected = np.isfinite(costs)
             spent = float(costs[selected].sum())
             plans = self.tracker.decode(selected)
         else:
-            choice = self.optimizer.select(values, costs, self.budget)
+            cap = max(self.budget * self.options.carry_rounds, self._dearest)
+            available = min(self._credit + self.budget, cap)
+            choice = self.optimizer.select(values, costs, available)
             selected, spent = choice.selected, choice.spent
             plans = self.tracker.decode(selected)
             if self.options.prefetch and choice.next_best is not None and choice.leftover > 0:
                 extra = self.tracker.prefetch(choice.next_best, choice.leftover)
                 plans[choice.next_best] = extra
                 spent += float(self.cost_model.cost_of([packet.picture for packet in extra]).sum())
+            self._credit = max(available - spent, 0.0)
         self.rounds += 1
         self._last_selected = selected
         return GateDecision(selected, plans, costs, spent, context)

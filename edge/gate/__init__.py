@@ -1,0 +1,1 @@
+"""PacketGame on the edge: many concurrent streams, gated decoding in worker processes."""

@@ -1,0 +1,103 @@
+"""Decode-all passes over recorded streams: the traces the gate is replayed and trained on.
+
+One pass per camera gives everything the offline evaluation needs at once: the parsed
+packets (what the gate sees), the decoder's own picture type of every frame (to score the
+parser), the measured decode time of every packet (to calibrate the cost model) and the
+detector results the scene generator recorded on the decoded frames.
+
+Example::
+
+    scenes = SceneSet.load("data/campus")
+    cameras = [load_camera(camera, tasks=("faces",)) for camera in scenes.cameras]
+    costs = cost_model_of(cameras)
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from coinfer.device.gate.source import PacketSource, StreamParameters
+from coinfer.sdk.gate.costs import DecodeCostModel
+from coinfer.sdk.gate.packet import PictureType
+from coinfer.sdk.gate.replay import StreamTrace
+
+
+@dataclass
+class CameraTrace:
+    """A camera's packets and decode-all results, plus what decoding them cost."""
+
+    name: str
+    trace: StreamTrace
+    parameters: StreamParameters
+    decode_seconds: np.ndarray
+    decoded_pictures: np.ndarray
+    parse_errors: int
+    data: list[bytes] = field(default_factory=list, repr=False)
+
+    @property
+    def parsed_pictures(self) -> np.ndarray:
+        return np.array([int(packet.picture) for packet in self.trace.packets])
+
+
+def load_camera(camera: Any, tasks: Sequence[str], *, keep_data: bool = False,
+                results: dict[str, Sequence[Any]] | None = None) -> CameraTrace:
+    """Demux and decode one generated camera; ``results`` overrides its recorded detections."""
+    import av
+
+    packets, data = [], []
+    with PacketSource.open(str(camera.video_path)) as source:
+        parameters = source.parameters
+        for item in source:
+            packets.append(item.info)
+            data.append(item.data)
+        parse_errors = source.parse_errors
+    decoder = parameters.create_decoder()
+    seconds = np.zeros(len(packets))
+    decoded_by_pts: dict[int, int] = {}
+    for k, (info, payload) in enumerate(zip(packets, data, strict=True)):
+        packet = av.Packet(payload)
+        packet.pts, packet.dts = info.pts, info.dts
+        start = time.perf_counter()
+        frames = decoder.decode(packet)
+        seconds[k] = time.perf_counter() - start
+        for frame in frames:
+            decoded_by_pts[int(frame.pts)] = PictureType.from_ffmpeg(frame.pict_type)
+    for frame in decoder.decode(None):
+        decoded_by_pts[int(frame.pts)] = PictureType.from_ffmpeg(frame.pict_type)
+    pts = np.array([info.pts for info in packets], dtype=np.int64)
+    decoded = np.array([decoded_by_pts.get(int(value), PictureType.UNKNOWN) for value in pts])
+    frames_of = np.searchsorted(np.sort(pts), pts)  # display index, whatever the container's offset
+    if results is None:
+        results = {task: camera.boxes(task) for task in tasks}
+    trace = StreamTrace(packets, frames_of, results)
+    return CameraTrace(camera.id, trace, parameters, seconds, decoded, parse_errors,
+                       data if keep_data else [])
+
+
+def load_cameras(cameras: Sequence[Any], tasks: Sequence[str], *, progress: bool = True) -> list[CameraTrace]:
+    """:func:`load_camera` over many cameras, with a progress bar."""
+    from tqdm import tqdm
+
+    return [load_camera(camera, tasks) for camera in tqdm(cameras, desc="decode-all", unit="camera",
+                                                          disable=not progress)]
+
+
+def cost_model_of(cameras: Sequence[CameraTrace]) -> DecodeCostModel:
+    """Price picture types by the decode times measured in these passes."""
+    pictures = np.concatenate([camera.parsed_pictures for camera in cameras])
+    seconds = np.concatenate([camera.decode_seconds for camera in cameras])
+    first = cameras[0].parameters
+    return DecodeCostModel.from_timings(pictures, seconds, codec=first.codec, width=first.width,
+                                        height=first.height)
+
+
+def parser_accuracy(cameras: Sequence[CameraTrace]) -> float:
+    """Fraction of packets whose parsed picture type equals the decoder's."""
+    parsed = np.concatenate([camera.parsed_pictures for camera in cameras])
+    decoded = np.concatenate([camera.decoded_pictures for camera in cameras])
+    return float(np.mean(parsed == decoded)) if parsed.size else 0.0
