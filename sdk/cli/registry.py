@@ -25,7 +25,7 @@ class CommandSpec:
 
 
 COMMANDS: tuple[CommandSpec, ...] = (
-    CommandSpec("gate", "PacketGame: gate video packets before decoding", tracking_issue=4),
+    CommandSpec("gate", "PacketGame: gate video packets before decoding", module="coinfer.edge.gate.cli"),
     CommandSpec("infi", "InFi: learnable skip/reuse input filters", tracking_issue=5),
     CommandSpec("stip", "STIP: three-party secure transformer inference", module="coinfer.cloud.stip.cli"),
     CommandSpec("mlink", "MLink: link black-box models, run many under a budget",

@@ -96,10 +96,15 @@ def calibrate_decode_costs(codec: str, width: int, height: int, *, frames: int =
     elif codec == "hevc":
         encoder.options = {"x265-params": f"keyint={gop}:min-keyint={gop}:bframes={bframes}:log-level=error"}
     rng = np.random.default_rng(seed)
-    base = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    rows, cols = np.mgrid[0:height, 0:width].astype(np.float32)
+    # smooth shading with texture and mild sensor noise, like a static camera view
+    scene = 128 + 50 * np.sin(cols / 23.0) * np.cos(rows / 17.0) + 30 * np.sin((cols + rows) / 5.0)
     packets = []
     for index in range(frames):
-        image = np.roll(base, shift=2 * index, axis=1)
+        image = scene + rng.normal(0.0, 2.0, scene.shape)
+        top, left = (7 * index) % max(height - height // 4, 1), (11 * index) % max(width - width // 4, 1)
+        image[top:top + height // 4, left:left + width // 4] = 230.0  # a moving object
+        image = np.repeat(np.clip(image, 0, 255).astype(np.uint8)[..., np.newaxis], 3, axis=2)
         frame = av.VideoFrame.from_ndarray(image, format="rgb24").reformat(format=encoder.pix_fmt)
         frame.pts = index
         packets.extend(encoder.encode(frame))

@@ -25,7 +25,7 @@ from coinfer.sdk.gate.costs import DecodeCostModel
 from coinfer.sdk.gate.dependencies import DependencyTracker, PacketBatch
 from coinfer.sdk.gate.estimator import SlidingWindowUCB
 from coinfer.sdk.gate.features import SizeWindows
-from coinfer.sdk.gate.optimizer import DecodeBudgetOptimizer
+from coinfer.sdk.gate.optimizer import DecodeBudgetOptimizer, Selection
 from coinfer.sdk.gate.packet import PacketInfo
 from coinfer.sdk.gate.policies import Policy, RoundContext
 
@@ -88,7 +88,7 @@ class PacketGate:
         self.optimizer = DecodeBudgetOptimizer()
         self.rounds = 0
         self._credit = 0.0
-        self._dearest = float(costs.table.max()) if budget > 0 else 0.0
+        self._dearest = float(costs.table.max())
         self._last_selected = np.zeros(streams, dtype=bool)
 
     def step(self, packets: PacketBatch | Sequence[PacketInfo | None],
@@ -110,14 +110,28 @@ class PacketGate:
             choice = self.optimizer.select(values, costs, available)
             selected, spent = choice.selected, choice.spent
             plans = self.tracker.decode(selected)
-            if self.options.prefetch and choice.next_best is not None and choice.leftover > 0:
-                extra = self.tracker.prefetch(choice.next_best, choice.leftover)
+            spare = self._prefetch_allowance(choice, costs, cap)
+            if spare > 0:
+                extra = self.tracker.prefetch(choice.next_best, spare)
                 plans[choice.next_best] = extra
                 spent += float(self.cost_model.cost_of([packet.picture for packet in extra]).sum())
             self._credit = max(available - spent, 0.0)
         self.rounds += 1
         self._last_selected = selected
         return GateDecision(selected, plans, costs, spent, context)
+
+    def _prefetch_allowance(self, choice: Selection, costs: np.ndarray, cap: float) -> float:
+        """Leftover worth spending on the next-best packet's references now.
+
+        All of it when that packet costs more than the bank can ever hold (it would never be
+        affordable otherwise); else only what would overflow the bank next round, so a
+        tight budget still saves up for whole packets instead of prefetching forever.
+        """
+        if not self.options.prefetch or choice.next_best is None or choice.leftover <= 0:
+            return 0.0
+        if costs[choice.next_best] > cap:
+            return choice.leftover
+        return max(choice.leftover + self.budget - cap, 0.0)
 
     def feedback(self, necessary: np.ndarray) -> None:
         """Tell the gate which inferred packets were necessary (values at other streams are ignored)."""
