@@ -10,15 +10,13 @@ fresh one is generated and printed once.
 from __future__ import annotations
 
 import argparse
-import os
-import secrets
 import sys
 import time
 from pathlib import Path
 
-from coinfer.sdk.errors import CoinferError
+from coinfer.sdk.service import TOKEN_ENV, resolve_token
 
-TOKEN_ENV = "COINFER_TOKEN"
+__all__ = ["TOKEN_ENV", "add_arguments", "resolve_token", "run"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,19 +32,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     stip.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
                       help="deploy on Ray Serve: alone starts a local Ray, with an address joins a cluster")
     stip.add_argument("--replicas", type=int, default=1, help="Ray Serve replicas")
-
-
-def resolve_token(token_file: Path | None) -> str:
-    if token_file is not None:
-        if not token_file.is_file():
-            raise CoinferError(f"{token_file}: no such token file")
-        token = token_file.read_text().strip()
-    else:
-        token = os.environ.get(TOKEN_ENV, "")
-    if not token:
-        token = secrets.token_urlsafe(24)
-        print(f"no token given; clients must send: Authorization: Bearer {token}", file=sys.stderr)
-    return token
 
 
 def run(args: argparse.Namespace) -> int:

@@ -104,7 +104,7 @@ def test_ucb_prefers_unseen_and_necessary_streams_and_forgets() -> None:
 def test_size_windows_normalise_per_class() -> None:
     windows = SizeWindows(2, window=3)
     i_view, p_view = windows.push(np.array([1000, 100]), np.array([1, 2]))
-    assert i_view.shape == (2, 3, 2) and p_view.shape == (2, 3, 2)
+    assert i_view.shape == (2, 3, 4) and p_view.shape == (2, 3, 4)
     assert i_view[0, 0, 0] == 0.0 and p_view[1, 0, 0] == 0.0
     _, p_view = windows.push(np.array([200, 300]), np.array([2, 2]))
     assert p_view[1, 1, 0] > 0 and p_view[1, 0, 0] == 0.0       # ring buffer: slot 1 is the newest
@@ -112,6 +112,14 @@ def test_size_windows_normalise_per_class() -> None:
     for size in (10, 20, 30):
         windows.push(np.array([size, size]), np.array([2, 2]))
     assert np.all(p_view[1, :, 0] != 0.0)                        # every slot written, oldest overwritten
+    assert p_view[1, 1, 3] == pytest.approx(np.log1p(5) / 4)     # newest slot: 5 rounds undecoded
+    windows.mark_decoded(np.array([False, True]))
+    windows.push(np.array([900, 900]), np.array([2, 2]))
+    assert p_view[1, 2, 3] == pytest.approx(np.log1p(1) / 4)     # the count restarts at a decode
+    assert p_view[0, 1, 3] == pytest.approx(np.log1p(6) / 4)
+    windows.mark_decoded(np.array([True, True]))
+    windows.push(np.array([5000, 40]), np.array([2, 2]))
+    assert p_view[0, 2, 2] > 0 > p_view[1, 0, 2]                 # activity up / down since then
 
 
 def brute_force(values: np.ndarray, costs: np.ndarray, budget: float) -> float:

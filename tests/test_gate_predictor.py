@@ -29,7 +29,7 @@ def trained(synthetic_traces) -> tuple[ContextualPredictor, object]:
 
 def test_training_rows_label_necessity(trained) -> None:
     _, rows = trained
-    assert rows.i_view.shape[1:] == (5, 2) and rows.labels.shape[1] == 1
+    assert rows.i_view.shape[1:] == (5, 4) and rows.labels.shape[1] == 1
     assert 0.02 < rows.labels.mean() < 0.6
 
 

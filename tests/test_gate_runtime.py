@@ -206,20 +206,10 @@ def test_gated_decoding_is_exact_under_other_policies(clips, policy):
 
 def _random_predictor(path: Path) -> Path:
     """A small contextual predictor with random weights (wiring, not accuracy)."""
-    from coinfer.sdk.gate.features import CHANNELS
     from coinfer.sdk.gate.predictor import ContextualPredictor, PredictorOptions
 
     options = PredictorOptions(tasks=("brightness",), filters=4, hidden=8)
-    rng = np.random.default_rng(0)
-    filters, hidden = options.filters, options.hidden
-    shapes = {"i_conv1": (CHANNELS, filters), "p_conv1": (CHANNELS, filters), "i_conv2": (filters, filters),
-              "p_conv2": (filters, filters), "context": (2 * filters, 1), "hidden": (2, hidden),
-              "heads": (hidden, 1)}
-    weights = {}
-    for layer, shape in shapes.items():
-        weights[f"{layer}.w"] = rng.normal(size=shape).astype(np.float32)
-        weights[f"{layer}.b"] = np.zeros(shape[1], dtype=np.float32)
-    return ContextualPredictor(weights, options).save(path)
+    return ContextualPredictor.untrained(options).save(path)
 
 
 def test_packetgame_policy_runs_a_saved_predictor(clips, tmp_path):

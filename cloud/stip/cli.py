@@ -16,8 +16,7 @@ import sys
 from pathlib import Path
 
 from coinfer.sdk.errors import CoinferError
-
-TOKEN_ENV = "COINFER_TOKEN"
+from coinfer.sdk.service import TOKEN_ENV
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -18,7 +18,6 @@ Example::
 
 from __future__ import annotations
 
-import hmac
 import secrets
 import threading
 import time
@@ -32,16 +31,13 @@ from fastapi.responses import JSONResponse, Response
 
 from coinfer.sdk import wire
 from coinfer.sdk.errors import CoinferError
+from coinfer.sdk.service import ServiceError, ThreadedServer, bearer_matches, read_limited_body
 from coinfer.sdk.stip import protocol
 from coinfer.sdk.stip.transform import cloud_forward
 
 
-class RequestError(CoinferError):
+class RequestError(ServiceError):
     """A request the server refuses; ``status`` is the HTTP status to answer with."""
-
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 @dataclass(frozen=True)
@@ -164,11 +160,9 @@ def create_app(server: StipModelServer, token: str) -> FastAPI:
     """The FastAPI application serving ``server``; every route checks the bearer token."""
     if not token:
         raise CoinferError("the STIP server needs a non-empty token")
-    expected = f"Bearer {token}".encode()
 
     def authorize(request: Request) -> None:
-        given = request.headers.get("authorization", "").encode()
-        if not hmac.compare_digest(given, expected):
+        if not bearer_matches(request.headers.get("authorization", ""), token):
             raise RequestError("missing or wrong bearer token", status=401)
 
     app = FastAPI(title="coinfer STIP model server", dependencies=[Depends(authorize)])
@@ -178,17 +172,9 @@ def create_app(server: StipModelServer, token: str) -> FastAPI:
         return JSONResponse({"detail": str(error)}, status_code=error.status)
 
     async def read_frame(request: Request) -> wire.Message:
-        declared = request.headers.get("content-length")
-        limit = server.options.max_request_bytes
-        if declared is not None and (not declared.isdigit() or int(declared) > limit):
-            raise RequestError(f"request body over the {limit}-byte limit", status=413)
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limit:
-                raise RequestError(f"request body over the {limit}-byte limit", status=413)
+        body = await read_limited_body(request, server.options.max_request_bytes, RequestError)
         try:
-            message = wire.decode(bytes(body), protocol.DEFAULT_LIMITS)
+            message = wire.decode(body, protocol.DEFAULT_LIMITS)
         except wire.WireError as error:
             raise RequestError(f"malformed frame: {error}") from error
         if protocol.INPUTS not in message.arrays and protocol.TOKEN_IDS not in message.arrays:
@@ -232,7 +218,7 @@ def create_app(server: StipModelServer, token: str) -> FastAPI:
     return app
 
 
-class BackgroundServer:
+class BackgroundServer(ThreadedServer):
     """A STIP server on a uvicorn thread (port 0 picks a free one); for notebooks, apps and tests.
 
     Example::
@@ -243,31 +229,4 @@ class BackgroundServer:
 
     def __init__(self, server: StipModelServer, token: str, host: str = "127.0.0.1", port: int = 0,
                  start_timeout: float = 30.0) -> None:
-        import socket
-
-        import uvicorn
-
-        if port == 0:
-            with socket.socket() as probe:
-                probe.bind((host, 0))
-                port = probe.getsockname()[1]
-        self.url = f"http://{host}:{port}"
-        self._uvicorn = uvicorn.Server(uvicorn.Config(create_app(server, token), host=host, port=port,
-                                                      log_level="warning"))
-        self._thread = threading.Thread(target=self._uvicorn.run, daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + start_timeout
-        while not self._uvicorn.started:
-            if time.monotonic() > deadline or not self._thread.is_alive():
-                raise CoinferError(f"the STIP server did not start on {self.url}")
-            time.sleep(0.02)
-
-    def stop(self) -> None:
-        self._uvicorn.should_exit = True
-        self._thread.join(timeout=10)
-
-    def __enter__(self) -> BackgroundServer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        super().__init__(create_app(server, token), host, port, start_timeout, name="the STIP server")

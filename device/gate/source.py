@@ -3,8 +3,9 @@
 The gate decides per packet whether to decode, so packets must arrive with their picture
 type, reference flag and random-access flag already known. :class:`PacketSource` reads
 compressed packets only (it never decodes) and hands them out with a
-:class:`~coinfer.sdk.gate.packet.PacketInfo`; :class:`StreamParameters` is what a decoder in
-another process needs to decode the packets that were kept. Example::
+:class:`~coinfer.sdk.gate.packet.PacketInfo`; its ``parameters``
+(:class:`~coinfer.sdk.gate.protocol.StreamParameters`, re-exported here) are what a decoder
+in another process needs to decode the packets that were kept. Example::
 
     with PacketSource.open("rtsp://camera/stream", options={"rtsp_transport": "tcp"}) as source:
         decoder = source.parameters.create_decoder()
@@ -25,6 +26,7 @@ import av
 from coinfer.sdk.errors import CoinferError
 from coinfer.sdk.gate.bitstream import PacketParser, create_parser
 from coinfer.sdk.gate.packet import BitstreamError, PacketInfo, PictureInfo, PictureType
+from coinfer.sdk.gate.protocol import StreamParameters
 
 __all__ = ["LIVE_TIMEOUT_S", "PacketSource", "PacketSourceError", "SourcePacket", "StreamParameters"]
 
@@ -36,26 +38,6 @@ _PROTOCOL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]+:")
 
 class PacketSourceError(CoinferError):
     """A video source could not be opened or read; the message names its URL."""
-
-
-@dataclass(frozen=True, slots=True)
-class StreamParameters:
-    """What a decoder needs for one video stream; plain fields, so cheap to pickle to a worker."""
-
-    codec: str
-    extradata: bytes | None
-    width: int
-    height: int
-    time_base: Fraction
-    frame_rate: Fraction | None
-
-    def create_decoder(self) -> av.CodecContext:
-        """A decoder for this stream's packets (codec, extradata and size set)."""
-        context = av.CodecContext.create(self.codec, "r")
-        if self.extradata:
-            context.extradata = self.extradata
-        context.width, context.height = self.width, self.height
-        return context
 
 
 @dataclass(frozen=True, slots=True)

@@ -91,10 +91,10 @@ def run(args: argparse.Namespace) -> int:
             write_plots(report, args.json.with_suffix(""))
         atomic_write_json(args.json, report)
     headline = {key: report[key] for key in HEADLINE}
-    headline.update({f"savings_at_90[{name}]": value for name, value in report["savings_at_90"].items()})
+    headline.update({f"savings_at_90.{name}": value for name, value in report["savings_at_90"].items()})
     print_metrics("coinfer gate bench" + (" --quick" if args.quick else ""), headline)
     for name, variant in report.get("variants", {}).items():
-        rows = {f"savings_at_90[{key}]": value for key, value in variant["savings_at_90"].items()}
+        rows = {f"savings_at_90.{key}": value for key, value in variant["savings_at_90"].items()}
         print_metrics(f"variant {name}", {"oracle_savings_at_90": variant["oracle_savings_at_90"], **rows})
     if args.json is not None:
         print(f"wrote {args.json}")

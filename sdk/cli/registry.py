@@ -36,7 +36,7 @@ COMMANDS: tuple[CommandSpec, ...] = (
                 tracking_issue=4),
     CommandSpec("export", "export Keras / PyTorch models to TFLite / ONNX with parity checks",
                 module="coinfer.converters.cli"),
-    CommandSpec("edge", "run the edge gateway daemon", tracking_issue=4),
+    CommandSpec("edge", "run the edge gateway daemon", module="coinfer.edge.cli"),
     CommandSpec("cloud", "serve models on the cloud tier", module="coinfer.cloud.cli"),
     CommandSpec("demo", "run the end-to-end demo on embedded defaults",
                 module="coinfer.sdk.cli.demo"),

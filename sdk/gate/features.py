@@ -2,14 +2,24 @@
 
 A moving actor inflates predicted-picture sizes, a new object in the scene changes the
 next intra picture; both are visible in the bitstream before any decoding. Each view is a
-window of the last ``window`` sizes of one picture class, normalised per stream so one
-model serves cameras of different content and bitrate: channel 0 is log(size / running
-mean of that class), channel 1 is log(size / running mean of all packets of the stream).
+window of the last ``window`` packets of one picture class, normalised per stream so one
+model serves cameras of different content and bitrate. Every slot has four channels:
+
+0. log(size / running mean of that class): a spike against the stream's own baseline;
+1. log(size / running mean of all the stream's packets);
+2. log(current activity level / activity level when the stream was last decoded), where
+   the level is a fast running mean of predicted-picture sizes: whether the scene changed
+   since the result the system is still reporting;
+3. log(1 + rounds since the stream was last decoded) / 4.
+
+Channels 2 and 3 need to know what was decoded: call :meth:`SizeWindows.mark_decoded`
+after every selection (``PacketGate`` does).
 
 Example::
 
     windows = SizeWindows(streams=64, window=5)
-    i_view, p_view = windows.push(sizes, pictures, present)   # (64, 5, 2) each
+    i_view, p_view = windows.push(sizes, pictures, present)   # (64, 5, 4) each
+    windows.mark_decoded(selected)
 """
 
 from __future__ import annotations
@@ -18,25 +28,31 @@ import numpy as np
 
 from coinfer.sdk.gate.packet import PictureType
 
-CHANNELS = 2
+CHANNELS = 4
+_INTRA, _PREDICTED, _ALL, _LEVEL = range(4)
 
 
 class SizeWindows:
     """Per-stream ring buffers of normalised I and P/B packet sizes."""
 
-    def __init__(self, streams: int, window: int = 5, *, smoothing: float = 0.05) -> None:
+    def __init__(self, streams: int, window: int = 5, *, smoothing: float = 0.05,
+                 level_smoothing: float = 0.3) -> None:
         if streams < 1 or window < 1:
             raise ValueError(f"streams and window must be >= 1, got {streams} and {window}")
-        if not 0.0 < smoothing <= 1.0:
-            raise ValueError(f"smoothing must be in (0, 1], got {smoothing}")
-        self.streams, self.window, self.smoothing = streams, window, smoothing
+        for name, value in (("smoothing", smoothing), ("level_smoothing", level_smoothing)):
+            if not 0.0 < value <= 1.0:
+                raise ValueError(f"{name} must be in (0, 1], got {value}")
+        self.streams, self.window = streams, window
+        self._rates = np.array([smoothing, smoothing, smoothing, level_smoothing])
         self._views = np.zeros((2, streams, window, CHANNELS), dtype=np.float32)
-        self._means = np.zeros((3, streams))  # intra, predicted, all
+        self._means = np.zeros((4, streams))
         self._slots = np.zeros((2, streams), dtype=np.int64)
+        self._level_at_decode = np.zeros(streams)
+        self._age = np.zeros(streams)
 
     def push(self, sizes: np.ndarray, pictures: np.ndarray, present: np.ndarray | None = None
              ) -> tuple[np.ndarray, np.ndarray]:
-        """Add this round's packets and return the (intra, predicted) views, each (streams, window, 2).
+        """Add this round's packets and return the (intra, predicted) views, each (streams, window, 4).
 
         The windows are ring buffers: the network max-pools over them, so slot order does not
         matter. The returned arrays are the live buffers; copy them to keep a snapshot.
@@ -45,22 +61,37 @@ class SizeWindows:
         pictures = np.asarray(pictures)
         here = np.ones(self.streams, dtype=bool) if present is None else np.asarray(present, dtype=bool)
         intra = here & (pictures == PictureType.I)
-        total = self._update_mean(2, sizes, here)
-        for view, members in ((0, intra), (1, here & ~intra)):
+        predicted = here & ~intra
+        total = self._update_mean(_ALL, sizes, here)
+        level = self._update_mean(_LEVEL, sizes, predicted)
+        self._age[here] += 1.0
+        for view, members in ((0, intra), (1, predicted)):
             rows = np.flatnonzero(members)
             if rows.size == 0:
                 continue
             mean = self._update_mean(view, sizes, members)
             slots = self._slots[view, rows]
-            self._views[view, rows, slots, 0] = np.log(sizes[rows] / mean[rows])
-            self._views[view, rows, slots, 1] = np.log(sizes[rows] / total[rows])
+            cells = self._views[view, rows, slots]
+            cells[:, 0] = np.log(sizes[rows] / mean[rows])
+            cells[:, 1] = np.log(sizes[rows] / total[rows])
+            since = self._level_at_decode[rows]
+            change = np.log(np.maximum(level[rows], 1.0) / np.maximum(since, 1.0))
+            cells[:, 2] = np.where(since > 0, change, 0.0)
+            cells[:, 3] = np.log1p(self._age[rows]) / 4.0
+            self._views[view, rows, slots] = cells
             self._slots[view, rows] = (slots + 1) % self.window
         return self._views[0], self._views[1]
+
+    def mark_decoded(self, decoded: np.ndarray) -> None:
+        """Remember the activity level at which each decoded stream's result was taken."""
+        decoded = np.asarray(decoded, dtype=bool)
+        self._level_at_decode[decoded] = self._means[_LEVEL, decoded]
+        self._age[decoded] = 0.0
 
     def _update_mean(self, which: int, sizes: np.ndarray, members: np.ndarray) -> np.ndarray:
         mean = self._means[which]
         fresh = members & (mean == 0)
         mean[fresh] = sizes[fresh]
         old = members & ~fresh
-        mean[old] += self.smoothing * (sizes[old] - mean[old])
+        mean[old] += self._rates[which] * (sizes[old] - mean[old])
         return mean

@@ -104,6 +104,19 @@ class ContextualPredictor:
             raise ArtifactError(f"predictor has {self._w['heads.w'].shape[1]} heads, options name "
                                 f"{len(options.tasks)} tasks")
 
+    @classmethod
+    def untrained(cls, options: PredictorOptions, seed: int = 0) -> ContextualPredictor:
+        """Random (Glorot-scaled) weights: for wiring tests and as a starting point, not for use."""
+        rng = np.random.default_rng(seed)
+        f, h = options.filters, options.hidden
+        shapes = {"i_conv1": (CHANNELS, f), "i_conv2": (f, f), "p_conv1": (CHANNELS, f), "p_conv2": (f, f),
+                  "context": (2 * f, 1), "hidden": (2, h), "heads": (h, len(options.tasks))}
+        weights = {}
+        for layer, (fan_in, fan_out) in shapes.items():
+            weights[f"{layer}.w"] = rng.normal(0.0, np.sqrt(2.0 / (fan_in + fan_out)), (fan_in, fan_out))
+            weights[f"{layer}.b"] = rng.normal(0.0, 0.1, fan_out)
+        return cls(weights, options)
+
     @property
     def tasks(self) -> tuple[str, ...]:
         return self.options.tasks

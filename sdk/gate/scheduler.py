@@ -116,6 +116,7 @@ class PacketGate:
                 plans[choice.next_best] = extra
                 spent += float(self.cost_model.cost_of([packet.picture for packet in extra]).sum())
             self._credit = max(available - spent, 0.0)
+        self.windows.mark_decoded(selected)
         self.rounds += 1
         self._last_selected = selected
         return GateDecision(selected, plans, costs, spent, context)

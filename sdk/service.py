@@ -1,0 +1,128 @@
+"""What every coinfer HTTP service shares, whichever tier runs it: its token, its body limit, its thread.
+
+The services themselves (the edge gateway, the STIP model server) live in their tiers and
+build their FastAPI apps there; this module holds the plumbing they would otherwise each
+write again. It imports only the standard library; uvicorn is imported inside
+:class:`ThreadedServer` when a server starts.
+
+Example::
+
+    token = resolve_token(args.token_file)          # --token-file, else COINFER_TOKEN, else fresh
+    with ThreadedServer(create_app(..., token), name="the STIP server") as running:
+        client = Client(running.url, token)
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import secrets
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, TypeVar
+
+from coinfer.sdk.errors import CoinferError
+
+__all__ = ["TOKEN_ENV", "ServiceError", "ThreadedServer", "bearer_matches", "read_limited_body",
+           "resolve_token"]
+
+#: The environment variable services and clients read the bearer token from.
+TOKEN_ENV = "COINFER_TOKEN"
+
+_Server = TypeVar("_Server", bound="ThreadedServer")
+
+
+class ServiceError(CoinferError):
+    """A request a service refuses; ``status`` is the HTTP status to answer with.
+
+    Each service subclasses it (``GatewayError``, ``RequestError``) and answers its own
+    subclass with ``{"detail": message}`` and that status.
+    """
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def resolve_token(token_file: Path | None, env: str = TOKEN_ENV) -> str:
+    """The token from ``token_file``, else ``$env``, else a fresh one announced on stderr."""
+    if token_file is not None:
+        if not token_file.is_file():
+            raise CoinferError(f"{token_file}: no such token file")
+        token = token_file.read_text().strip()
+    else:
+        token = os.environ.get(env, "")
+    if not token:
+        token = secrets.token_urlsafe(24)
+        print(f"no token given; clients must send: Authorization: Bearer {token}", file=sys.stderr)
+    return token
+
+
+def bearer_matches(authorization: str, token: str) -> bool:
+    """Whether an ``Authorization`` header value carries ``token``, compared in constant time."""
+    return hmac.compare_digest(authorization.encode(), f"Bearer {token}".encode())
+
+
+async def read_limited_body(request: Any, limit: int, error: type[ServiceError] = ServiceError) -> bytes:
+    """The body of a Starlette/FastAPI ``request``, refused past ``limit`` bytes before it is all read.
+
+    A declared ``Content-Length`` over the limit is refused at once; otherwise the body is
+    read chunk by chunk and refused as soon as it grows past the limit. The refusal is
+    ``error(message, status=413)``: pass the service's own :class:`ServiceError` subclass.
+    """
+    declared = request.headers.get("content-length")
+    message = f"request body over the {limit}-byte limit"
+    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        raise error(message, status=413)
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise error(message, status=413)
+    return bytes(body)
+
+
+class ThreadedServer:
+    """An ASGI app served by uvicorn on a daemon thread (port 0 picks a free one).
+
+    For samples, notebooks, apps and tests; a production service runs uvicorn in the
+    foreground. ``name`` says what failed to start in the error message.
+
+    Example::
+
+        with ThreadedServer(app, name="the edge gateway") as running:
+            urllib.request.urlopen(running.url + "/healthz")
+    """
+
+    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0, start_timeout: float = 30.0,
+                 name: str = "the server") -> None:
+        import socket
+
+        import uvicorn
+
+        if port == 0:
+            with socket.socket() as probe:
+                probe.bind((host, 0))
+                port = probe.getsockname()[1]
+        self.url = f"http://{host}:{port}"
+        self.app = app
+        self._uvicorn = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+        self._thread = threading.Thread(target=self._uvicorn.run, daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + start_timeout
+        while not self._uvicorn.started:
+            if time.monotonic() > deadline or not self._thread.is_alive():
+                raise CoinferError(f"{name} did not start on {self.url}")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        self._uvicorn.should_exit = True
+        self._thread.join(timeout=10)
+
+    def __enter__(self: _Server) -> _Server:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
