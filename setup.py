@@ -68,7 +68,7 @@ setup(
     python_requires=">=3.10",
     packages=tier_packages(),
     package_dir={f"coinfer.{tier}": tier for tier in TIERS},
-    install_requires=["numpy>=1.24", "msgpack>=1.0", "rich>=13"],
+    install_requires=["numpy>=1.24", "msgpack>=1.0", "rich>=13", "tqdm>=4.60"],
     extras_require={
         "device": DEVICE,
         "edge": unique(EDGE),

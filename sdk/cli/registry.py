@@ -33,7 +33,7 @@ COMMANDS: tuple[CommandSpec, ...] = (
     CommandSpec("split", "choose the device/edge DNN cut and compress the tensor across it"),
     CommandSpec("evolve", "NestEvo: edge-assisted co-evolution of device models"),
     CommandSpec("data", "generate deterministic workloads (scenes, speech, traces)",
-                tracking_issue=4),
+                module="coinfer.sdk.data.cli"),
     CommandSpec("export", "export Keras / PyTorch models to TFLite / ONNX with parity checks",
                 module="coinfer.converters.cli"),
     CommandSpec("edge", "run the edge gateway daemon", module="coinfer.edge.cli"),
