@@ -108,7 +108,7 @@ def test_size_windows_normalise_per_class() -> None:
     assert i_view[0, 0, 0] == 0.0 and p_view[1, 0, 0] == 0.0
     _, p_view = windows.push(np.array([200, 300]), np.array([2, 2]))
     assert p_view[1, 1, 0] > 0 and p_view[1, 0, 0] == 0.0       # ring buffer: slot 1 is the newest
-    assert p_view[0, 0, 1] < 0  # a P packet is smaller than the stream's mean size (with its I)
+    assert p_view[1, 1, 1] > 0  # the P packets since the last decode average above their baseline
     for size in (10, 20, 30):
         windows.push(np.array([size, size]), np.array([2, 2]))
     assert np.all(p_view[1, :, 0] != 0.0)                        # every slot written, oldest overwritten

@@ -44,9 +44,12 @@ class BenchScale:
     codec: str = "h264"
     bitrate: int | None = None
     exactness_cameras: int = 8
+    day_start: str = "00:00"
+    day_end: str = "24:00"
 
 
-QUICK = BenchScale(cameras=64, train_cameras=16, seconds=12)
+# quick: the busy part of a campus day (07:00-19:00) on 64 held-out + 16 training cameras
+QUICK = BenchScale(cameras=64, train_cameras=16, seconds=10, day_start="07:00", day_end="19:00")
 FULL = BenchScale(cameras=256, train_cameras=64, seconds=30, bframes=2)
 FULL_VARIANTS = {
     "hevc": replace(FULL, cameras=64, train_cameras=32, codec="hevc"),
@@ -129,7 +132,7 @@ def run_configuration(scale: BenchScale, workdir: Path, tasks: tuple[str, ...], 
         options = SceneOptions(cameras=scale.cameras + scale.train_cameras, seconds=scale.seconds,
                                fps=scale.fps, width=scale.width, height=scale.height, codec=scale.codec,
                                gop=scale.gop, bframes=scale.bframes, bitrate=scale.bitrate, tasks=tasks,
-                               seed=seed)
+                               seed=seed, day_start=scale.day_start, day_end=scale.day_end)
         scenes = generate_scenes(workdir / "scenes", options, progress=True)
     timings["scenes_s"] = time.perf_counter() - started
     cameras = load_cameras(scenes.cameras, tasks)

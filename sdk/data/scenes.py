@@ -231,8 +231,8 @@ class CameraPlan:
             kind_weights=tuple(float(w) for w in weights),
             morning_peak=float(rng.normal(8.5, 0.3)), evening_peak=float(rng.normal(17.5, 0.4)),
             sunrise=float(rng.normal(6.5, 0.25)), sunset=float(rng.normal(19.0, 0.25)),
-            noise_day=float(rng.uniform(1.5, 3.0)), noise_night=float(rng.uniform(6.0, 9.0)),
-            shake_rate=float(rng.uniform(0.0, 0.04)),
+            noise_day=float(rng.uniform(0.5, 1.2)), noise_night=float(rng.uniform(3.0, 5.0)),
+            shake_rate=float(rng.uniform(0.0, 0.01)),
         )
 
     def arrivals_per_hour_shape(self, hours: np.ndarray) -> np.ndarray:

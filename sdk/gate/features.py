@@ -6,7 +6,8 @@ window of the last ``window`` packets of one picture class, normalised per strea
 model serves cameras of different content and bitrate. Every slot has four channels:
 
 0. log(size / running mean of that class): a spike against the stream's own baseline;
-1. log(size / running mean of all the stream's packets);
+1. log(mean predicted-picture size since the stream was last decoded / running mean of
+   predicted sizes): how much has moved while nobody looked;
 2. log(current activity level / activity level when the stream was last decoded), where
    the level is a fast running mean of predicted-picture sizes: whether the scene changed
    since the result the system is still reporting;
@@ -29,7 +30,7 @@ import numpy as np
 from coinfer.sdk.gate.packet import PictureType
 
 CHANNELS = 4
-_INTRA, _PREDICTED, _ALL, _LEVEL = range(4)
+_INTRA, _PREDICTED, _LEVEL = range(3)
 
 
 class SizeWindows:
@@ -43,12 +44,14 @@ class SizeWindows:
             if not 0.0 < value <= 1.0:
                 raise ValueError(f"{name} must be in (0, 1], got {value}")
         self.streams, self.window = streams, window
-        self._rates = np.array([smoothing, smoothing, smoothing, level_smoothing])
+        self._rates = np.array([smoothing, smoothing, level_smoothing])
         self._views = np.zeros((2, streams, window, CHANNELS), dtype=np.float32)
-        self._means = np.zeros((4, streams))
+        self._means = np.zeros((3, streams))
         self._slots = np.zeros((2, streams), dtype=np.int64)
         self._level_at_decode = np.zeros(streams)
         self._age = np.zeros(streams)
+        self._since_sum = np.zeros(streams)
+        self._since_count = np.zeros(streams)
 
     def push(self, sizes: np.ndarray, pictures: np.ndarray, present: np.ndarray | None = None
              ) -> tuple[np.ndarray, np.ndarray]:
@@ -62,9 +65,10 @@ class SizeWindows:
         here = np.ones(self.streams, dtype=bool) if present is None else np.asarray(present, dtype=bool)
         intra = here & (pictures == PictureType.I)
         predicted = here & ~intra
-        total = self._update_mean(_ALL, sizes, here)
         level = self._update_mean(_LEVEL, sizes, predicted)
         self._age[here] += 1.0
+        self._since_sum[predicted] += sizes[predicted]
+        self._since_count[predicted] += 1.0
         for view, members in ((0, intra), (1, predicted)):
             rows = np.flatnonzero(members)
             if rows.size == 0:
@@ -73,7 +77,10 @@ class SizeWindows:
             slots = self._slots[view, rows]
             cells = self._views[view, rows, slots]
             cells[:, 0] = np.log(sizes[rows] / mean[rows])
-            cells[:, 1] = np.log(sizes[rows] / total[rows])
+            since_mean = self._since_sum[rows] / np.maximum(self._since_count[rows], 1.0)
+            baseline = np.maximum(self._means[_PREDICTED, rows], 1.0)
+            moved = np.log(np.maximum(since_mean, 1.0) / baseline)
+            cells[:, 1] = np.where(self._since_count[rows] > 0, moved, 0.0)
             since = self._level_at_decode[rows]
             change = np.log(np.maximum(level[rows], 1.0) / np.maximum(since, 1.0))
             cells[:, 2] = np.where(since > 0, change, 0.0)
@@ -87,6 +94,8 @@ class SizeWindows:
         decoded = np.asarray(decoded, dtype=bool)
         self._level_at_decode[decoded] = self._means[_LEVEL, decoded]
         self._age[decoded] = 0.0
+        self._since_sum[decoded] = 0.0
+        self._since_count[decoded] = 0.0
 
     def _update_mean(self, which: int, sizes: np.ndarray, members: np.ndarray) -> np.ndarray:
         mean = self._means[which]

@@ -247,13 +247,16 @@ def train_predictor(dataset: PredictorDataset, options: PredictorOptions, *, val
     train = [array[order[:cut]] for array in inputs]
     held = [array[order[cut:]] for array in inputs]
     labels = dataset.labels.astype(np.float32)
+    # The paper's batch of 2,048 assumes logs of millions of packets; on smaller logs keep at
+    # least 32 steps per epoch so the network actually trains.
+    batch_size = int(min(options.batch_size, max(32, cut // 32)))
     history = model.fit(train, labels[order[:cut]], validation_data=(held, labels[order[cut:]]),
-                        epochs=options.epochs, batch_size=options.batch_size, verbose=verbose, shuffle=True)
+                        epochs=options.epochs, batch_size=batch_size, verbose=verbose, shuffle=True)
     weights = {}
     for layer in _LAYERS:
         kernel, bias = model.get_layer(layer).get_weights()
         weights[f"{layer}.w"] = kernel[0] if kernel.ndim == 3 else kernel
         weights[f"{layer}.b"] = bias
     metrics = {name: float(values[-1]) for name, values in history.history.items()}
-    metrics["rows"] = rows
+    metrics.update(rows=rows, batch_size=batch_size, positive_rate=float(labels.mean()))
     return ContextualPredictor(weights, options, metrics)

@@ -41,7 +41,7 @@ class GateOptions:
     """
 
     size_window: int = 5
-    ucb_window: int = 30
+    ucb_window: int = 60
     prefetch: bool = True
     carry_rounds: int = 10
 
