@@ -57,6 +57,8 @@ FULL_VARIANTS = {
 }
 HEADLINE = ("parser_type_accuracy", "oracle_savings_at_90", "concurrency_ratio", "gate_us_per_packet",
             "decode_us_per_packet", "corrupt_frames")
+#: Budget (fraction of decode-all) of the real gated-decoding check.
+EXACTNESS_BUDGET = 0.3
 POLICIES = ("packetgame", "contextual", "temporal", "round-robin", "random", "oracle")
 
 
@@ -166,7 +168,7 @@ def run_configuration(scale: BenchScale, workdir: Path, tasks: tuple[str, ...], 
     mark = time.perf_counter()
     checked = [load_camera(camera, tasks, keep_data=True)
                for camera in scenes.cameras[train_count:train_count + scale.exactness_cameras]]
-    fraction = points["packetgame"].fraction or 1.0
+    fraction = EXACTNESS_BUDGET  # decodes a good part of each stream and skips the rest
     exactness = verify_gated_decoding(checked, factories["packetgame"](len(checked)), costs,
                                       fraction * decode_all_cost_per_round([c.trace for c in checked], costs),
                                       measures)

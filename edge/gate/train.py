@@ -31,6 +31,7 @@ def run(args: argparse.Namespace) -> int:
     from coinfer.edge.gate.traces import cost_model_of, load_cameras
     from coinfer.sdk.cli.report import print_metrics
     from coinfer.sdk.data.scenes import SceneSet
+    from coinfer.sdk.errors import CoinferError
     from coinfer.sdk.gate.evaluation import train_on_traces, training_rows
     from coinfer.sdk.gate.predictor import PredictorOptions
     from coinfer.sdk.gate.redundancy import CountChanged
@@ -39,8 +40,8 @@ def run(args: argparse.Namespace) -> int:
     tasks = tuple(args.tasks.split(",")) if args.tasks else tuple(scenes.tasks)
     unknown = sorted(set(tasks) - set(scenes.tasks))
     if unknown:
-        raise SystemExit(f"error: {args.scenes} has no results for task(s) {', '.join(unknown)}; "
-                         f"it has {', '.join(scenes.tasks)}")
+        raise CoinferError(f"{args.scenes} has no results for task(s) {', '.join(unknown)}; "
+                           f"it has {', '.join(scenes.tasks)}")
     cameras = load_cameras(scenes.cameras, tasks)
     traces = [camera.trace for camera in cameras]
     costs = cost_model_of(cameras)
