@@ -243,31 +243,27 @@ def write_plots(report: dict[str, Any], stem: Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    written = []
+    plots = []
     curve = report.get("accuracy_vs_budget")
     if curve:
-        figure, axis = plt.subplots(figsize=(6, 4))
-        for name in POLICIES:
-            axis.plot(curve["fractions"], curve[name], marker="o", label=name)
-        axis.axhline(0.9, color="grey", linestyle="--", linewidth=0.8)
-        axis.set(xlabel="decode budget (fraction of decode-all)", ylabel="accuracy",
-                 title="PacketGame: accuracy vs decode budget")
-        axis.legend()
-        path = stem.parent / f"{stem.name}-accuracy-vs-budget.png"
-        figure.savefig(path, dpi=120, bbox_inches="tight")
-        plt.close(figure)
-        written.append(path)
+        plots.append(("accuracy-vs-budget", curve["fractions"], curve,
+                      {"xlabel": "decode budget (fraction of decode-all)", "ylabel": "accuracy",
+                       "title": "PacketGame: accuracy vs decode budget"}))
     day = report.get("accuracy_over_day")
     if day:
+        plots.append(("accuracy-over-day", day["clock_hours"], day,
+                      {"xlabel": "clock (hours)", "ylabel": "accuracy per round",
+                       "title": "accuracy over the day at each policy's 90% budget"}))
+    written = []
+    for name, xs, series, labels in plots:
         figure, axis = plt.subplots(figsize=(7, 4))
-        hours = day["clock_hours"]
-        for name in POLICIES:
-            if name in day:
-                axis.plot(hours[:len(day[name])], day[name], label=name, linewidth=1)
-        axis.set(xlabel="clock (hours)", ylabel="accuracy per round",
-                 title="accuracy over the day at each policy's 90% budget")
+        for policy in POLICIES:
+            if policy in series:
+                axis.plot(xs[:len(series[policy])], series[policy], label=policy, linewidth=1)
+        axis.axhline(0.9, color="grey", linestyle="--", linewidth=0.8)
+        axis.set(**labels)
         axis.legend()
-        path = stem.parent / f"{stem.name}-accuracy-over-day.png"
+        path = stem.parent / f"{stem.name}-{name}.png"
         figure.savefig(path, dpi=120, bbox_inches="tight")
         plt.close(figure)
         written.append(path)

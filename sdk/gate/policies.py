@@ -96,22 +96,16 @@ class RandomPolicy(Policy):
         return self._rng.random(self.streams)
 
 
-class OraclePolicy(Policy):
+class OraclePolicy(RoundRobinPolicy):
     """Decodes necessary packets first; among the rest, the stream waiting longest."""
 
     name = "oracle"
 
-    def __init__(self, streams: int) -> None:
-        super().__init__(streams)
-        self._waiting = np.ones(streams)
-
     def values(self, context: RoundContext) -> np.ndarray:
         if context.oracle is None:
             raise ValueError("the oracle policy needs the true necessity of every packet")
-        return context.oracle.astype(np.float64) + 1e-3 * self._waiting / (1.0 + self._waiting)
-
-    def feedback(self, selected: np.ndarray, necessary: np.ndarray) -> None:
-        self._waiting = np.where(selected, 1.0, self._waiting + 1.0)
+        waiting = super().values(context)
+        return context.oracle.astype(np.float64) + 1e-3 * waiting / (1.0 + waiting)
 
 
 class DecodeAllPolicy(Policy):
