@@ -18,6 +18,7 @@ import hashlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from coinfer.edge.gate.decoding import StreamDecoder
 from coinfer.edge.gate.traces import CameraTrace
 from coinfer.sdk.gate.costs import DecodeCostModel
 from coinfer.sdk.gate.policies import Policy
@@ -35,41 +36,25 @@ def frame_digest(frame: Any) -> str:
 
 
 class _DigestDecoder:
-    """One stream's decoder that records the digest of every frame it outputs, by pts."""
+    """One stream's :class:`StreamDecoder` keeping only the digest of every frame, by pts."""
 
     def __init__(self, camera: CameraTrace) -> None:
-        import av
-
-        self._av = av
         self.camera = camera
-        self.context = camera.parameters.create_decoder()
+        self.decoder = StreamDecoder(camera.parameters)
         self.digests: dict[int, str] = {}
-        self.errors = 0
-        self.decoded_packets = 0
 
     def feed(self, index: int) -> None:
-        info = self.camera.trace.packets[index]
-        packet = self._av.Packet(self.camera.data[index])
-        packet.pts, packet.dts = info.pts, info.dts
-        self.decoded_packets += 1
-        try:
-            frames = self.context.decode(packet)
-        except self._av.FFmpegError:
-            self.errors += 1
-            return
-        self._record(frames)
+        self._record(self.decoder.decode([(self.camera.trace.packets[index], self.camera.data[index])]))
 
     def flush(self) -> None:
-        try:
-            self._record(self.context.decode(None))
-        except self._av.FFmpegError:
-            self.errors += 1
+        self._record(self.decoder.flush())
 
-    def _record(self, frames: Sequence[Any]) -> None:
-        for frame in frames:
-            if getattr(frame, "corrupt", False):
-                self.errors += 1
-            self.digests[int(frame.pts)] = frame_digest(frame)
+    @property
+    def errors(self) -> int:
+        return self.decoder.errors + self.decoder.corrupt
+
+    def _record(self, frames: dict[int, Any]) -> None:
+        self.digests.update({pts: frame_digest(frame) for pts, frame in frames.items()})
 
 
 def reference_digests(camera: CameraTrace) -> dict[int, str]:
@@ -100,7 +85,7 @@ def verify_gated_decoding(cameras: Sequence[CameraTrace], policy: Policy, costs:
     for decoder, reference in zip(decoders, references, strict=True):
         decoder.flush()
         errors += decoder.errors
-        decoded += decoder.decoded_packets
+        decoded += decoder.decoder.packets
         frames += len(decoder.digests)
         mismatched += sum(reference.get(pts) != digest for pts, digest in decoder.digests.items())
     total = sum(len(camera.trace.packets) for camera in cameras)

@@ -14,7 +14,6 @@ Example::
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,7 +46,7 @@ class CameraTrace:
 def load_camera(camera: Any, tasks: Sequence[str], *, keep_data: bool = False,
                 results: dict[str, Sequence[Any]] | None = None) -> CameraTrace:
     """Demux and decode one generated camera; ``results`` overrides its recorded detections."""
-    import av
+    from coinfer.edge.gate.decoding import StreamDecoder
 
     packets, data = [], []
     with PacketSource.open(str(camera.video_path)) as source:
@@ -56,19 +55,15 @@ def load_camera(camera: Any, tasks: Sequence[str], *, keep_data: bool = False,
             packets.append(item.info)
             data.append(item.data)
         parse_errors = source.parse_errors
-    decoder = parameters.create_decoder()
+    decoder = StreamDecoder(parameters)
     seconds = np.zeros(len(packets))
     decoded_by_pts: dict[int, int] = {}
-    for k, (info, payload) in enumerate(zip(packets, data, strict=True)):
-        packet = av.Packet(payload)
-        packet.pts, packet.dts = info.pts, info.dts
-        start = time.perf_counter()
-        frames = decoder.decode(packet)
-        seconds[k] = time.perf_counter() - start
-        for frame in frames:
-            decoded_by_pts[int(frame.pts)] = PictureType.from_ffmpeg(frame.pict_type)
-    for frame in decoder.decode(None):
-        decoded_by_pts[int(frame.pts)] = PictureType.from_ffmpeg(frame.pict_type)
+    for k, item in enumerate(zip(packets, data, strict=True)):
+        before = decoder.seconds
+        frames = decoder.decode([item])
+        seconds[k] = decoder.seconds - before
+        decoded_by_pts.update({pts: PictureType.from_ffmpeg(f.pict_type) for pts, f in frames.items()})
+    decoded_by_pts.update({pts: PictureType.from_ffmpeg(f.pict_type) for pts, f in decoder.flush().items()})
     pts = np.array([info.pts for info in packets], dtype=np.int64)
     decoded = np.array([decoded_by_pts.get(int(value), PictureType.UNKNOWN) for value in pts])
     frames_of = np.searchsorted(np.sort(pts), pts)  # display index, whatever the container's offset

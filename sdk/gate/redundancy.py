@@ -46,7 +46,8 @@ class RedundancyMeasure:
         return np.array([self.agrees(a, b) for a, b in zip(reported, truth, strict=True)], dtype=bool)
 
 
-def _count(result: Any) -> int:
+def result_count(result: Any) -> int:
+    """A counting result as a number: a count already, or the length of a box array."""
     return int(result) if np.ndim(result) == 0 else len(result)
 
 
@@ -56,7 +57,7 @@ class CountChanged(RedundancyMeasure):
     name = "count"
 
     def necessary(self, reported: Any, current: Any) -> bool:
-        return _count(reported) != _count(current)
+        return result_count(reported) != result_count(current)
 
     def necessary_many(self, reported: Sequence[Any], current: Sequence[Any]) -> np.ndarray:
         return _counts(reported) != _counts(current)
@@ -65,7 +66,7 @@ class CountChanged(RedundancyMeasure):
 def _counts(results: Sequence[Any]) -> np.ndarray:
     if isinstance(results, np.ndarray) and results.ndim == 1:
         return results
-    return np.array([_count(result) for result in results])
+    return np.array([result_count(result) for result in results])
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -25,7 +25,7 @@ from coinfer.sdk.gate.dependencies import PacketBatch
 from coinfer.sdk.gate.packet import PacketInfo
 from coinfer.sdk.gate.policies import Policy
 from coinfer.sdk.gate.predictor import PredictorDataset
-from coinfer.sdk.gate.redundancy import CountChanged, RedundancyMeasure
+from coinfer.sdk.gate.redundancy import CountChanged, RedundancyMeasure, result_count
 from coinfer.sdk.gate.scheduler import GateDecision, GateOptions, PacketGate
 
 
@@ -95,7 +95,7 @@ class _Reporter:
                 matrix = np.zeros(columns.present.shape, dtype=np.int64)
                 for i, results in enumerate(per_stream):
                     n = len(traces[i].packets)
-                    counts = np.array([_scalar(r) for r in results], dtype=np.int64)
+                    counts = np.array([result_count(r) for r in results], dtype=np.int64)
                     matrix[:n, i] = counts[columns.frames[:n, i]]
                 self.results[task] = matrix
                 self.last[task] = np.zeros(len(traces), dtype=np.int64)
@@ -138,10 +138,6 @@ class _Reporter:
             else:
                 for i in np.flatnonzero(selected):
                     self.last[task][i] = now[i]
-
-
-def _scalar(result: Any) -> int:
-    return int(result) if np.ndim(result) == 0 else len(result)
 
 
 class _RoundPackets(Sequence):
