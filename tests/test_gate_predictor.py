@@ -80,3 +80,33 @@ def test_tflite_export_matches(trained, tmp_path) -> None:
     out = runner.run({"i_view": samples[0][:8], "p_view": samples[1][:8], "temporal": samples[2][:8]})
     first = next(iter(out.values())) if isinstance(out, dict) else out[0]
     assert np.max(np.abs(np.asarray(first) - predictor.predict(*[s[:8] for s in samples]))) < 1e-5
+
+
+def test_streaming_forward_equals_stateless_forward(trained) -> None:
+    from coinfer.sdk.gate.features import SizeWindows
+
+    predictor, _ = trained
+    rng = np.random.default_rng(3)
+    windows, forward = SizeWindows(12, 5), predictor.streaming(12)
+    for _ in range(80):
+        pictures = rng.choice([1, 2, 3], 12, p=[0.1, 0.6, 0.3])
+        i_view, p_view = windows.push(rng.integers(200, 9000, 12), pictures, rng.random(12) < 0.9)
+        mu = rng.random(12)
+        streamed = forward.predict(i_view, p_view, mu)
+        assert np.max(np.abs(streamed - predictor.predict(i_view, p_view, mu))) < 1e-6
+        windows.mark_decoded(rng.random(12) < 0.3)
+    with pytest.raises(ValueError, match="serves 12 streams"):
+        forward.predict(i_view[:4], p_view[:4], mu[:4])
+
+
+def test_contextual_only_is_blind_to_the_temporal_view(trained) -> None:
+    from coinfer.sdk.gate.features import FEEDBACK_CHANNELS
+
+    _, rows = trained
+    blind = train_predictor(rows, PredictorOptions(tasks=("count",), use_temporal=False, epochs=2))
+    i_view, p_view = rows.i_view[:200].copy(), rows.p_view[:200].copy()
+    before = blind.predict(i_view, p_view, rows.temporal[:200])
+    for view in (i_view, p_view):
+        view[:, :, list(FEEDBACK_CHANNELS)] += 3.0
+    after = blind.predict(i_view, p_view, rows.temporal[:200] + 5.0)
+    assert np.array_equal(before, after) and before.std() > 0

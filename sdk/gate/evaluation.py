@@ -101,9 +101,14 @@ def sustained_streams(traces: Sequence[StreamTrace], factory: PolicyFactory, cos
 
 
 def training_rows(traces: Sequence[StreamTrace], costs: DecodeCostModel,
-                  measures: Mapping[str, RedundancyMeasure], fractions: Sequence[float] = (0.2, 0.35, 0.5),
+                  measures: Mapping[str, RedundancyMeasure],
+                  fractions: Sequence[float] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.7),
                   options: GateOptions | None = None) -> PredictorDataset:
-    """Logs of the temporal policy running at a few budgets: views + per-task necessity."""
+    """Logs of the temporal policy running at a few budgets: views + per-task necessity.
+
+    Budgets from tight to loose cover the states a gate meets (streams skipped for long,
+    streams decoded every round), which steadies what the predictor learns.
+    """
     per_round = decode_all_cost_per_round(traces, costs)
     parts = [collect_training_rows(traces, TemporalPolicy(len(traces)), costs, f * per_round, measures,
                                    options) for f in fractions]

@@ -13,8 +13,10 @@ model serves cameras of different content and bitrate. Every slot has four chann
    since the result the system is still reporting;
 3. log(1 + rounds since the stream was last decoded) / 4.
 
-Channels 2 and 3 need to know what was decoded: call :meth:`SizeWindows.mark_decoded`
-after every selection (``PacketGate`` does).
+Channels 1-3 (:data:`FEEDBACK_CHANNELS`) depend on what the gate decided, not only on the
+bitstream: with the UCB estimate they form the temporal view, and a contextual-only
+predictor sees channel 0 alone. They need to know what was decoded: call
+:meth:`SizeWindows.mark_decoded` after every selection (``PacketGate`` does).
 
 Example::
 
@@ -30,6 +32,8 @@ import numpy as np
 from coinfer.sdk.gate.packet import PictureType
 
 CHANNELS = 4
+#: Channels that depend on the gate's past decisions (part of the temporal view).
+FEEDBACK_CHANNELS = (1, 2, 3)
 _INTRA, _PREDICTED, _LEVEL = range(3)
 
 
@@ -63,30 +67,31 @@ class SizeWindows:
         sizes = np.maximum(np.asarray(sizes, dtype=np.float64), 1.0)
         pictures = np.asarray(pictures)
         here = np.ones(self.streams, dtype=bool) if present is None else np.asarray(present, dtype=bool)
-        intra = here & (pictures == PictureType.I)
-        predicted = here & ~intra
-        level = self._update_mean(_LEVEL, sizes, predicted)
-        self._age[here] += 1.0
+        rows = np.flatnonzero(here)
+        if rows.size == 0:
+            return self._views[0], self._views[1]
+        size = sizes[rows]
+        view = (pictures[rows] != PictureType.I).astype(np.int64)  # 0: intra, 1: predicted
+        predicted = rows[view == 1]
+        self._update_mean(_LEVEL, predicted, sizes[predicted])
+        mean = self._update_mean(view, rows, size)
+        self._age[rows] += 1.0
         self._since_sum[predicted] += sizes[predicted]
         self._since_count[predicted] += 1.0
-        for view, members in ((0, intra), (1, predicted)):
-            rows = np.flatnonzero(members)
-            if rows.size == 0:
-                continue
-            mean = self._update_mean(view, sizes, members)
-            slots = self._slots[view, rows]
-            cells = self._views[view, rows, slots]
-            cells[:, 0] = np.log(sizes[rows] / mean[rows])
-            since_mean = self._since_sum[rows] / np.maximum(self._since_count[rows], 1.0)
-            baseline = np.maximum(self._means[_PREDICTED, rows], 1.0)
-            moved = np.log(np.maximum(since_mean, 1.0) / baseline)
-            cells[:, 1] = np.where(self._since_count[rows] > 0, moved, 0.0)
-            since = self._level_at_decode[rows]
-            change = np.log(np.maximum(level[rows], 1.0) / np.maximum(since, 1.0))
-            cells[:, 2] = np.where(since > 0, change, 0.0)
-            cells[:, 3] = np.log1p(self._age[rows]) / 4.0
-            self._views[view, rows, slots] = cells
-            self._slots[view, rows] = (slots + 1) % self.window
+        count = self._since_count[rows]
+        since_mean = self._since_sum[rows] / np.maximum(count, 1.0)
+        baseline = np.maximum(self._means[_PREDICTED, rows], 1.0)
+        level = self._means[_LEVEL, rows]
+        at_decode = self._level_at_decode[rows]
+        cells = np.empty((rows.size, CHANNELS), dtype=np.float32)
+        cells[:, 0] = np.log(size / mean)
+        cells[:, 1] = np.where(count > 0, np.log(np.maximum(since_mean, 1.0) / baseline), 0.0)
+        change = np.log(np.maximum(level, 1.0) / np.maximum(at_decode, 1.0))
+        cells[:, 2] = np.where(at_decode > 0, change, 0.0)
+        cells[:, 3] = np.log1p(self._age[rows]) / 4.0
+        slots = self._slots[view, rows]
+        self._views[view, rows, slots] = cells
+        self._slots[view, rows] = (slots + 1) % self.window
         return self._views[0], self._views[1]
 
     def mark_decoded(self, decoded: np.ndarray) -> None:
@@ -97,10 +102,10 @@ class SizeWindows:
         self._since_sum[decoded] = 0.0
         self._since_count[decoded] = 0.0
 
-    def _update_mean(self, which: int, sizes: np.ndarray, members: np.ndarray) -> np.ndarray:
-        mean = self._means[which]
-        fresh = members & (mean == 0)
-        mean[fresh] = sizes[fresh]
-        old = members & ~fresh
-        mean[old] += self._rates[which] * (sizes[old] - mean[old])
-        return mean
+    def _update_mean(self, which: int | np.ndarray, rows: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+        """Move the running means of ``(which, rows)`` towards ``sizes`` (the first size seeds
+        a mean) and return them."""
+        old = self._means[which, rows]
+        new = np.where(old == 0, sizes, old + self._rates[which] * (sizes - old))
+        self._means[which, rows] = new
+        return new

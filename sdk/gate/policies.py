@@ -58,9 +58,10 @@ class PredictorPolicy(Policy):
         super().__init__(streams)
         self.predictor = predictor
         self.name = "packetgame" if predictor.options.use_temporal else "contextual"
+        self._forward = predictor.streaming(streams)
 
     def values(self, context: RoundContext) -> np.ndarray:
-        probabilities = self.predictor.predict(context.i_view, context.p_view, context.temporal)
+        probabilities = self._forward.predict(context.i_view, context.p_view, context.temporal)
         return probabilities.max(axis=1)
 
 

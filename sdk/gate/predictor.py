@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from coinfer.sdk.artifact import ArtifactError, Manifest, load_artifact, save_artifact
-from coinfer.sdk.gate.features import CHANNELS
+from coinfer.sdk.gate.features import CHANNELS, FEEDBACK_CHANNELS
 
 KIND = "contextual-predictor"
 WEIGHTS_FILE = "weights.npz"
@@ -37,7 +37,11 @@ _LAYERS = ("i_conv1", "i_conv2", "p_conv1", "p_conv2", "context", "hidden", "hea
 
 @dataclass(frozen=True)
 class PredictorOptions:
-    """Architecture and training settings (defaults: the paper's)."""
+    """Architecture and training settings (defaults: the paper's).
+
+    ``use_temporal=False`` gives the contextual-only ablation: trained and frozen blind to
+    the temporal view (the UCB estimate and the decision-dependent size channels).
+    """
 
     tasks: tuple[str, ...] = ("necessary",)
     window: int = 5
@@ -123,11 +127,8 @@ class ContextualPredictor:
 
     def predict(self, i_view: np.ndarray, p_view: np.ndarray, temporal: np.ndarray) -> np.ndarray:
         """Necessity probability per stream and task, shape (streams, tasks)."""
-        w = self._w
         window = self.options.window
-        for name, view in (("i_view", i_view), ("p_view", p_view)):
-            if view.ndim != 3 or view.shape[1:] != (window, CHANNELS):
-                raise ValueError(f"{name} must be (streams, {window}, {CHANNELS}), got {view.shape}")
+        self._check_views(i_view, p_view)
         streams = i_view.shape[0]
         # both views at once, window-major, so the max-pool is a few contiguous elementwise maxima
         x = np.stack([i_view, p_view]).astype(np.float32, copy=False).transpose(0, 2, 1, 3)
@@ -141,11 +142,34 @@ class ContextualPredictor:
         pooled = slots[:, 0].copy()
         for k in range(1, window):
             np.maximum(pooled, slots[:, k], out=pooled)
+        return self._heads(pooled, temporal)
+
+    def streaming(self, streams: int) -> StreamingPredictor:
+        """A forward for live windows that recomputes only the slots that changed."""
+        return StreamingPredictor(self, streams)
+
+    def _check_views(self, i_view: np.ndarray, p_view: np.ndarray) -> None:
+        shape = (self.options.window, CHANNELS)
+        for name, view in (("i_view", i_view), ("p_view", p_view)):
+            if view.ndim != 3 or view.shape[1:] != shape:
+                raise ValueError(f"{name} must be (streams, {shape[0]}, {shape[1]}), got {view.shape}")
+
+    def _slots(self, view: int, cells: np.ndarray) -> np.ndarray:
+        """Both 1x1 convolutions of one view on a batch of window slots, (n, CHANNELS) -> (n, filters)."""
+        x = cells @ self._conv1_w[view]
+        x += self._conv1_b[view]
+        np.maximum(x, 0, out=x)
+        x = x @ self._conv2_w[view]
+        x += self._conv2_b[view]
+        return np.maximum(x, 0, out=x)
+
+    def _heads(self, pooled: np.ndarray, temporal: np.ndarray) -> np.ndarray:
+        """Max-pooled views (2, streams, filters) + temporal estimate -> (streams, tasks)."""
+        w = self._w
         context = _sigmoid(np.matmul(pooled, self._context_w).sum(axis=0) + w["context.b"])
         mu = np.asarray(temporal, dtype=np.float32).reshape(-1, 1)
-        if not self.options.use_temporal:
-            mu = np.zeros_like(mu)
-        hidden = np.concatenate([context, mu], axis=1) @ w["hidden.w"]
+        # Dense(hidden) on the two scalars [context, mu]: two outer products
+        hidden = context * w["hidden.w"][0] + mu * w["hidden.w"][1]
         hidden += w["hidden.b"]
         np.maximum(hidden, 0, out=hidden)
         return _sigmoid(hidden @ w["heads.w"] + w["heads.b"])
@@ -193,6 +217,55 @@ class ContextualPredictor:
         return keras_to_tflite(self.keras_model(), out, samples=samples, options=options)
 
 
+class StreamingPredictor:
+    """:meth:`ContextualPredictor.predict` for the live buffers of one gate, incrementally.
+
+    A 1x1 convolution sees one window slot at a time and a slot never changes once written,
+    so the activations of every slot are kept and only slots whose features changed since
+    the previous call are recomputed: about one per stream a round instead of all
+    ``2 x window``. The output equals the stateless forward (same arithmetic per slot).
+
+    Example::
+
+        forward = predictor.streaming(streams=64)
+        probabilities = forward.predict(i_view, p_view, mu)   # every round
+    """
+
+    def __init__(self, predictor: ContextualPredictor, streams: int) -> None:
+        options = predictor.options
+        self.predictor = predictor
+        self.streams = streams
+        self._cells = np.zeros((2, streams, options.window, CHANNELS), dtype=np.float32)
+        # window-major, so the max-pool is a few contiguous elementwise maxima
+        self._activations = np.zeros((2, options.window, streams, options.filters), dtype=np.float32)
+        self._pooled = np.empty((2, streams, options.filters), dtype=np.float32)
+        self._fresh = True
+
+    def predict(self, i_view: np.ndarray, p_view: np.ndarray, temporal: np.ndarray) -> np.ndarray:
+        self.predictor._check_views(i_view, p_view)
+        if i_view.shape[0] != self.streams or p_view.shape[0] != self.streams:
+            raise ValueError(f"this forward serves {self.streams} streams, got views of "
+                             f"{i_view.shape[0]} and {p_view.shape[0]}")
+        for view, cells in enumerate((i_view, p_view)):
+            cells = np.ascontiguousarray(cells, dtype=np.float32)
+            if self._fresh:
+                changed = np.ones(cells.shape[:2], dtype=bool)
+            else:
+                # a slot's four float32 channels compared as one 16-byte value
+                changed = cells.view(np.complex128)[..., 0] != self._cells[view].view(np.complex128)[..., 0]
+            rows, slots = np.nonzero(changed)
+            if rows.size:
+                fresh = cells[rows, slots]
+                self._cells[view, rows, slots] = fresh
+                self._activations[view, slots, rows] = self.predictor._slots(view, fresh)
+        self._fresh = False
+        pooled = self._pooled
+        np.copyto(pooled, self._activations[:, 0])
+        for k in range(1, self._activations.shape[1]):
+            np.maximum(pooled, self._activations[:, k], out=pooled)
+        return self.predictor._heads(pooled, temporal)
+
+
 def _options_to_dict(options: PredictorOptions) -> dict[str, Any]:
     data = asdict(options)
     data["tasks"] = list(options.tasks)
@@ -224,9 +297,19 @@ def build_keras_model(options: PredictorOptions) -> Any:
     return tf.keras.Model([i_in, p_in, t_in], heads, name="packetgame_predictor")
 
 
-def train_predictor(dataset: PredictorDataset, options: PredictorOptions, *, validation: float = 0.2,
-                    verbose: int = 0) -> ContextualPredictor:
-    """Fit the network on logged packets (BCE, RMSprop) and freeze it into numpy weights."""
+def _without_feedback(view: np.ndarray) -> np.ndarray:
+    view = view.copy()
+    view[:, :, list(FEEDBACK_CHANNELS)] = 0.0
+    return view
+
+
+def train_predictor(dataset: PredictorDataset, options: PredictorOptions, *,
+                    validation: float = 0.2) -> ContextualPredictor:
+    """Fit the network on logged packets (BCE, RMSprop) and freeze it into numpy weights.
+
+    One compiled graph per epoch rather than ``Model.fit``: the network is so small that
+    Keras' per-step bookkeeping would cost ten times the arithmetic.
+    """
     from coinfer.converters.frameworks import import_tensorflow
 
     tf = import_tensorflow()
@@ -235,28 +318,59 @@ def train_predictor(dataset: PredictorDataset, options: PredictorOptions, *, val
                          f"got {dataset.labels.shape}")
     tf.keras.utils.set_random_seed(options.seed)
     model = build_keras_model(options)
-    model.compile(optimizer=tf.keras.optimizers.RMSprop(options.learning_rate),
-                  loss="binary_crossentropy", metrics=["binary_accuracy"])
+    optimizer = tf.keras.optimizers.RMSprop(options.learning_rate)
+    bce = tf.keras.losses.BinaryCrossentropy()
     temporal = dataset.temporal.reshape(-1, 1).astype(np.float32)
+    i_view, p_view = dataset.i_view.astype(np.float32), dataset.p_view.astype(np.float32)
     if not options.use_temporal:
         temporal = np.zeros_like(temporal)
-    rows = dataset.labels.shape[0]
-    order = np.random.default_rng(options.seed).permutation(rows)
-    cut = int(rows * (1.0 - validation))
-    inputs = [dataset.i_view.astype(np.float32), dataset.p_view.astype(np.float32), temporal]
-    train = [array[order[:cut]] for array in inputs]
-    held = [array[order[cut:]] for array in inputs]
+        i_view, p_view = _without_feedback(i_view), _without_feedback(p_view)
     labels = dataset.labels.astype(np.float32)
+    rows = labels.shape[0]
+    rng = np.random.default_rng(options.seed)
+    order = rng.permutation(rows)
+    cut = int(rows * (1.0 - validation))
+    arrays = (i_view, p_view, temporal, labels)
+    train = [array[order[:cut]] for array in arrays]
+    held = [tf.constant(array[order[cut:]]) for array in arrays]
     # The paper's batch of 2,048 assumes logs of millions of packets; on smaller logs keep at
     # least 32 steps per epoch so the network actually trains.
     batch_size = int(min(options.batch_size, max(32, cut // 32)))
-    history = model.fit(train, labels[order[:cut]], validation_data=(held, labels[order[cut:]]),
-                        epochs=options.epochs, batch_size=batch_size, verbose=verbose, shuffle=True)
+
+    batches = max(1, cut // batch_size)
+
+    @tf.function
+    def epoch(i: Any, p: Any, t: Any, y: Any) -> Any:
+        total = tf.constant(0.0)
+        for b in tf.range(batches):
+            with tf.GradientTape() as tape:
+                loss = bce(y[b], model([i[b], p[b], t[b]], training=True))
+            gradients = tape.gradient(loss, model.trainable_variables)
+            optimizer.apply_gradients(zip(gradients, model.trainable_variables, strict=True))
+            total += loss
+        return total / batches
+
+    loss = 0.0
+    for _ in range(options.epochs):
+        # one graph call per epoch over shuffled full batches (the remainder waits a round)
+        chosen = rng.permutation(cut)[:batches * batch_size]
+        loss = float(epoch(*(array[chosen].reshape(batches, batch_size, *array.shape[1:])
+                              for array in train)))
+    held_probabilities = model(held[:3], training=False)
+    metrics = {
+        "loss": loss,
+        "val_loss": float(bce(held[3], held_probabilities)),
+        "val_binary_accuracy": float(np.mean((held_probabilities.numpy() > 0.5) == (held[3].numpy() > 0.5))),
+    }
     weights = {}
     for layer in _LAYERS:
         kernel, bias = model.get_layer(layer).get_weights()
         weights[f"{layer}.w"] = kernel[0] if kernel.ndim == 3 else kernel
         weights[f"{layer}.b"] = bias
-    metrics = {name: float(values[-1]) for name, values in history.history.items()}
+    if not options.use_temporal:
+        # frozen blind to the temporal view, so every runtime feeds it the same inputs
+        for view in ("i", "p"):
+            weights[f"{view}_conv1.w"][list(FEEDBACK_CHANNELS)] = 0.0
+        weights["hidden.w"][1] = 0.0
     metrics.update(rows=rows, batch_size=batch_size, positive_rate=float(labels.mean()))
     return ContextualPredictor(weights, options, metrics)
