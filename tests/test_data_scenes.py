@@ -301,6 +301,7 @@ def test_npz_files_are_byte_reproducible(tmp_path):
     ({"gop": 4, "bframes": 4}, "bframes must be smaller than gop"),
     ({"day_start": "25:00"}, "day_start"),
     ({"seconds": 0.1, "fps": 5}, "at least 2 frames"),
+    ({"crowd": 0}, "crowd must be in (0, 20]"),
 ])
 def test_options_are_validated(fields, message):
     with pytest.raises(CoinferError, match="invalid scene options") as caught:
@@ -312,9 +313,10 @@ def test_cli_generates_a_scene_set(tmp_path, capsys):
     out = tmp_path / "cli"
     status = main(["data", "scenes", "--out", str(out), "--cameras", "2", "--seconds", "2", "--fps", "5",
                    "--size", "160x96", "--tasks", "faces", "--codec", "mjpeg", "--seed", "3",
-                   "--workers", "1", "--quiet"])
+                   "--crowd", "2", "--workers", "1", "--quiet"])
     assert status == 0
     loaded = SceneSet.load(out)
+    assert json.loads((out / "scenes.json").read_text())["crowd"] == 2.0
     assert [c.video_path.name for c in loaded.cameras] == ["cam000.avi", "cam001.avi"]
     assert loaded.tasks == ("faces",) and loaded.frames == 10
     assert "coinfer data scenes" in capsys.readouterr().out

@@ -41,6 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="clock time at the first frame (default 00:00)")
     scenes.add_argument("--day-end", default="24:00", metavar="HH:MM",
                         help="clock time at the end of the clip (default 24:00: the whole day)")
+    scenes.add_argument("--crowd", type=float, default=1.0,
+                        help="scale the number of passers-by (default 1: about two in view at a peak)")
     scenes.add_argument("--workers", type=int,
                         help="processes (default: CPU count); the outputs do not depend on it")
     scenes.add_argument("--overwrite", action="store_true", help="replace an existing DIR")
@@ -64,6 +66,7 @@ def _scenes(args: argparse.Namespace) -> int:
         cameras=args.cameras, seconds=args.seconds, fps=args.fps, width=width, height=height,
         codec=args.codec, gop=args.gop, bframes=args.bframes, bitrate=args.bitrate,
         tasks=parse_tasks(args.tasks), seed=args.seed, day_start=args.day_start, day_end=args.day_end,
+        crowd=args.crowd,
     )
     if args.workers is not None and args.workers < 1:
         raise CoinferError(f"--workers must be >= 1, got {args.workers}")

@@ -103,7 +103,8 @@ class SceneOptions:
 
     ``gop`` defaults to two seconds of frames; ``bitrate`` (kbit/s) switches from
     quality-based rate control to a target bitrate. The clip maps linearly onto the clock
-    from ``day_start`` to ``day_end`` (wrapping past midnight when end <= start).
+    from ``day_start`` to ``day_end`` (wrapping past midnight when end <= start). ``crowd``
+    scales how many actors come by (1: about PEAK_ACTORS in view at a typical camera's peak).
     """
 
     cameras: int = 4
@@ -119,6 +120,7 @@ class SceneOptions:
     seed: int = 0
     day_start: str = "00:00"
     day_end: str = "24:00"
+    crowd: float = 1.0
 
     def __post_init__(self) -> None:
         tasks = parse_tasks(self.tasks) if isinstance(self.tasks, str) else tuple(dict.fromkeys(self.tasks))
@@ -145,6 +147,8 @@ class SceneOptions:
             errors.append(f"{self.codec} has no B-frames; use bframes=0, got {self.bframes}")
         if not errors and self.bframes >= self.gop:
             errors.append(f"bframes must be smaller than gop, got bframes={self.bframes}, gop={self.gop}")
+        if not isinstance(self.crowd, (int, float)) or not 0 < self.crowd <= 20:
+            errors.append(f"crowd must be in (0, 20], got {self.crowd!r}")
         if self.bitrate is not None and (not isinstance(self.bitrate, int) or self.bitrate <= 0):
             errors.append(f"bitrate must be a positive number of kbit/s or None, got {self.bitrate!r}")
         unknown = [task for task in self.tasks if task not in TASK_KINDS]
@@ -358,7 +362,8 @@ def _traffic(plan: CameraPlan, options: SceneOptions, hours: np.ndarray) -> tupl
     """
     rng = camera_rng(options.seed, plan.index, 3)
     lifetimes = np.array([len(_draw_motion(rng, _draw_sprite(rng, plan), options).xs) for _ in range(256)])
-    rate = plan.busyness * PEAK_ACTORS * plan.arrivals_per_hour_shape(hours) / lifetimes.mean()
+    peak = options.crowd * plan.busyness * PEAK_ACTORS
+    rate = peak * plan.arrivals_per_hour_shape(hours) / lifetimes.mean()
     survival = (lifetimes[None, :] > np.arange(lifetimes.max() + 1)[:, None]).mean(axis=1)
     return rate, np.convolve(rate, survival)[: len(rate)].astype(np.float32)
 
@@ -720,6 +725,7 @@ def _index(options: SceneOptions, cameras: list[dict[str, Any]], files: dict[str
         "gop": options.gop, "bframes": options.bframes, "bitrate": options.bitrate,
         "seconds": options.seconds, "frames": options.frames, "tasks": list(options.tasks),
         "actor_kinds": list(KINDS), "clock": {"start": options.day_start, "end": options.day_end},
+        "crowd": options.crowd,
         "cameras": cameras, "files": dict(sorted(files.items())),
     }
 
