@@ -15,8 +15,12 @@ logs of training cameras, then replays every policy on held-out cameras:
 - ``corrupt_frames``: frames decoded under gating (with real decoders) that differ from
   decode-all, plus decoder errors; must be 0.
 
+``empty_accuracy`` is the accuracy of never decoding: when it nears the 90% target, the
+savings say little (frames without objects give the accuracy away; raise ``--crowd``).
+
 ``--quick`` stays under a minute on 2 cores; the full run adds more cameras, an HEVC and a
-long-GOP low-bitrate variant (where the size views stop helping) and PNG plots.
+long-GOP low-bitrate variant (the paper's extreme cases; ``view_gains`` tells what the size
+and temporal views add there) and PNG plots.
 """
 
 from __future__ import annotations
