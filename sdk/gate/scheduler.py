@@ -38,10 +38,14 @@ class GateOptions:
     up to ``carry_rounds`` rounds (1: strictly per round, as in the paper's formulation),
     and the bank always reaches the dearest single picture, so a stream can afford an
     intra picture that costs more than one round's budget.
+
+    ``ucb_window`` 20 rounds (2 s at 10 fps) follows a scene that empties and fills within
+    seconds: on busy generated scenes (``--crowd 2``) it gave PacketGame 5 points more
+    savings at 90% accuracy than 60 rounds, and 2-3 more than 10 or 30.
     """
 
     size_window: int = 5
-    ucb_window: int = 60
+    ucb_window: int = 20
     prefetch: bool = True
     carry_rounds: int = 10
 
