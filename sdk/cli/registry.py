@@ -26,7 +26,7 @@ class CommandSpec:
 
 COMMANDS: tuple[CommandSpec, ...] = (
     CommandSpec("gate", "PacketGame: gate video packets before decoding", module="coinfer.edge.gate.cli"),
-    CommandSpec("infi", "InFi: learnable skip/reuse input filters", tracking_issue=5),
+    CommandSpec("infi", "InFi: learnable skip/reuse input filters", module="coinfer.edge.infi.cli"),
     CommandSpec("stip", "STIP: three-party secure transformer inference", module="coinfer.cloud.stip.cli"),
     CommandSpec("mlink", "MLink: link black-box models, run many under a budget",
                 tracking_issue=6),
