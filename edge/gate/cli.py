@@ -8,7 +8,8 @@
 from __future__ import annotations
 
 import argparse
-import importlib
+
+from coinfer.sdk.cli.actions import add_action_parsers, run_action
 
 #: action -> module providing add_arguments(parser) and run(args) -> int
 ACTIONS = {
@@ -22,11 +23,8 @@ ACTIONS = {
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
-    for action, (summary, module) in ACTIONS.items():
-        child = sub.add_parser(action, help=summary, description=summary)
-        importlib.import_module(module).add_arguments(child)
+    add_action_parsers(parser, ACTIONS)
 
 
 def run(args: argparse.Namespace) -> int:
-    return int(importlib.import_module(ACTIONS[args.action][1]).run(args))
+    return run_action(args, ACTIONS)
