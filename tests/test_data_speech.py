@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.machinery
+import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -215,7 +216,7 @@ def test_vad_options_are_checked():
 
 
 def test_missing_packages_name_the_install_command(monkeypatch):
-    monkeypatch.setattr(vad.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ModelNotAvailableError, match=r"pip install --no-deps silero-vad==6\.2\.3"):
         vad.model_path()
     with pytest.raises(ModelNotAvailableError, match="pip install espeakng-loader"):
@@ -227,7 +228,7 @@ def test_missing_packages_name_the_install_command(monkeypatch):
 def test_missing_model_file_is_reported(monkeypatch, tmp_path):
     spec = importlib.machinery.ModuleSpec("silero_vad", None, is_package=True)
     spec.submodule_search_locations = [str(tmp_path)]
-    monkeypatch.setattr(vad.importlib.util, "find_spec", lambda name: spec)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: spec)
     with pytest.raises(ModelNotAvailableError, match=r"silero_vad\.onnx is missing"):
         vad.model_path()
 

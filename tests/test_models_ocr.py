@@ -1,6 +1,7 @@
 """PP-OCRv4 text detection recipe: pre/post-processing units and the real ONNX model."""
 
 import importlib.machinery
+import importlib.util
 
 import numpy as np
 import pytest
@@ -168,7 +169,7 @@ def test_iou():
 
 
 def test_missing_package_names_the_install_command(monkeypatch):
-    monkeypatch.setattr(ocr.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ModelNotAvailableError, match="pip install --no-deps rapidocr"):
         ocr.detector_model_path()
 
@@ -176,6 +177,6 @@ def test_missing_package_names_the_install_command(monkeypatch):
 def test_missing_model_file_is_reported(monkeypatch, tmp_path):
     spec = importlib.machinery.ModuleSpec("rapidocr_onnxruntime", None, is_package=True)
     spec.submodule_search_locations = [str(tmp_path)]
-    monkeypatch.setattr(ocr.importlib.util, "find_spec", lambda name: spec)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: spec)
     with pytest.raises(ModelNotAvailableError, match=r"ch_PP-OCRv4_det_infer\.onnx"):
         ocr.detector_model_path()

@@ -10,14 +10,14 @@ functions that resize, label or draw.
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from coinfer.sdk.errors import CoinferError, ModelNotAvailableError
+from coinfer.sdk.errors import CoinferError
+from coinfer.sdk.models.packaged import packaged_file
 
 PACKAGE = "rapidocr_onnxruntime"
 DETECTOR_FILE = "ch_PP-OCRv4_det_infer.onnx"
@@ -35,19 +35,8 @@ def detector_model_path() -> Path:
     ``find_spec`` locates the package without importing it: importing RapidOCR pulls in
     dependencies (and an OpenCV 5 build) that coinfer deliberately does not install.
     """
-    spec = importlib.util.find_spec(PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelNotAvailableError(
-            f"the OCR detector needs the {PACKAGE} package, which is not installed; "
-            f"install it with: {INSTALL_HINT}"
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / "models" / DETECTOR_FILE
-    if not path.is_file():
-        raise ModelNotAvailableError(
-            f"{path} is missing from the installed {PACKAGE} package; "
-            f"reinstall it with: {INSTALL_HINT}"
-        )
-    return path
+    return packaged_file(PACKAGE, f"models/{DETECTOR_FILE}", needed_by="the OCR detector",
+                         install_hint=INSTALL_HINT)
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,6 @@ than the package's torchaudio reader. Only numpy is imported at module import ti
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from coinfer.sdk.errors import CoinferError, ModelNotAvailableError
+from coinfer.sdk.errors import CoinferError
+from coinfer.sdk.models.packaged import packaged_file
 
 PACKAGE = "silero_vad"
 MODEL_FILE = "silero_vad.onnx"
@@ -47,18 +47,8 @@ def model_path() -> Path:
 
     ``find_spec`` locates the package without importing it: its ``__init__`` imports torch.
     """
-    spec = importlib.util.find_spec(PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelNotAvailableError(
-            f"the speech detector needs the {PACKAGE} package, which is not installed; "
-            f"install it with: {INSTALL_HINT}"
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / "data" / MODEL_FILE
-    if not path.is_file():
-        raise ModelNotAvailableError(
-            f"{path} is missing from the installed {PACKAGE} package; reinstall it with: {INSTALL_HINT}"
-        )
-    return path
+    return packaged_file(PACKAGE, f"data/{MODEL_FILE}", needed_by="the speech detector",
+                         install_hint=INSTALL_HINT)
 
 
 @dataclass(frozen=True)
