@@ -44,7 +44,6 @@ import av
 import numpy as np
 from fastapi import Depends, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse
 
 from coinfer.edge.gate.decoding import StreamDecoder, capture_decoder_errors, frame_array, frame_key
 from coinfer.edge.gate.inference import InferencePlugin
@@ -62,7 +61,7 @@ from coinfer.sdk.gate.protocol import (
     parse_body,
 )
 from coinfer.sdk.gate.redundancy import REDUNDANCY, create_measure
-from coinfer.sdk.service import ServiceError, ThreadedServer, bearer_matches, read_limited_body
+from coinfer.sdk.service import ServiceError, ThreadedServer, read_limited_body, refuse_with
 
 STATUS_PATH = "/v1/gate/streams/{stream_id}"
 #: Packets fed to a decoder whose picture has not come out yet; more means the stream is broken.
@@ -344,17 +343,9 @@ def create_gateway_app(options: GatewayOptions | None, token: str) -> FastAPI:
         raise CoinferError("the edge gateway needs a non-empty token")
     gateway = EdgeGateway(options)
     limit = gateway.options.max_request_bytes
-
-    def authorize(request: Request) -> None:
-        if not bearer_matches(request.headers.get("authorization", ""), token):
-            raise GatewayError("missing or wrong bearer token", status=401)
-
     app = FastAPI(title="coinfer edge gateway")
     app.state.gateway = gateway
-
-    @app.exception_handler(GatewayError)
-    async def refuse(_: Request, error: GatewayError) -> JSONResponse:
-        return JSONResponse({"detail": str(error)}, status_code=error.status)
+    authorize = refuse_with(app, GatewayError, token)
 
     @app.get("/healthz")
     def healthz() -> dict[str, Any]:

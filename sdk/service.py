@@ -3,7 +3,7 @@
 The services themselves (the edge gateway, the STIP model server) live in their tiers and
 build their FastAPI apps there; this module holds the plumbing they would otherwise each
 write again. It imports only the standard library; uvicorn is imported inside
-:class:`ThreadedServer` when a server starts.
+:class:`ThreadedServer` when a server starts, FastAPI inside :func:`refuse_with`.
 
 Example::
 
@@ -20,13 +20,14 @@ import secrets
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 from coinfer.sdk.errors import CoinferError
 
 __all__ = ["TOKEN_ENV", "ServiceError", "ThreadedServer", "bearer_matches", "read_limited_body",
-           "resolve_token"]
+           "refuse_with", "resolve_token"]
 
 #: The environment variable services and clients read the bearer token from.
 TOKEN_ENV = "COINFER_TOKEN"
@@ -63,6 +64,34 @@ def resolve_token(token_file: Path | None, env: str = TOKEN_ENV) -> str:
 def bearer_matches(authorization: str, token: str) -> bool:
     """Whether an ``Authorization`` header value carries ``token``, compared in constant time."""
     return hmac.compare_digest(authorization.encode(), f"Bearer {token}".encode())
+
+
+def refuse_with(app: Any, error: type[ServiceError], token: str) -> Callable[..., None]:
+    """Make a FastAPI ``app`` answer ``error`` as ``{"detail": message}`` with its status, and
+    return the dependency that refuses a request without ``Authorization: Bearer <token>`` (401).
+
+    Example::
+
+        authorize = refuse_with(app, GatewayError, token)
+
+        @app.post(PATH, dependencies=[Depends(authorize)])
+        async def handle(request: Request) -> dict: ...
+    """
+    from fastapi import Request
+    from fastapi.responses import JSONResponse
+
+    async def refuse(_: Any, raised: ServiceError) -> Any:
+        return JSONResponse({"detail": str(raised)}, status_code=raised.status)
+
+    def authorize(request: Request) -> None:
+        if not bearer_matches(request.headers.get("authorization", ""), token):
+            raise error("missing or wrong bearer token", status=401)
+
+    # FastAPI injects the request by its annotation, which must be the class itself: this
+    # module's postponed annotations are strings it would look up in the wrong namespace.
+    authorize.__annotations__ = {"request": Request, "return": None}
+    app.add_exception_handler(error, refuse)
+    return authorize
 
 
 async def read_limited_body(request: Any, limit: int, error: type[ServiceError] = ServiceError) -> bytes:

@@ -139,6 +139,19 @@ def test_text_filters_train_on_token_ids_and_refuse_int8(tmp_path):
         trained.scores(tokens.astype(np.float32))
 
 
+def test_single_channel_spectrogram_filters_train(tmp_path):
+    # oneDNN's depthwise gradient crashed the process on one-channel inputs (issue 5 bench)
+    rng = np.random.default_rng(1)
+    spectra = rng.uniform(0.0, 0.3, (160, 98, 40)).astype(np.float32)
+    speech = np.arange(160) % 2 == 0
+    spectra[speech, :, 10:16] += 0.6  # a formant band: speech
+    spec = {"clip": ModalitySpec.audio(98, 40)}
+    trained = train_skip_filter(spectra, (~speech).astype(np.float32), spec,
+                                options=FilterOptions(epochs=6, seed=0))
+    curve = FilterCurve.from_scores(trained.scores(spectra)[:, 0], ~speech)
+    assert curve.rate_at(0.9) >= 0.3
+
+
 def test_reuse_filter_learns_a_distance_the_cache_can_use(data, tmp_path):
     frames, count = data
     measurement = create_measurement("count")

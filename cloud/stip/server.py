@@ -27,11 +27,11 @@ from typing import Any
 import numpy as np
 from fastapi import Depends, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 
 from coinfer.sdk import wire
 from coinfer.sdk.errors import CoinferError
-from coinfer.sdk.service import ServiceError, ThreadedServer, bearer_matches, read_limited_body
+from coinfer.sdk.service import ServiceError, ThreadedServer, read_limited_body, refuse_with
 from coinfer.sdk.stip import protocol
 from coinfer.sdk.stip.transform import cloud_forward
 
@@ -160,16 +160,8 @@ def create_app(server: StipModelServer, token: str) -> FastAPI:
     """The FastAPI application serving ``server``; every route checks the bearer token."""
     if not token:
         raise CoinferError("the STIP server needs a non-empty token")
-
-    def authorize(request: Request) -> None:
-        if not bearer_matches(request.headers.get("authorization", ""), token):
-            raise RequestError("missing or wrong bearer token", status=401)
-
-    app = FastAPI(title="coinfer STIP model server", dependencies=[Depends(authorize)])
-
-    @app.exception_handler(RequestError)
-    async def refuse(_: Request, error: RequestError) -> JSONResponse:
-        return JSONResponse({"detail": str(error)}, status_code=error.status)
+    app = FastAPI(title="coinfer STIP model server")
+    app.router.dependencies.append(Depends(refuse_with(app, RequestError, token)))
 
     async def read_frame(request: Request) -> wire.Message:
         body = await read_limited_body(request, server.options.max_request_bytes, RequestError)

@@ -9,18 +9,13 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
 
+from coinfer.edge.infi.arguments import add_measurement_arguments, measurement_from_args
 from coinfer.sdk.errors import CoinferError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from coinfer.sdk.infi.measurements import MEASUREMENTS
-
-    parser.add_argument("--measurement", required=True, choices=sorted(MEASUREMENTS),
-                        help="how the model's output is judged redundant")
-    parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                        help="a measurement option, e.g. threshold=0.9 or keep=sports,finance (repeatable)")
+    add_measurement_arguments(parser)
     parser.add_argument("--filter-ms", type=float, help="measured cost of the filter per input, C(g)")
     parser.add_argument("--model-ms", type=float, help="measured cost of the model per input, C(h)")
     parser.add_argument("--filtered-ms", type=float, default=0.0,
@@ -29,29 +24,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the report here")
 
 
-def parse_options(pairs: list[str]) -> dict[str, Any]:
-    """``key=value`` pairs: numbers become floats, comma lists become lists of strings."""
-    options: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise CoinferError(f"--option must look like KEY=VALUE, got {pair!r}")
-        if key == "keep":
-            options[key] = [item for item in value.split(",") if item]
-            continue
-        try:
-            options[key] = float(value)
-        except ValueError:
-            options[key] = value
-    return options
-
-
 def run(args: argparse.Namespace) -> int:
     from coinfer.sdk.cli.report import print_metrics
     from coinfer.sdk.fsutil import atomic_write_json
-    from coinfer.sdk.infi import analyze, create_measurement
+    from coinfer.sdk.infi import analyze
 
-    measurement = create_measurement(args.measurement, **parse_options(args.option))
+    measurement = measurement_from_args(args)
     try:
         report = analyze(measurement, filter_ms=args.filter_ms, model_ms=args.model_ms,
                          filtered_ms=args.filtered_ms, filter_rate=args.filter_rate)

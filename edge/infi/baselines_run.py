@@ -41,7 +41,10 @@ def skip_baseline_rates(task: FilterTask, test_redundant: np.ndarray, target: fl
         knn_train, knn_test = task.raw_train, task.raw_test
     else:
         knn_train, knn_test = task.train_x, task.test_x
-    knn = baselines.LowLevelKNN(task.spec.kind)
+    kind = task.spec.kind
+    if kind == "image" and task.spec.shape[-1] not in (1, 3):
+        kind = "vector"  # a feature map: pixel statistics mean nothing there
+    knn = baselines.LowLevelKNN(kind)
     rates["lowlevel_knn"] = rate(knn.fit(knn_train, train_redundant).scores(knn_test))
     if "embeddings" in task.extra:
         embeddings = task.extra["embeddings"]

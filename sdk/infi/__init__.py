@@ -2,10 +2,10 @@
 
 Train on ``(input, model output)`` records with a redundancy measurement
 (:mod:`~coinfer.sdk.infi.measurements`), for any modality
-(:mod:`~coinfer.sdk.infi.modalities`); serve with :class:`SkipFilter` or
-:class:`ReuseCache`; keep a drifting filter fresh with :class:`ActiveUpdater`; ask
-:func:`analyze` whether a task is worth filtering. :mod:`coinfer.device.infi` runs the
-exported TFLite filters on devices.
+(:mod:`~coinfer.sdk.infi.modalities`), kept on disk as :class:`Records`; serve with
+:class:`SkipFilter` or :class:`ReuseCache`; keep a drifting filter fresh with
+:class:`ActiveUpdater`; ask :func:`analyze` whether a task is worth filtering.
+:mod:`coinfer.device.infi` runs the exported TFLite filters on devices.
 
 Example::
 
@@ -28,14 +28,18 @@ from coinfer.sdk.infi.measurements import (
     ReuseMeasurement,
     SkipMeasurement,
     create_measurement,
+    describe_measurements,
+    measurements_from_description,
 )
 from coinfer.sdk.infi.modalities import MODALITIES, InputError, ModalitySpec, log_mel_spectrogram
+from coinfer.sdk.infi.records import Records, RecordsError
 from coinfer.sdk.infi.reuse import (
     CacheOptions,
     Lookup,
     ReuseCache,
     ReuseCurve,
     repeated_fraction,
+    replay,
     reuse_curve,
 )
 from coinfer.sdk.infi.skip import FilterStats, SkipFilter, trained_scorer
@@ -63,6 +67,8 @@ __all__ = [
     "Measurement",
     "MeasurementError",
     "ModalitySpec",
+    "Records",
+    "RecordsError",
     "ReuseCache",
     "ReuseCurve",
     "ReuseMeasurement",
@@ -73,10 +79,13 @@ __all__ = [
     "break_even_rate",
     "check_inputs",
     "create_measurement",
+    "describe_measurements",
     "log_mel_spectrogram",
+    "measurements_from_description",
     "optimal_rate",
     "redundancy_labels",
     "repeated_fraction",
+    "replay",
     "reuse_curve",
     "train_reuse_filter",
     "train_skip_filter",

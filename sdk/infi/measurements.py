@@ -28,7 +28,7 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -231,3 +231,16 @@ def create_measurement(name: str, **options: Any) -> Measurement:
         return factory(**options)
     except TypeError as error:
         raise MeasurementError(f"bad options for measurement {name!r}: {error}") from error
+
+
+def describe_measurements(measurements: Mapping[str, Measurement]) -> dict[str, dict[str, Any]]:
+    """Per task, a measurement as JSON (its name and options), for an artifact's manifest."""
+    return {task: {"name": m.name, "options": m.options()} for task, m in measurements.items()}
+
+
+def measurements_from_description(data: Any) -> dict[str, Measurement]:
+    """The measurements :func:`describe_measurements` wrote, rebuilt (a manifest is untrusted)."""
+    try:
+        return {str(task): create_measurement(str(m["name"]), **m["options"]) for task, m in data.items()}
+    except (KeyError, TypeError, AttributeError) as error:
+        raise MeasurementError(f"bad measurement description {data!r}: {error}") from error

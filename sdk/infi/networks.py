@@ -42,8 +42,11 @@ def keras_module() -> Any:
 
 def _conv_step(keras: Any, x: Any, filters: int, kernel: int, stride: int, name: str) -> Any:
     layers = keras.layers
+    # A separable convolution of one channel is a plain one, and oneDNN's depthwise
+    # gradient crashes the process on single-channel inputs (spectrograms, grey images).
+    conv = layers.Conv2D if x.shape[-1] == 1 else layers.SeparableConv2D
     x = layers.ReLU(name=f"{name}_relu")(x)
-    x = layers.SeparableConv2D(filters, kernel, strides=stride, padding="same", name=f"{name}_conv")(x)
+    x = conv(filters, kernel, strides=stride, padding="same", name=f"{name}_conv")(x)
     return layers.LayerNormalization(name=f"{name}_norm")(x)
 
 

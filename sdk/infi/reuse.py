@@ -91,6 +91,10 @@ class ReuseCache:
         logits = np.abs(keys - embedding[None, :]) @ self._w + self._b
         return 0.5 * (1.0 + np.tanh(0.5 * logits))
 
+    def embed(self, inputs: Any) -> np.ndarray:
+        """The cache keys of a batch of inputs, (n, embedding)."""
+        return np.asarray(self._embedder(inputs), dtype=np.float32)
+
     def lookup_embedding(self, embedding: np.ndarray) -> Lookup:
         embedding = self._check_embedding(embedding)
         with self._lock:
@@ -104,7 +108,7 @@ class ReuseCache:
     def run(self, inputs: Any, model: Callable[[Any], Any],
             key: Callable[[Any], Hashable]) -> tuple[list[Any], np.ndarray]:
         """Outputs for a batch (reused on hits, computed and cached on misses) and the hit mask."""
-        embeddings = np.asarray(self._embedder(inputs), dtype=np.float32)
+        embeddings = self.embed(inputs)
         outputs, hits = [], np.zeros(len(embeddings), dtype=bool)
         for row, embedding in enumerate(embeddings):
             with self._lock:
@@ -201,18 +205,31 @@ def reuse_curve(embeddings: np.ndarray, outputs: Sequence[Any], same: Callable[[
     for threshold in thresholds:
         cache = ReuseCache(lambda x: x, pair_weights, pair_bias,
                            CacheOptions(options.capacity, options.k, float(threshold), options.replacement))
-        correct = 0
-        for embedding, output, label in zip(embeddings, outputs, labels, strict=True):
-            answer = cache.lookup_embedding(embedding)
-            if answer.hit:
-                correct += same(answer.result, output)
-            else:
-                correct += 1
-                cache.insert_embedding(embedding, output, label)
+        _, accuracy = replay(cache, embeddings, outputs, labels, same)
         rates.append(cache.stats.filter_rate)
-        accuracies.append(correct / max(len(outputs), 1))
+        accuracies.append(accuracy)
     return ReuseCurve(np.asarray(thresholds, dtype=np.float64), np.array(rates), np.array(accuracies),
                       optimal_rate(repeated_fraction(labels), 0.9))
+
+
+def replay(cache: ReuseCache, embeddings: np.ndarray, outputs: Sequence[Any], labels: Sequence[Hashable],
+           same: Callable[[Any, Any], bool]) -> tuple[np.ndarray, float]:
+    """Stream precomputed embeddings through ``cache`` in order; a miss inserts its true output.
+
+    Returns the hit mask and the accuracy: hits whose reused result is interchangeable with
+    the true output (``same``), plus every miss (the model ran), over all inputs.
+    """
+    hits = np.zeros(len(outputs), dtype=bool)
+    correct = 0
+    for row, (embedding, output, label) in enumerate(zip(embeddings, outputs, labels, strict=True)):
+        answer = cache.lookup_embedding(embedding)
+        if answer.hit:
+            hits[row] = True
+            correct += same(answer.result, output)
+        else:
+            correct += 1
+            cache.insert_embedding(embedding, output, label)
+    return hits, correct / max(len(outputs), 1)
 
 
 def repeated_fraction(labels: Sequence[Hashable]) -> float:

@@ -33,7 +33,8 @@ from coinfer.sdk.infi.measurements import (
     MeasurementError,
     ReuseMeasurement,
     SkipMeasurement,
-    create_measurement,
+    describe_measurements,
+    measurements_from_description,
 )
 from coinfer.sdk.infi.modalities import InputError, ModalitySpec
 
@@ -47,7 +48,10 @@ Inputs = np.ndarray | Mapping[str, np.ndarray]
 class FilterOptions:
     """Training settings (defaults: the paper's, lr 1e-3, batch 32, 20 epochs).
 
-    ``validation`` is held out to choose the skip threshold for ``target_accuracy``;
+    ``validation`` is held out to choose the skip threshold for ``target_accuracy``, in
+    random runs of ``validation_block`` consecutive records: for records from a stream
+    (video frames), single held-out frames have near-identical neighbours in training and
+    the threshold comes out too bold for new moments;
     ``pairs_per_input`` sets how many contrastive pairs a reuse filter sees per record,
     half of them with an interchangeable partner when one exists.
     """
@@ -56,13 +60,14 @@ class FilterOptions:
     batch_size: int = 32
     learning_rate: float = 1e-3
     validation: float = 0.2
+    validation_block: int = 1
     target_accuracy: float = 0.9
     pairs_per_input: int = 8
     seed: int = 0
     progress: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "pairs_per_input"):
+        for name in ("epochs", "batch_size", "pairs_per_input", "validation_block"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.validation < 1.0:
@@ -177,8 +182,7 @@ class TrainedFilter:
             "filter": self.kind,
             "inputs": {name: spec.to_dict() for name, spec in self.inputs.items()},
             "tasks": list(self.tasks),
-            "measurements": {task: {"name": m.name, "options": m.options()}
-                             for task, m in self.measurements.items()},
+            "measurements": describe_measurements(self.measurements),
             "thresholds": [float(t) for t in self.thresholds],
             "homogeneity": self.homogeneity,
             "metrics": self.metrics,
@@ -196,8 +200,7 @@ class TrainedFilter:
                 raise ValueError(f"unknown filter kind {kind!r}")
             inputs = {name: ModalitySpec.from_dict(spec) for name, spec in meta["inputs"].items()}
             tasks = tuple(str(task) for task in meta["tasks"])
-            measurements = {task: create_measurement(m["name"], **m["options"])
-                            for task, m in meta["measurements"].items()}
+            measurements = measurements_from_description(meta["measurements"])
             thresholds = np.asarray(meta["thresholds"], dtype=np.float64)
             homogeneity = float(meta["homogeneity"])
         except (KeyError, TypeError, ValueError, AttributeError) as error:
@@ -219,7 +222,9 @@ class TrainedFilter:
         """Write the device-side filter: the frozen skip model, or the reuse embedding network.
 
         The manifest carries what the device needs besides the network: the thresholds, or
-        the pair head and the homogeneity threshold of the reuse cache.
+        the pair head and the homogeneity threshold of the reuse cache; and the measurements,
+        so ``coinfer infi run`` can score the filter's decisions against recorded outputs
+        (artifacts exported before they were recorded simply lack ``measurements``).
         """
         from coinfer.converters.export import ExportError, ExportOptions
         from coinfer.converters.keras_tflite import keras_to_tflite
@@ -233,6 +238,7 @@ class TrainedFilter:
             "filter": self.kind,
             "inputs": {name: spec.to_dict() for name, spec in self.inputs.items()},
             "tasks": list(self.tasks),
+            "measurements": describe_measurements(self.measurements),
         }
         if self.kind == "skip":
             model = self._frozen()
@@ -349,9 +355,12 @@ def _check_labels(labels: np.ndarray, tasks: int, rows: int | None = None) -> np
 def _split(rows: int, options: FilterOptions) -> tuple[np.ndarray, np.ndarray]:
     if rows < 4:
         raise InputError(f"training a filter needs at least 4 records, got {rows}")
-    order = np.random.default_rng(options.seed).permutation(rows)
-    held = round(rows * options.validation)
-    return np.sort(order[held:]), np.sort(order[:held])
+    block = options.validation_block
+    blocks = -(-rows // block)
+    order = np.random.default_rng(options.seed).permutation(blocks)
+    held_blocks = order[:round(blocks * options.validation)]
+    held = np.isin(np.arange(rows) // block, held_blocks)
+    return np.flatnonzero(~held), np.flatnonzero(held)
 
 
 def _pairs(keys: Sequence[Any], options: FilterOptions) -> tuple[np.ndarray, np.ndarray]:

@@ -185,6 +185,11 @@ class PeopleDetector:
         return as_boxes(rows)
 
 
+#: The text detector's settings on scene frames (see :class:`TextDetector`); the split
+#: head/tail pipeline of :mod:`coinfer.sdk.models.ocr_split` uses the same.
+SCENE_TEXT_OPTIONS = ocr.DetectorOptions(limit_side_len=224, box_thresh=0.6)
+
+
 class TextDetector:
     """The PP-OCRv4 text detector on one onnxruntime thread (deterministic, and the scene
     generator parallelises over processes instead).
@@ -197,16 +202,9 @@ class TextDetector:
     """
 
     def __init__(self, options: ocr.DetectorOptions | None = None) -> None:
-        import onnxruntime
-
         self.name = "text"
-        self.options = options or ocr.DetectorOptions(limit_side_len=224, box_thresh=0.6)
-        settings = onnxruntime.SessionOptions()
-        settings.intra_op_num_threads = 1
-        settings.inter_op_num_threads = 1
-        self._session = onnxruntime.InferenceSession(
-            str(ocr.detector_model_path()), settings, providers=["CPUExecutionProvider"]
-        )
+        self.options = options or SCENE_TEXT_OPTIONS
+        self._session = ocr.cpu_session(ocr.detector_model_path())
         self._input = self._session.get_inputs()[0].name
 
     def _run(self, tensor: np.ndarray) -> np.ndarray:

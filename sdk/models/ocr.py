@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -27,6 +28,19 @@ STRIDE = 32
 # RapidOCR's det config: mean = std = 0.5 on [0, 1] pixels, i.e. pixels map to [-1, 1].
 MEAN = 0.5
 STD = 0.5
+
+
+def cpu_session(model: str | Path | bytes, threads: int = 1) -> Any:
+    """An onnxruntime CPU session for a model file (or serialised bytes) on ``threads``
+    threads: one by default, deterministic, and no oversubscription when several
+    processes run detectors at once."""
+    import onnxruntime
+
+    settings = onnxruntime.SessionOptions()
+    settings.intra_op_num_threads = threads
+    settings.inter_op_num_threads = 1
+    source = model if isinstance(model, bytes) else str(model)
+    return onnxruntime.InferenceSession(source, settings, providers=["CPUExecutionProvider"])
 
 
 def detector_model_path() -> Path:
