@@ -24,6 +24,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from coinfer.sdk.infi.curves import FilterCurve
 from coinfer.sdk.infi.skip import SkipFilter, trained_scorer
 from coinfer.sdk.infi.training import FilterOptions, Inputs, TrainedFilter, check_inputs
 
@@ -32,13 +33,18 @@ STRATEGIES = ("active", "periodic")
 
 @dataclass(frozen=True)
 class ActiveOptions:
-    """Inputs per period, labelled fraction (beta), selection strategy, fine-tuning length."""
+    """Inputs per period, labelled fraction (beta), selection strategy, fine-tuning length.
+
+    ``recalibrate`` picks the thresholds again on the labelled inputs after each update:
+    fine-tuning moves the scores, and a threshold chosen for the old filter skipped almost
+    nothing on the generated day/night stream (accuracy 0.33 against 0.68 offline)."""
 
     period: int = 200
     budget: float = 0.1
     strategy: str = "active"
     epochs: int = 5
     buffer: int = 4000
+    recalibrate: bool = True
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -101,8 +107,13 @@ class ActiveUpdater:
         merged = [np.concatenate(parts)[-self.options.buffer:] for parts in zip(*self._buffer, strict=True)]
         merged_labels = np.concatenate(self._labels)[-self.options.buffer:]
         self._buffer, self._labels = [merged], [merged_labels]
-        tuned = self.trained.fine_tune(dict(zip(self.trained.inputs, merged, strict=True)), merged_labels,
-                                       self.training)
+        feed = dict(zip(self.trained.inputs, merged, strict=True))
+        tuned = self.trained.fine_tune(feed, merged_labels, self.training)
+        if self.options.recalibrate:
+            scores = tuned.scores(feed)
+            tuned.thresholds = np.array([
+                FilterCurve.from_scores(scores[:, k], merged_labels[:, k] > 0.5)
+                .threshold_for(self.training.target_accuracy) for k in range(scores.shape[1])])
         self.trained = tuned
-        self.skip.swap(trained_scorer(tuned))
+        self.skip.swap(trained_scorer(tuned), tuned.thresholds)
         self.updates += 1

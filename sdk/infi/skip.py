@@ -75,7 +75,11 @@ class SkipFilter:
 
     def skip(self, inputs: Inputs) -> np.ndarray:
         """True where the model need not run (every task redundant)."""
-        skipped = np.all(self.scores(inputs) >= self.thresholds, axis=1)
+        arrays = check_inputs(inputs, self.inputs)
+        with self._lock:
+            scorer, thresholds = self._scorer, self.thresholds
+        scores = np.asarray(scorer(arrays), dtype=np.float64).reshape(arrays[0].shape[0], -1)
+        skipped = np.all(scores >= thresholds, axis=1)
         with self._lock:
             self.stats.seen += skipped.size
             self.stats.filtered += int(skipped.sum())
@@ -95,10 +99,12 @@ class SkipFilter:
                 outputs.append(model({name: arrays[k][row] for k, name in enumerate(self.inputs)}))
         return outputs
 
-    def swap(self, scorer: Scorer) -> None:
-        """Replace the scorer atomically: calls in flight finish with the old one."""
+    def swap(self, scorer: Scorer, thresholds: Sequence[float] | None = None) -> None:
+        """Replace the scorer (and the thresholds) atomically: calls in flight finish with the old one."""
         with self._lock:
             self._scorer = scorer
+            if thresholds is not None:
+                self.thresholds = np.asarray(thresholds, dtype=np.float64).reshape(len(self.tasks))
 
 
 def trained_scorer(trained: TrainedFilter) -> Scorer:
