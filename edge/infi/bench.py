@@ -32,13 +32,14 @@ from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from coinfer.edge.infi.tasks import FilterTask
+from coinfer.sdk.errors import CoinferError
 
 
 @dataclass(frozen=True)
@@ -55,15 +56,16 @@ class BenchScale:
     reuse_epochs: int
     pairs_per_input: int
     int8_modalities: tuple[str, ...]
+    drift_period: int
     crowd: float = 2.0
 
 
 QUICK = BenchScale(cameras=6, seconds=12.0, frame_size=(320, 180), filter_size=(64, 36),
                    clips=240, messages=400, epochs=6, reuse_epochs=4, pairs_per_input=2,
-                   int8_modalities=("image",))
+                   int8_modalities=("image",), drift_period=80)
 FULL = BenchScale(cameras=16, seconds=30.0, frame_size=(320, 180), filter_size=(112, 64),
                   clips=1000, messages=3000, epochs=20, reuse_epochs=12, pairs_per_input=6,
-                  int8_modalities=("image", "video", "audio", "vector"))
+                  int8_modalities=("image", "video", "audio", "vector"), drift_period=200)
 TARGET = 0.9
 #: The image task whose int8 agreement and cost ratio head the report: the heavy CNN (the
 #: PP-OCRv4 text detector); the Haar face cascade costs a few milliseconds, so the faces
@@ -76,6 +78,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", type=Path, metavar="PATH", help="write the metrics here")
     parser.add_argument("--workdir", type=Path, help="keep generated data and filters here (default: temp)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--epochs", type=int, metavar="N",
+                        help="training epochs of the skip filters (default: the configuration's)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -86,6 +90,10 @@ def run(args: argparse.Namespace) -> int:
     from coinfer.sdk.fsutil import atomic_write_json
 
     scale = QUICK if args.quick else FULL
+    if args.epochs is not None:
+        if args.epochs < 1:
+            raise CoinferError(f"--epochs must be >= 1, got {args.epochs}")
+        scale = replace(scale, epochs=args.epochs)
     with tempfile.TemporaryDirectory(prefix="coinfer-infi-bench-") as scratch:
         workdir = args.workdir or Path(scratch)
         report = run_configuration(scale, workdir, args.seed)
@@ -157,7 +165,8 @@ def run_configuration(scale: BenchScale, workdir: Path, seed: int) -> dict[str, 
             report["tasks"][task.name] = reuse_task_report(task, scale, seed, report)
         timings[task.name] = time.perf_counter() - mark
     mark = time.perf_counter()
-    report["drift"] = drift_report(frames, train, DriftOptions(epochs=scale.epochs, seed=seed))
+    report["drift"] = drift_report(frames, train, DriftOptions(epochs=scale.epochs, period=scale.drift_period,
+                                                                 seed=seed))
     for key in ("offline_accuracy", "periodic_accuracy", "active_accuracy"):
         report[key] = report["drift"][key]
     timings["drift"] = time.perf_counter() - mark
