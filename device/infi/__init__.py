@@ -23,6 +23,7 @@ import numpy as np
 from coinfer.device.runtime import create_runner
 from coinfer.sdk.artifact import Artifact, ArtifactError, load_artifact
 from coinfer.sdk.infi.modalities import ModalitySpec
+from coinfer.sdk.infi.networks import sigmoid
 from coinfer.sdk.infi.reuse import CacheOptions, ReuseCache
 from coinfer.sdk.infi.skip import SkipFilter
 
@@ -57,7 +58,9 @@ def load_skip_filter(path: str | os.PathLike) -> SkipFilter:
     except (KeyError, TypeError, ValueError) as error:
         raise ArtifactError(f"{artifact.path}: bad thresholds or tasks in the manifest: {error}") from error
     names = list(inputs)
-    return SkipFilter(lambda arrays: _first_output(runner, arrays, names), inputs, thresholds, tasks)
+    # Exports since the logits change output logits; older ones output probabilities.
+    squash = sigmoid if meta.get("scores") == "logits" else np.asarray
+    return SkipFilter(lambda arrays: squash(_first_output(runner, arrays, names)), inputs, thresholds, tasks)
 
 
 def load_reuse_cache(path: str | os.PathLike, options: CacheOptions | None = None) -> ReuseCache:

@@ -111,13 +111,27 @@ def skip_network(features: Any, inputs: Mapping[str, ModalitySpec], tasks: int) 
 
 def frozen_skip_network(features: Any, heads: Any, inputs: Mapping[str, ModalitySpec]) -> Any:
     """The skip model for inference: ``e(0)`` computed once and baked in as a constant, so
-    the exported filter runs the feature network once per input, not twice."""
+    the exported filter runs the feature network once per input, not twice.
+
+    It outputs the heads' logits, not probabilities: trained filters put their thresholds
+    near 0.99, where an int8 sigmoid output (steps of 1/256) cannot tell the scores apart;
+    the logits keep that resolution (int8 faces filter: 0.825 agreement with Keras as
+    probabilities). Apply :func:`sigmoid` to get P(redundant)."""
     keras = keras_module()
     reference = features(feeds(features, [spec.zeros() for spec in inputs.values()]), training=False)
     constant = np.asarray(reference, dtype=np.float32)[0]
     tensors = _input_tensors(keras, inputs)
     distance = keras.ops.abs(features(tensors) - constant)
-    return keras.Model(tensors, heads(distance), name="skip_filter")
+    logits = keras.layers.Dense(heads.units, name="skip_logits")
+    model = keras.Model(tensors, logits(distance), name="skip_filter")
+    logits.set_weights(heads.get_weights())
+    return model
+
+
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    """P(redundant) from the frozen skip network's logits, in float32."""
+    logits = np.asarray(logits, dtype=np.float32)
+    return (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
 
 
 def pair_network(features: Any, inputs: Mapping[str, ModalitySpec]) -> Any:

@@ -154,7 +154,7 @@ class TrainedFilter:
     def scores(self, inputs: Inputs, batch_size: int = 256) -> np.ndarray:
         """Skip: P(redundant) per input and task, (n, tasks)."""
         self._need("skip")
-        return _predict(self._frozen(), check_inputs(inputs, self.inputs), batch_size)
+        return networks.sigmoid(_predict(self._frozen(), check_inputs(inputs, self.inputs), batch_size))
 
     def embed(self, inputs: Inputs, batch_size: int = 256) -> np.ndarray:
         """Reuse: the embedding of every input, (n, embedding)."""
@@ -243,6 +243,7 @@ class TrainedFilter:
         if self.kind == "skip":
             model = self._frozen()
             metadata["thresholds"] = [float(t) for t in self.thresholds]
+            metadata["scores"] = "logits"
         else:
             model = self.features
             weights, bias = self.pair_head()
