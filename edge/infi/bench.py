@@ -159,8 +159,8 @@ def run_configuration(scale: BenchScale, workdir: Path, seed: int) -> dict[str, 
     for task in tasks:
         mark = time.perf_counter()
         if task.kind == "skip":
-            report["tasks"][task.name], trained = skip_task_report(task, scale, seed)
-            exports.append(Export(task, trained))
+            report["tasks"][task.name], export = skip_task_report(task, scale, seed)
+            exports.append(export)
         else:
             report["tasks"][task.name] = reuse_task_report(task, scale, seed, report)
         timings[task.name] = time.perf_counter() - mark
@@ -171,7 +171,7 @@ def run_configuration(scale: BenchScale, workdir: Path, seed: int) -> dict[str, 
         report[key] = report["drift"][key]
     timings["drift"] = time.perf_counter() - mark
     mark = time.perf_counter()
-    plan = export_filters(exports, workdir, seed, scale.int8_modalities)
+    plan = export_filters(exports, workdir, seed)
     faces = next(export.task for export in exports if export.task.name == "faces")
     plan["deployments"] = {"filter": str(workdir / "filters" / "faces-float32"),
                            "frames": save_arrays(workdir / "device" / "frames.npz", small=faces.test_x,
@@ -193,21 +193,22 @@ def run_configuration(scale: BenchScale, workdir: Path, seed: int) -> dict[str, 
 
 @dataclass
 class Export:
-    """A trained skip filter waiting for export, and its Keras decisions on the test split."""
+    """A trained skip filter waiting for export, its Keras decisions on the test split, and
+    whether it is also exported as int8 (token ids cannot be)."""
 
     task: FilterTask
     trained: Any
-
-    int8: bool = True
+    keras_skips: np.ndarray
+    int8: bool
 
     @property
     def quantizations(self) -> tuple[str, ...]:
         return ("float32", "int8") if self.int8 else ("float32",)
 
 
-def skip_task_report(task: FilterTask, scale: BenchScale, seed: int) -> tuple[dict[str, Any], Any]:
+def skip_task_report(task: FilterTask, scale: BenchScale, seed: int) -> tuple[dict[str, Any], Export]:
     """Train InFi-Skip, read its curve at 90% and run the baselines; returns the report and
-    the trained filter (exported and timed on the device side later)."""
+    the filter to export (and time on the device side later)."""
     from coinfer.sdk.infi import FilterCurve, FilterOptions, optimal_rate, train_skip_filter
 
     train_redundant = task.redundant(task.train_y)
@@ -236,7 +237,7 @@ def skip_task_report(task: FilterTask, scale: BenchScale, seed: int) -> tuple[di
         "deployed_accuracy": round(float(1.0 - np.mean(skipped & ~test_redundant)), 4),
         "model_ms": round(task.model_ms, 3),
         "baselines": baseline_rates(task, test_redundant),
-    }, trained
+    }, Export(task, trained, skipped, int8=task.spec.kind in scale.int8_modalities)
 
 
 def save_arrays(path: Path, **arrays: np.ndarray) -> str:
@@ -251,18 +252,15 @@ def save_arrays(path: Path, **arrays: np.ndarray) -> str:
     return str(path)
 
 
-def export_filters(exports: list[Export], workdir: Path, seed: int, int8: tuple[str, ...]) -> dict[str, Any]:
-    """Export every skip filter (float32, and int8 for the ``int8`` modalities; token ids
-    cannot be int8) and write the device stage's plan: the filters, their test inputs and
-    Keras' decisions on them."""
+def export_filters(exports: list[Export], workdir: Path, seed: int) -> dict[str, Any]:
+    """Export every skip filter (float32, and int8 where the configuration asks) and write
+    the device stage's plan: the filters, their test inputs and Keras' decisions on them."""
     rng = np.random.default_rng(seed)
     entries = []
     for export in exports:
         task = export.task
-        export.int8 = task.spec.kind in int8
-        keras_skips = export.trained.scores(task.test_x)[:, 0] >= export.trained.thresholds[0]
         inputs = save_arrays(workdir / "device" / f"{task.name}.npz", test_x=task.test_x,
-                             keras_skips=keras_skips)
+                             keras_skips=export.keras_skips)
         calibration = task.train_x[rng.choice(len(task.train_x), size=min(200, len(task.train_x)),
                                               replace=False)]
         for quantization in export.quantizations:
