@@ -43,6 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="clock time at the end of the clip (default 24:00: the whole day)")
     scenes.add_argument("--crowd", type=float, default=1.0,
                         help="scale the number of passers-by (default 1: about two in view at a peak)")
+    scenes.add_argument("--audio", action="store_true",
+                        help="add an aligned 16 kHz audio track per camera: synthesised speech while "
+                        "people are in view, ambient noise throughout (fps must divide 16000)")
     scenes.add_argument("--workers", type=int,
                         help="processes (default: CPU count); the outputs do not depend on it")
     scenes.add_argument("--overwrite", action="store_true", help="replace an existing DIR")
@@ -80,7 +83,7 @@ def _scenes(args: argparse.Namespace) -> int:
         cameras=args.cameras, seconds=args.seconds, fps=args.fps, width=width, height=height,
         codec=args.codec, gop=args.gop, bframes=args.bframes, bitrate=args.bitrate,
         tasks=parse_tasks(args.tasks), seed=args.seed, day_start=args.day_start, day_end=args.day_end,
-        crowd=args.crowd,
+        crowd=args.crowd, audio=args.audio,
     )
     if args.workers is not None and args.workers < 1:
         raise CoinferError(f"--workers must be >= 1, got {args.workers}")
@@ -100,5 +103,10 @@ def _scenes(args: argparse.Namespace) -> int:
     for task in options.tasks:
         metrics[f"{task}: frames with detections"] = round(
             float(np.mean([np.mean(c.counts(task) > 0) for c in cameras])), 3)
+    if options.audio:
+        people = np.mean([c.people_present.mean() for c in cameras])
+        speech = np.mean([c.speech.mean() for c in cameras])
+        metrics["audio: frames with people"] = round(float(people), 3)
+        metrics["audio: frames with speech"] = round(float(speech), 3)
     print_metrics("coinfer data scenes", metrics)
     return 0

@@ -10,9 +10,35 @@ written file is decoded and the real detectors run on every decoded frame: what 
 decode-all video-analytics system would record. Generative truth (boxes, identities and
 visible fractions of the actors) is stored alongside.
 
-Everything derives from the seed: camera ``i`` draws from its own PCG64 stream, so the
-outputs are byte-identical for the same options whatever the number of worker processes.
+With ``audio=True`` every camera also gets an audio track aligned with its frames (frame
+``k`` owns samples ``[k * S, (k + 1) * S)``, ``S = AUDIO_RATE // fps``): ambient noise of
+one of :data:`coinfer.sdk.data.speech.NOISE_KINDS` throughout, a few dB quieter in the
+dark, and, while a face or a walker is more than 30% visible, people talking: turns of
+real eSpeak NG speech in drawn voices with drawn pauses, through a drawn room, at a drawn
+SNR over the daytime noise, faded out over 50 ms when nobody is left in view.
+
+Everything derives from the seed: camera ``i`` draws from its own PCG64 streams (one for
+the plan, the arrivals, the sensor noise, the traffic model and the audio each), so the
+outputs are byte-identical for the same options whatever the number of worker processes,
+and the video, truth and detections are the same with and without audio.
 Heavy modules (PyAV, OpenCV, skimage, onnxruntime) are imported inside the functions.
+
+The output format is documented in README.md ("Output format"); audio adds::
+
+    scenes.json  "audio": {"sample_rate": 16000, "samples_per_frame": S, "dtype": "int16",
+                           "noise_kinds": [...], "snr_db": [low, high],
+                           "speech_dbfs": [low, high], "night_quieter_db": [low, high],
+                           "presence": {"kinds": ["face", "person"], "min_visible": 0.3},
+                           "speech_floor_db": -40.0,
+                           "synthesizer": {"name": "espeak-ng", "package", "version"}}
+                 and per camera "audio": {"noise_kind", "snr_db" (audible speech over the
+                           daytime noise), "speech_dbfs" (RMS of the audible speech; the draw if none),
+                           "noise_dbfs" (daytime noise RMS), "night_quieter_db", "turns",
+                           "speech_frames"}
+    camNNN.npz   "audio"         int16 [N * S]  the track, full scale 32768
+                 "audio.speech"  bool [N]       speech audible in frame k's window: a 10 ms hop
+                                                of the speech within speech_floor_db of the
+                                                camera's loudest hop overlaps it
 """
 
 from __future__ import annotations
@@ -71,6 +97,27 @@ POSE_SECONDS = 0.2  # a walker changes pose five times a second (a brisk step ca
 IR_THRESHOLD = 0.3  # daylight level under which the camera switches to infrared
 LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 
+# Audio (``audio=True``): one track per camera at AUDIO_RATE, every frame owning
+# AUDIO_RATE // fps samples.
+AUDIO_RATE = 16000
+AUDIO_MAX_SECONDS = 3600.0  # the track is built in memory (float64 while mixing)
+AUDIO_STREAM = 4  # camera_rng stream of the audio draws (0-3 drive the picture)
+PRESENCE_KINDS = ("face", "person")  # actors that talk
+PRESENCE_VISIBLE = 0.3  # an actor counts as present above this visible fraction
+SNR_DB = (0.0, 20.0)  # speech over the daytime ambient noise, drawn per camera
+SPEECH_DBFS = (-38.0, -22.0)  # RMS of the audible speech, drawn per camera
+NIGHT_QUIETER_DB = (3.0, 9.0)  # ambient noise this much quieter in the dark, drawn per camera
+SPEECH_FLOOR_DB = -40.0  # a 10 ms hop of speech is audible within this of the loudest one
+TURN_SECONDS = (1.0, 4.0)  # one speaker's turn (a new drawn voice each)
+TURN_PAUSE = (0.15, 0.6)  # silence between turns
+FIRST_TURN_DELAY = (0.0, 0.3)  # from someone coming into view to the first word
+MIN_TURN_SECONDS = 0.25  # shorter remainders of a presence stay silent
+SPEECH_FADE_SECONDS = 0.05  # speech fades out over this when presence ends
+AMBIENT_BLOCK_SECONDS = 15.0  # some noise kinds cost more than linear time in their length
+AMBIENT_CROSSFADE_SECONDS = 0.5
+NO_AUDIO_HINT = ("the set was generated without audio; regenerate it with `coinfer data scenes --audio` "
+                 "(SceneOptions(audio=True))")
+
 
 class SceneFormatError(CoinferError):
     """A scene set on disk is missing, tampered with, or of another format or version."""
@@ -105,6 +152,8 @@ class SceneOptions:
     quality-based rate control to a target bitrate. The clip maps linearly onto the clock
     from ``day_start`` to ``day_end`` (wrapping past midnight when end <= start). ``crowd``
     scales how many actors come by (1: about PEAK_ACTORS in view at a typical camera's peak).
+    ``audio`` adds an aligned audio track per camera (speech while people are in view, ambient
+    noise throughout); it needs fps to divide :data:`AUDIO_RATE`.
     """
 
     cameras: int = 4
@@ -121,6 +170,7 @@ class SceneOptions:
     day_start: str = "00:00"
     day_end: str = "24:00"
     crowd: float = 1.0
+    audio: bool = False
 
     def __post_init__(self) -> None:
         tasks = parse_tasks(self.tasks) if isinstance(self.tasks, str) else tuple(dict.fromkeys(self.tasks))
@@ -151,6 +201,14 @@ class SceneOptions:
             errors.append(f"crowd must be in (0, 20], got {self.crowd!r}")
         if self.bitrate is not None and (not isinstance(self.bitrate, int) or self.bitrate <= 0):
             errors.append(f"bitrate must be a positive number of kbit/s or None, got {self.bitrate!r}")
+        if not isinstance(self.audio, bool):
+            errors.append(f"audio must be True or False, got {self.audio!r}")
+        elif self.audio and isinstance(self.fps, int) and AUDIO_RATE % self.fps:
+            errors.append(f"audio at {AUDIO_RATE} Hz needs fps to divide {AUDIO_RATE} so that every "
+                          f"frame owns a whole number of samples, got fps={self.fps}")
+        elif self.audio and isinstance(self.seconds, (int, float)) and self.seconds > AUDIO_MAX_SECONDS:
+            errors.append(f"audio tracks are built in memory: seconds must be at most "
+                          f"{AUDIO_MAX_SECONDS:g} with audio, got {self.seconds}")
         unknown = [task for task in self.tasks if task not in TASK_KINDS]
         if unknown:
             errors.append(f"unknown task(s) {unknown}; choose from {', '.join(TASK_KINDS)}")
@@ -165,6 +223,11 @@ class SceneOptions:
     @property
     def frames(self) -> int:
         return round(self.seconds * self.fps)
+
+    @property
+    def samples_per_frame(self) -> int:
+        """Audio samples each frame owns (``AUDIO_RATE // fps``)."""
+        return AUDIO_RATE // self.fps
 
     @property
     def container(self) -> str:
@@ -489,6 +552,162 @@ class CameraRenderer:
 
 
 # ---------------------------------------------------------------------------------------
+# Audio: speech while people are in view, ambient noise throughout.
+
+
+def presence(offsets: np.ndarray, kinds: np.ndarray, visible: np.ndarray) -> np.ndarray:
+    """Per frame, from the truth.* CSR arrays: is an actor of :data:`PRESENCE_KINDS` more than
+    :data:`PRESENCE_VISIBLE` visible? The audio track's speech follows this."""
+    frames = len(offsets) - 1
+    talking = np.isin(kinds, [KINDS.index(kind) for kind in PRESENCE_KINDS]) & (visible > PRESENCE_VISIBLE)
+    frame_of = np.repeat(np.arange(frames), np.diff(offsets))
+    return np.bincount(frame_of[talking], minlength=frames) > 0
+
+
+@dataclass(frozen=True)
+class AudioTrack:
+    """A camera's rendered audio: ``samples`` int16 (full scale 32768), ``speech`` bool per
+    frame (speech audible in the frame's window), and the draws recorded in scenes.json."""
+
+    samples: np.ndarray
+    speech: np.ndarray
+    noise_kind: str
+    snr_db: float
+    speech_dbfs: float
+    noise_dbfs: float
+    night_quieter_db: float
+    turns: int
+
+    def entry(self) -> dict[str, Any]:
+        """The camera's ``"audio"`` entry in scenes.json."""
+        return {"noise_kind": self.noise_kind, "snr_db": round(self.snr_db, 4),
+                "speech_dbfs": round(self.speech_dbfs, 4), "noise_dbfs": round(self.noise_dbfs, 4),
+                "night_quieter_db": round(self.night_quieter_db, 4), "turns": self.turns,
+                "speech_frames": int(self.speech.sum())}
+
+
+def _ambient(rng: np.random.Generator, samples: int, kind: str) -> np.ndarray:
+    """Unit-RMS ambient noise of ``kind``, made in blocks of AMBIENT_BLOCK_SECONDS (the last
+    one up to twice the crossfade longer or shorter) joined by equal-power crossfades,
+    because some kinds (traffic, rain) cost more than linear time in their length."""
+    from coinfer.sdk.data.speech import ambient_noise
+
+    step, overlap = round(AMBIENT_BLOCK_SECONDS * AUDIO_RATE), round(AMBIENT_CROSSFADE_SECONDS * AUDIO_RATE)
+    starts = list(range(0, samples, step))
+    if len(starts) > 1 and samples - starts[-1] < 2 * overlap:
+        starts.pop()
+    ends = [*starts[1:], samples]
+    rise = np.sin(0.5 * np.pi * np.linspace(0.0, 1.0, overlap))
+    out = np.zeros(samples)
+    for block, (start, end) in enumerate(zip(starts, ends, strict=True)):
+        last = end == samples
+        length = end - start + (0 if last else overlap)
+        noise = ambient_noise(rng, length / AUDIO_RATE, AUDIO_RATE, kind)[:length]
+        if block:
+            noise[:overlap] *= rise
+        if not last:
+            noise[-overlap:] *= rise[::-1]
+        out[start:start + len(noise)] += noise
+    return out
+
+
+def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    """[start, stop) of every run of True in a bool array."""
+    edges = np.flatnonzero(np.diff(np.r_[0, np.asarray(mask, np.int8), 0]))
+    return list(zip(edges[::2].tolist(), edges[1::2].tolist(), strict=True))
+
+
+def _talk(rng: np.random.Generator, samples: int) -> tuple[np.ndarray, int]:
+    """Dry speech filling one presence of ``samples``: back-to-back turns of drawn length,
+    each a new drawn voice, with drawn pauses; returns the waveform and the number of turns."""
+    from coinfer.sdk.data.speech import synthesize_utterance
+
+    dry = np.zeros(samples)
+    at, turns = round(rng.uniform(*FIRST_TURN_DELAY) * AUDIO_RATE), 0
+    while samples - at >= MIN_TURN_SECONDS * AUDIO_RATE:
+        length = min(round(rng.uniform(*TURN_SECONDS) * AUDIO_RATE), samples - at)
+        waveform = synthesize_utterance(rng, length / AUDIO_RATE, AUDIO_RATE).waveform[:samples - at]
+        dry[at:at + len(waveform)] = waveform
+        at += len(waveform) + round(rng.uniform(*TURN_PAUSE) * AUDIO_RATE)
+        turns += 1
+    return dry, turns
+
+
+def _audible(speech: np.ndarray) -> np.ndarray:
+    """Per sample: inside a 10 ms hop within SPEECH_FLOOR_DB of the loudest hop, and not
+    silent itself (so a hop straddling the end of a presence marks only its speech)."""
+    hop = AUDIO_RATE // 100
+    hops = -(-len(speech) // hop)
+    padded = np.zeros(hops * hop)
+    padded[:len(speech)] = speech
+    rms = np.sqrt(np.mean(padded.reshape(hops, hop) ** 2, axis=1))
+    if hops == 0 or rms.max() <= 0:
+        return np.zeros(len(speech), bool)
+    loud = rms > rms.max() * 10 ** (SPEECH_FLOOR_DB / 20)
+    return np.repeat(loud, hop)[:len(speech)] & (speech != 0)
+
+
+def render_audio(rng: np.random.Generator, options: SceneOptions, present: np.ndarray,
+                 light: np.ndarray) -> AudioTrack:
+    """A camera's audio track, ``options.frames * options.samples_per_frame`` samples.
+
+    Ambient noise of one drawn kind runs throughout, up to a drawn number of dB quieter in
+    the dark (following ``light``, the daylight per frame). While ``present`` (per frame),
+    people talk: turns of real synthesised speech through one drawn room per camera, faded
+    out when the presence ends and silent outside it. The audible speech gets a drawn RMS
+    level, the daytime noise sits a drawn SNR under it, and the mix is scaled down as a
+    whole if a peak would pass 0.99. Deterministic from ``rng``.
+    """
+    from coinfer.sdk.data.speech import NOISE_KINDS, convolve, quantise, room_response
+
+    frames, spf = options.frames, options.samples_per_frame
+    samples = frames * spf
+    kind = NOISE_KINDS[int(rng.integers(len(NOISE_KINDS)))]
+    snr_db, speech_dbfs = rng.uniform(*SNR_DB), rng.uniform(*SPEECH_DBFS)
+    night_db = rng.uniform(*NIGHT_QUIETER_DB)
+    room = room_response(rng, AUDIO_RATE)
+    darkness = np.interp(np.arange(samples), (np.arange(frames) + 0.5) * spf,
+                         1.0 - np.asarray(light, np.float64))
+    noise = _ambient(rng, samples, kind) * 10 ** ((speech_dbfs - snr_db - night_db * darkness) / 20)
+    speech = np.zeros(samples)
+    fade = round(SPEECH_FADE_SECONDS * AUDIO_RATE)
+    turns = 0
+    for first, last in _runs(present):
+        dry, count = _talk(rng, (last - first) * spf)
+        if count:
+            wet = convolve(dry, room)
+            tail = min(fade, len(wet))
+            wet[len(wet) - tail:] *= np.linspace(1.0, 0.0, tail)
+            speech[first * spf:last * spf] = wet
+            turns += count
+    audible = _audible(speech)
+    if audible.any():
+        speech *= 10 ** (speech_dbfs / 20) / np.sqrt(np.mean(speech[audible] ** 2))
+    mix = speech + noise
+    peak = float(np.abs(mix).max())
+    gain_db = 20 * math.log10(0.99 / peak) if peak > 0.99 else 0.0
+    mix *= 10 ** (gain_db / 20)
+    return AudioTrack(quantise(mix, "int16"), audible.reshape(frames, spf).any(axis=1), kind,
+                      float(snr_db), float(speech_dbfs + gain_db), float(speech_dbfs - snr_db + gain_db),
+                      float(night_db), turns)
+
+
+def _audio_index(options: SceneOptions) -> dict[str, Any]:
+    """The set-wide audio facts recorded in scenes.json (absent without audio)."""
+    from coinfer.sdk.data.speech import NOISE_KINDS, package_version
+
+    return {
+        "sample_rate": AUDIO_RATE, "samples_per_frame": options.samples_per_frame, "dtype": "int16",
+        "noise_kinds": list(NOISE_KINDS), "snr_db": list(SNR_DB), "speech_dbfs": list(SPEECH_DBFS),
+        "night_quieter_db": list(NIGHT_QUIETER_DB),
+        "presence": {"kinds": list(PRESENCE_KINDS), "min_visible": PRESENCE_VISIBLE},
+        "speech_floor_db": SPEECH_FLOOR_DB,
+        "synthesizer": {"name": "espeak-ng", "package": "espeakng-loader",
+                        "version": package_version("espeakng-loader")},
+    }
+
+
+# ---------------------------------------------------------------------------------------
 # Encoding, decoding, detection, files.
 
 
@@ -652,6 +871,11 @@ def generate_camera(options: SceneOptions, index: int, directory: str | os.PathL
     arrays["truth.offsets"], arrays["truth.boxes"] = _ragged([t.boxes for t in truths], 4, np.float32)
     for name, dtype in (("kinds", np.int16), ("ids", np.int32), ("visible", np.float32)):
         arrays[f"truth.{name}"] = _ragged([getattr(t, name) for t in truths], 0, dtype)[1]
+    track = None
+    if options.audio:
+        present = presence(arrays["truth.offsets"], arrays["truth.kinds"], arrays["truth.visible"])
+        track = render_audio(camera_rng(options.seed, index, AUDIO_STREAM), options, present, renderer.light)
+        arrays["audio"], arrays["audio.speech"] = track.samples, track.speech
     results = directory / f"{plan.id}.npz"
     write_npz(results, arrays)
     return {
@@ -661,6 +885,7 @@ def generate_camera(options: SceneOptions, index: int, directory: str | os.PathL
         "morning_peak": round(plan.morning_peak, 4), "evening_peak": round(plan.evening_peak, 4),
         "sunrise": round(plan.sunrise, 4), "sunset": round(plan.sunset, 4),
         "actors": len(renderer.actors), "bytes": video.stat().st_size,
+        **({"audio": track.entry()} if track else {}),
         "files": {video.name: sha256_of(video), results.name: sha256_of(results)},
     }
 
@@ -684,6 +909,10 @@ def generate_scenes(out_dir: str | os.PathLike, options: SceneOptions, *, worker
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
         raise CoinferError(f"{out_dir} already exists; choose another --out or pass --overwrite")
+    if options.audio:
+        from coinfer.sdk.data.speech import espeak_paths
+
+        espeak_paths()  # fail before any work if the speech synthesiser is missing
     bar = tqdm(total=options.cameras * options.frames, unit="frame", disable=not progress,
                desc=f"scenes ({options.cameras} cameras)")
     with bar, atomic_directory(out_dir, overwrite=overwrite) as staging:
@@ -725,7 +954,7 @@ def _index(options: SceneOptions, cameras: list[dict[str, Any]], files: dict[str
         "gop": options.gop, "bframes": options.bframes, "bitrate": options.bitrate,
         "seconds": options.seconds, "frames": options.frames, "tasks": list(options.tasks),
         "actor_kinds": list(KINDS), "clock": {"start": options.day_start, "end": options.day_end},
-        "crowd": options.crowd,
+        "crowd": options.crowd, **({"audio": _audio_index(options)} if options.audio else {}),
         "cameras": cameras, "files": dict(sorted(files.items())),
     }
 
@@ -735,10 +964,12 @@ def _index(options: SceneOptions, cameras: list[dict[str, Any]], files: dict[str
 
 
 class SceneCamera:
-    """One camera of a loaded scene set: its video file and per-frame arrays."""
+    """One camera of a loaded scene set: its video file, per-frame arrays and, in a set made
+    with ``audio=True``, its audio track (``audio_info``: the set's ``"audio"`` facts)."""
 
     def __init__(self, root: Path, entry: dict[str, Any], arrays: dict[str, np.ndarray],
-                 tasks: Sequence[str], kinds: Sequence[str]) -> None:
+                 tasks: Sequence[str], kinds: Sequence[str],
+                 audio_info: dict[str, Any] | None = None) -> None:
         self.entry = entry
         self.id: str = entry["id"]
         self.video_path = root / entry["video"]
@@ -746,6 +977,7 @@ class SceneCamera:
         self.tasks = tuple(tasks)
         self.kinds = tuple(kinds)
         self.arrays = arrays
+        self.audio_info = audio_info
 
     @property
     def frame_count(self) -> int:
@@ -766,6 +998,50 @@ class SceneCamera:
     @property
     def activity(self) -> np.ndarray:
         return self.arrays["activity"]
+
+    @property
+    def has_audio(self) -> bool:
+        return self.audio_info is not None
+
+    def _check_audio(self) -> None:
+        if self.audio_info is None:
+            raise CoinferError(f"camera {self.id} of {self.results_path.parent} has no audio track: "
+                               f"{NO_AUDIO_HINT}")
+
+    @property
+    def samples_per_frame(self) -> int:
+        """Audio samples each frame owns."""
+        self._check_audio()
+        return int(self.audio_info["samples_per_frame"])
+
+    @property
+    def audio(self) -> np.ndarray:
+        """The whole track: float32 [frames * samples_per_frame] in [-1, 1]."""
+        from coinfer.sdk.data.speech import as_float
+
+        self._check_audio()
+        return as_float(self.arrays["audio"])
+
+    def audio_window(self, k: int) -> np.ndarray:
+        """Frame ``k``'s samples (float32 [samples_per_frame]), the sound during that frame."""
+        from coinfer.sdk.data.speech import as_float
+
+        spf = self.samples_per_frame
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 <= k < self.frame_count:
+            raise CoinferError(f"frame index must be an integer in [0, {self.frame_count}), got {k!r}")
+        return as_float(self.arrays["audio"][int(k) * spf:(int(k) + 1) * spf])
+
+    @property
+    def speech(self) -> np.ndarray:
+        """bool per frame: synthesised speech audible in the frame's audio window."""
+        self._check_audio()
+        return self.arrays["audio.speech"]
+
+    @property
+    def people_present(self) -> np.ndarray:
+        """bool per frame: someone who could be talking is in view (see :func:`presence`)."""
+        arrays = self.arrays
+        return presence(arrays["truth.offsets"], arrays["truth.kinds"], arrays["truth.visible"])
 
     def _rows(self, prefix: str, name: str) -> list[np.ndarray]:
         offsets, values = self.arrays[f"{prefix}.offsets"], self.arrays[f"{prefix}.{name}"]
@@ -837,6 +1113,22 @@ class SceneSet:
     def gop(self) -> int:
         return int(self.index["gop"])
 
+    @property
+    def has_audio(self) -> bool:
+        return "audio" in self.index
+
+    @property
+    def sample_rate(self) -> int:
+        """Audio samples per second (a set generated with ``audio=True`` only)."""
+        if not self.has_audio:
+            raise CoinferError(f"scene set {self.root} has no audio track: {NO_AUDIO_HINT}")
+        return int(self.index["audio"]["sample_rate"])
+
+    @property
+    def samples_per_frame(self) -> int:
+        """Audio samples each frame owns."""
+        return self.sample_rate // self.fps
+
     @classmethod
     def load(cls, directory: str | os.PathLike) -> SceneSet:
         root = Path(directory)
@@ -867,6 +1159,9 @@ class SceneSet:
             if sha256_of(path) != expected:
                 raise SceneFormatError(f"{path} does not match its sha256 in {INDEX_FILE}: "
                                        "the file was modified or truncated")
+        audio = index.get("audio")
+        if "audio" in index:
+            _check_audio_index(index_path, index)
         cameras = []
         for entry in index["cameras"]:
             for key in ("video", "results"):
@@ -874,8 +1169,18 @@ class SceneSet:
                     raise SceneFormatError(f"{index_path}: camera {entry.get('id')!r} {key} file "
                                            f"{entry.get(key)!r} is not listed with a sha256")
             arrays = _load_results(root / entry["results"], index)
-            cameras.append(SceneCamera(root, entry, arrays, index["tasks"], index["actor_kinds"]))
+            cameras.append(SceneCamera(root, entry, arrays, index["tasks"], index["actor_kinds"], audio))
         return cls(root, index, cameras)
+
+
+def _check_audio_index(index_path: Path, index: dict[str, Any]) -> None:
+    """The ``"audio"`` facts must give every frame a whole number of samples."""
+    audio = index["audio"]
+    rate = audio.get("sample_rate") if isinstance(audio, dict) else None
+    spf = audio.get("samples_per_frame") if isinstance(audio, dict) else None
+    if not isinstance(rate, int) or not isinstance(spf, int) or spf < 1 or spf * index.get("fps", 0) != rate:
+        raise SceneFormatError(f"{index_path}: audio sample_rate {rate!r} and samples_per_frame {spf!r} "
+                               f"do not fit fps {index.get('fps')!r}")
 
 
 def _load_results(path: Path, index: dict[str, Any]) -> dict[str, np.ndarray]:
@@ -910,4 +1215,7 @@ def _load_results(path: Path, index: dict[str, Any]) -> dict[str, np.ndarray]:
                                    f"{len(boxes)} boxes")
         for name, dtype in zip(extra, (np.int16, np.int32, np.float32), strict=False):
             need(f"{prefix}.{name}", dtype, (len(boxes),))
+    if "audio" in index:
+        need("audio", np.int16, (frames * int(index["audio"]["samples_per_frame"]),))
+        need("audio.speech", np.bool_, (frames,))
     return arrays

@@ -396,14 +396,14 @@ def _brown(rng: np.random.Generator, n: int, sr: int) -> np.ndarray:
     return _shaped(rng, n, sr, lambda f: _highpass(f, 15.0) / np.maximum(f, 1.0))
 
 
-def _convolve(x: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+def convolve(x: np.ndarray, kernel: np.ndarray) -> np.ndarray:
     """Linear convolution, truncated to len(x)."""
     size = len(x) + len(kernel) - 1
     return np.fft.irfft(np.fft.rfft(x, size) * np.fft.rfft(kernel, size), size)[:len(x)]
 
 
-def _room(rng: np.random.Generator, sr: int, rt60: tuple[float, float] = (0.15, 0.6),
-          drr_db: tuple[float, float] = (0.0, 12.0)) -> np.ndarray:
+def room_response(rng: np.random.Generator, sr: int, rt60: tuple[float, float] = (0.15, 0.6),
+                  drr_db: tuple[float, float] = (0.0, 12.0)) -> np.ndarray:
     """A room impulse response: the direct path plus an exponentially decaying diffuse tail
     (reverberation time ``rt60``, direct-to-reverberant ratio ``drr_db``)."""
     decay = rng.uniform(*rt60)
@@ -462,7 +462,7 @@ def _rain(rng: np.random.Generator, n: int, sr: int) -> np.ndarray:
         freq, decay = min(rng.uniform(1500, 6000), 0.45 * sr), rng.uniform(0.001, 0.004)
         kernel = np.exp(-kernel_t / decay) * (np.sin(2 * np.pi * freq * kernel_t)
                                               + 0.5 * rng.standard_normal(len(kernel_t)))
-        drops += _convolve(train, kernel)
+        drops += convolve(train, kernel)
     return rng.uniform(0.3, 0.8) * hiss + _unit(drops)
 
 
@@ -497,7 +497,7 @@ def _music(rng: np.random.Generator, n: int, sr: int) -> np.ndarray:
     for bar in np.arange(-beat, seconds, 2 * beat):
         pluck(bar, root - 12 + scale[int(rng.integers(0, 3))], 2 * beat, 0.8)
     muffled = _filtered(out, sr, lambda f: _lowpass(f, rng.uniform(1200, 3500)))
-    return _convolve(muffled, _room(rng, sr, (0.4, 0.9), (0.0, 6.0))) \
+    return convolve(muffled, room_response(rng, sr, (0.4, 0.9), (0.0, 6.0))) \
         + 10 ** (-rng.uniform(25, 40) / 20) * _unit(_pink(rng, n, sr)) * np.std(muffled)
 
 
@@ -661,7 +661,7 @@ def render_clip(rng: np.random.Generator, options: SpeechOptions, speech: bool) 
         share = rng.uniform(*options.speech_share)
         length = min(n, max(round(0.3 * rate), round(share * n)))
         utterance = synthesize_utterance(rng, length / rate, rate)
-        wet = _convolve(np.r_[utterance.waveform, np.zeros(n)], _room(rng, rate))
+        wet = convolve(np.r_[utterance.waveform, np.zeros(n)], room_response(rng, rate))
         offset = int(rng.integers(0, n - length + 1))
         placed = np.zeros(n)
         placed[offset:] = wet[:n - offset]
@@ -831,7 +831,8 @@ def _load_arrays(path: Path, options: SpeechOptions, vad: dict[str, Any]) -> dic
     return arrays
 
 
-def _package_version(name: str) -> str | None:
+def package_version(name: str) -> str | None:
+    """The installed version of a distribution (None if absent), recorded with generated sets."""
     with contextlib.suppress(importlib.metadata.PackageNotFoundError):
         return importlib.metadata.version(name)
     return None
@@ -884,9 +885,9 @@ def speech_clips(options: SpeechOptions, *, progress: bool = False, detector: An
     }
     meta = {
         "speech": {"synthesizer": "espeak-ng", "package": "espeakng-loader",
-                   "version": _package_version("espeakng-loader")},
+                   "version": package_version("espeakng-loader")},
         "vad": {"model": detector.path.name, "package": "silero-vad",
-                "version": _package_version("silero-vad"),
+                "version": package_version("silero-vad"),
                 "sha256": sha256_of(detector.path), "threshold": detector.options.threshold,
                 "min_speech_seconds": detector.options.min_speech_seconds,
                 "window": detector.window()},

@@ -28,11 +28,7 @@ Example::
 
 from __future__ import annotations
 
-import io
-import math
 import os
-import zipfile
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,9 +36,9 @@ from typing import Any
 import numpy as np
 
 from coinfer.sdk.errors import CoinferError
-from coinfer.sdk.fsutil import atomic_write_bytes
 from coinfer.sdk.infi.measurements import Measurement, MeasurementError
 from coinfer.sdk.infi.modalities import InputError, ModalitySpec
+from coinfer.sdk.npz import NpzError, read_arrays, write_arrays
 
 #: Largest total size of the decoded arrays :meth:`Records.load` accepts by default.
 MAX_RECORDS_BYTES = 4 << 30
@@ -92,33 +88,12 @@ class Records:
              max_bytes: int = MAX_RECORDS_BYTES) -> Records:
         """Read and check a records ``.npz``; every problem raises :class:`RecordsError` naming it."""
         path = Path(path)
-        if not path.is_file():
-            raise RecordsError(f"{path}: no such records file")
         try:
-            with zipfile.ZipFile(path) as archive:
-                members = {name.removesuffix(".npy"): archive.getinfo(name) for name in archive.namelist()}
-                missing = [key for key in ("inputs", "outputs")[:2 if require_outputs else 1]
-                           if key not in members]
-                if missing:
-                    raise RecordsError(f"{path}: missing array(s) {', '.join(map(repr, missing))} "
-                                       f"(it holds {sorted(members) or 'nothing'}); a records file holds "
-                                       "'inputs' and 'outputs'")
-                present = [key for key in ("inputs", "outputs") if key in members]
-                total = 0
-                for key in present:
-                    total += _check_header(archive, members[key], path, key)
-                    if total > max_bytes:
-                        raise RecordsError(f"{path}: the arrays need more than {max_bytes} bytes "
-                                           f"(the limit); split the records")
-                arrays = {}
-                for key in present:
-                    with archive.open(members[key]) as handle:
-                        arrays[key] = np.lib.format.read_array(handle, allow_pickle=False)
-        except RecordsError:
-            raise
-        except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError) as error:
-            raise RecordsError(f"{path}: not a readable .npz records file (truncated or corrupt?): "
-                               f"{error}") from error
+            arrays = read_arrays(path, required=("inputs", "outputs")[:2 if require_outputs else 1],
+                                 max_bytes=max_bytes, what="records file")
+        except NpzError as error:
+            raise RecordsError(f"{error}; a records file holds 'inputs' and 'outputs'"
+                               if "missing array" in str(error) else str(error)) from error
         try:
             return cls(arrays["inputs"], arrays.get("outputs"))
         except RecordsError as error:
@@ -126,12 +101,9 @@ class Records:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the records as ``.npz`` atomically (an interrupted save leaves no partial file)."""
-        buffer = io.BytesIO()
         arrays = {"inputs": self.inputs} if self.outputs is None else {"inputs": self.inputs,
                                                                          "outputs": self.outputs}
-        np.savez(buffer, **arrays)
-        atomic_write_bytes(path, buffer.getvalue())
-        return Path(path)
+        return write_arrays(path, arrays)
 
     def spec(self, modality: str | None = None, vocabulary: int | None = None) -> ModalitySpec:
         """The filter input the records fit; ``modality`` is inferred from the shape when unambiguous.
@@ -181,24 +153,6 @@ class Records:
                                        "got a negative one")
             return [int(v) for v in whole]
         return [float(v) for v in values]
-
-
-def _check_header(archive: zipfile.ZipFile, member: zipfile.ZipInfo, path: Path, key: str) -> int:
-    """The bytes an array will take, from its header, refused when its dtype or size is wrong."""
-    with archive.open(member) as handle:
-        version = np.lib.format.read_magic(handle)
-        read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                else np.lib.format.read_array_header_2_0)
-        shape, _, dtype = read(handle)
-        header = handle.tell()
-    if dtype.hasobject or dtype.fields is not None:
-        raise RecordsError(f"{path}: '{key}' has dtype {dtype} (objects or records); records hold plain "
-                           "numbers or unicode strings and are never unpickled")
-    size = math.prod(shape) * dtype.itemsize
-    if size != member.file_size - header:
-        raise RecordsError(f"{path}: '{key}' declares {shape} {dtype} ({size} bytes) but holds "
-                           f"{member.file_size - header} bytes: the file is truncated or corrupt")
-    return size
 
 
 def _infer_modality(shape: tuple[int, ...], integer: bool) -> str:
