@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from coinfer.sdk.errors import CoinferError
-from coinfer.sdk.mlink.architectures import default_hidden, modules
+from coinfer.sdk.mlink.architectures import default_hidden, modules, one_thread
 from coinfer.sdk.mlink.outputs import BOS, PAD, OutputError, OutputSpec, Vocabulary
 
 
@@ -148,18 +148,19 @@ def optimise(parameters: list[Any], loss_of: Callable[[Any], Any], count: int, o
         optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(step, steps) / steps)))
     generator = torch.Generator().manual_seed(options.seed)
     history = []
-    for _ in range(epochs):
-        order, total = torch.randperm(count, generator=generator), 0.0
-        for start in range(0, count, options.batch):
-            index = order[start:start + options.batch]
-            loss = loss_of(index)
-            optimizer.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(parameters, options.clip_norm)
-            optimizer.step()
-            schedule.step()
-            total += float(loss.detach()) * len(index)
-        history.append(total / count)
+    with one_thread():
+        for _ in range(epochs):
+            order, total = torch.randperm(count, generator=generator), 0.0
+            for start in range(0, count, options.batch):
+                index = order[start:start + options.batch]
+                loss = loss_of(index)
+                optimizer.zero_grad()
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(parameters, options.clip_norm)
+                optimizer.step()
+                schedule.step()
+                total += float(loss.detach()) * len(index)
+            history.append(total / count)
     return history
 
 
@@ -236,7 +237,7 @@ class Link:
         torch = modules().torch
         if self.target.spec.is_sequence:
             raise LinkError("a sequence link has no single logit vector; use predict")
-        with torch.no_grad():
+        with torch.no_grad(), one_thread():
             return self.network.vector(source_tensor(self.source, source_outputs))
 
     def predict(self, source_outputs: Any) -> Any:
@@ -287,7 +288,7 @@ def greedy_decode(links: list[Link], weights: list[float],
     ``sources[k]`` are the source outputs of ``links[k]``."""
     torch = modules().torch
     target = links[0].target
-    with torch.no_grad():
+    with torch.no_grad(), one_thread():
         encoded = [link.network.encode(source_tensor(link.source, sources[k]))
                    for k, link in enumerate(links)]
         count = encoded[0][1].shape[0]
