@@ -1,4 +1,4 @@
-"""What the ``coinfer infi`` actions share: the measurement arguments, output checks, the report.
+"""What the ``coinfer infi`` actions share: the measurement arguments.
 
     --measurement class-subset --option keep=sports,finance    # -> create_measurement(...)
 """
@@ -6,8 +6,6 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from coinfer.sdk.errors import CoinferError
@@ -45,25 +43,3 @@ def measurement_from_args(args: argparse.Namespace) -> Any:
     from coinfer.sdk.infi.measurements import create_measurement
 
     return create_measurement(args.measurement, **parse_options(args.option))
-
-
-def add_output_arguments(parser: argparse.ArgumentParser, what: str) -> None:
-    """``--out DIR`` (required) and ``--overwrite``."""
-    parser.add_argument("--out", type=Path, required=True, metavar="DIR", help=f"where to write {what}")
-    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
-
-
-def check_output(args: argparse.Namespace) -> None:
-    """Fail before the work, not after it, when ``--out`` exists and may not be replaced."""
-    if args.out.exists() and not args.overwrite:
-        raise CoinferError(f"{args.out} already exists (pass --overwrite to replace it)")
-
-
-def report(title: str, metrics: Mapping[str, Any], json_path: Path | None = None) -> None:
-    """Print ``metrics`` as a table and, with ``json_path``, write them there atomically."""
-    from coinfer.sdk.cli.report import print_metrics
-    from coinfer.sdk.fsutil import atomic_write_json
-
-    print_metrics(title, metrics)
-    if json_path is not None:
-        atomic_write_json(json_path, dict(metrics))

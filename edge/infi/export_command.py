@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from coinfer.edge.infi.arguments import add_output_arguments, check_output, report
+from coinfer.sdk.cli.report import add_output_arguments, check_output, report
 from coinfer.sdk.errors import CoinferError
 
 #: coinfer.converters.QUANTIZATIONS, spelt out: importing the converters here would load them

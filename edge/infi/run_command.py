@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from coinfer.edge.infi.arguments import report
+from coinfer.sdk.cli.report import report
 
 #: The artifact kinds ``coinfer infi export`` writes -> filter kind.
 EXPORTED = {"infi-skip-tflite": "skip", "infi-reuse-tflite": "reuse"}

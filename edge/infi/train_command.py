@@ -15,13 +15,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from coinfer.edge.infi.arguments import (
-    add_measurement_arguments,
-    add_output_arguments,
-    check_output,
-    measurement_from_args,
-    report,
-)
+from coinfer.edge.infi.arguments import add_measurement_arguments, measurement_from_args
+from coinfer.sdk.cli.report import add_output_arguments, check_output, report
 from coinfer.sdk.errors import CoinferError
 
 #: The task name a skip filter trained here answers for.

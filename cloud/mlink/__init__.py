@@ -1,0 +1,1 @@
+"""MLink on the cloud tier: the federated aggregation service for link graphs."""
