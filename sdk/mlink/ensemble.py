@@ -5,8 +5,11 @@ boxes, per-step log-probabilities for sequences) is weighted by a softmax over t
 sources actually executed, so the same trained weights serve any subset A' of A: the
 planner may switch models off without retraining, and a single source gives exactly its
 link, h_{i},j = g_ij. Vector targets learn one weight per source and output unit, then
-apply the task's activation. Training draws a random subset of sources for half of the
-batches, so the weights are good for the subsets the planner will pick, not only for all.
+apply the task's activation. Mixing logits (log-probabilities) this way is a product of
+experts: for classes, sources that each rule out different answers combine into one
+sharper answer, so an ensemble can beat every one of its sources. Training draws a
+random subset of sources for half of the batches, so the weights are good for the subsets
+the planner will pick, not only for all of them.
 
 Example::
 
@@ -18,7 +21,7 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -37,6 +40,11 @@ from coinfer.sdk.mlink.links import (
     target_tensors,
     vector_loss,
 )
+
+#: The combination's learning rate. Its few weights must travel far, to near-0/1 softmax
+#: shares, for a weak source not to drag a strong one down: at the links' 0.01 they stayed
+#: near uniform and adding a weak source to a box target cost 13 IoU points (0.99 -> 0.86).
+ENSEMBLE_LEARNING_RATE = 0.2
 
 
 @dataclass
@@ -122,7 +130,8 @@ class Ensemble:
             return vector_loss(self.target.spec, self.combine(chosen, [features[k][index] for k in keep]),
                                wanted[index])
 
-        return optimise(list(self.parameters.values()), loss_of, len(wanted), self.options,
+        options = replace(self.options, learning_rate=ENSEMBLE_LEARNING_RATE)
+        return optimise(list(self.parameters.values()), loss_of, len(wanted), options,
                         self.options.epochs if epochs is None else epochs)
 
     def predict(self, source_outputs: Mapping[str, Any]) -> Any:
