@@ -115,11 +115,14 @@ def test_seq_to_seq_learns_a_token_mapping():
     assert score >= 0.8
 
 
-def test_single_source_ensemble_is_its_link(graph, data):
-    _, test = data
-    ensemble = graph.ensembles["speech"]
-    np.testing.assert_allclose(ensemble.predict({"counts": test["counts"]}),
-                               graph.links[("counts", "speech")].predict(test["counts"]), atol=1e-6)
+def test_ensemble_prior_keeps_a_weak_source_from_doing_worse_than_a_constant(graph, data):
+    train, test = data
+    for source, target in (("speech", "boxes"), ("speech", "counts"), ("counts", "speech")):
+        ensemble = graph.ensembles[target].predict({source: test[source]})
+        score = performance(SPECS[target], ensemble, test[target])
+        constant = baseline(SPECS[target], train[target], test[target])
+        link = performance(SPECS[target], graph.links[(source, target)].predict(test[source]), test[target])
+        assert score >= max(constant, link) - 0.03, (source, target, score, constant, link)
 
 
 def test_ensemble_of_complementary_sources_beats_each_of_them():

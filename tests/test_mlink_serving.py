@@ -68,7 +68,7 @@ def test_mlink_beats_standalone_random_and_reducto_at_the_same_budget(world):
                for seed in range(3)]
     assert mlink > max(alone.mean_accuracy(stream), reducto.mean_accuracy(stream))
     assert mlink >= np.mean(randoms)
-    best = baselines.optimum(graph, runner, len(stream), budget, profile)
+    best = baselines.optimum(graph, runner, len(stream), budget, stream)
     assert best.plans[0].cost <= budget and mlink >= best.mean_accuracy(stream) - 0.02
 
 

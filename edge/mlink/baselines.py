@@ -7,8 +7,10 @@
   its last run (mean absolute difference of small grey thumbnails) and reuses its last
   output otherwise; one difference threshold for all models, the lowest that fits the
   budget.
-- **optimum**: the subset with the best mean output accuracy on the profile data, by
-  brute force (:func:`coinfer.sdk.mlink.brute_force_plan`), served without re-selection.
+- **optimum**: the fixed subset with the best mean output accuracy, by brute force
+  (:func:`coinfer.sdk.mlink.brute_force_plan`) over every subset that fits, chosen with
+  hindsight on the very outputs it is scored on: a reference no planner can beat with
+  one fixed set.
 
 Each returns a :class:`~coinfer.edge.mlink.serving.ServingResult`, scored like MLink's.
 
@@ -67,10 +69,11 @@ def random_subset(graph: LinkGraph, runner: ModelRunner, count: int, budget: flo
 
 
 def optimum(graph: LinkGraph, runner: ModelRunner, count: int, budget: float,
-            profile: OutputTable) -> ServingResult:
-    """The brute-force best subset on ``profile``, served for the whole stream."""
+            reference: OutputTable) -> ServingResult:
+    """The brute-force best subset on ``reference`` (the stream's own outputs, for the
+    hindsight optimum), served for the whole stream."""
     def predicted(active: tuple[str, ...]) -> dict[str, float]:
-        return graph.ensemble_performance(profile.outputs, active)
+        return graph.ensemble_performance(reference.outputs, active)
 
     plan = brute_force_plan(runner.costs, budget, predicted)
     return static_plan(graph, runner, count, plan)

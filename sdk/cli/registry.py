@@ -29,7 +29,7 @@ COMMANDS: tuple[CommandSpec, ...] = (
     CommandSpec("infi", "InFi: learnable skip/reuse input filters", module="coinfer.edge.infi.cli"),
     CommandSpec("stip", "STIP: three-party secure transformer inference", module="coinfer.cloud.stip.cli"),
     CommandSpec("mlink", "MLink: link black-box models, run many under a budget",
-                tracking_issue=6),
+                module="coinfer.edge.mlink.cli"),
     CommandSpec("split", "choose the device/edge DNN cut and compress the tensor across it"),
     CommandSpec("evolve", "NestEvo: edge-assisted co-evolution of device models"),
     CommandSpec("data", "generate deterministic workloads (scenes, speech, traces)",

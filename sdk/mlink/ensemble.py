@@ -3,13 +3,16 @@
 Each source's link output (logits for classes and presence, values for regression and
 boxes, per-step log-probabilities for sequences) is weighted by a softmax over the
 sources actually executed, so the same trained weights serve any subset A' of A: the
-planner may switch models off without retraining, and a single source gives exactly its
-link, h_{i},j = g_ij. Vector targets learn one weight per source and output unit, then
-apply the task's activation. Mixing logits (log-probabilities) this way is a product of
-experts: for classes, sources that each rule out different answers combine into one
-sharper answer, so an ensemble can beat every one of its sources. Training draws a
-random subset of sources for half of the batches, so the weights are good for the subsets
-the planner will pick, not only for all of them.
+planner may switch models off without retraining. Vector targets learn one weight per
+source and output unit, plus a learned constant, the **prior**, mixed in like one more
+source that is always present, then apply the task's activation. The prior keeps an
+ensemble from doing worse than the best constant guess when the executed sources say
+little about the target (text boxes predicted from faces and speech: "no text" is
+usually right). Mixing logits (log-probabilities) this way is a product of experts: for
+classes, sources that each rule out different answers combine into one sharper answer,
+so an ensemble can beat every one of its sources. Training draws a random subset of
+sources for half of the batches, so the weights are good for the subsets the planner
+will pick, not only for all of them.
 
 Example::
 
@@ -64,8 +67,12 @@ class Ensemble:
                 raise LinkError(f"link from {name!r} predicts a different output than this ensemble's target")
         if not self.parameters:
             torch = modules().torch
-            units = () if self.target.spec.is_sequence else (self.target.spec.size,)
-            self.parameters = {"weights": torch.zeros((len(self.links), *units), requires_grad=True)}
+            if self.target.spec.is_sequence:
+                self.parameters = {"weights": torch.zeros(len(self.links), requires_grad=True)}
+            else:
+                units = self.target.head_width
+                self.parameters = {"weights": torch.zeros((len(self.links) + 1, units), requires_grad=True),
+                                   "prior": torch.zeros(units, requires_grad=True)}
 
     @property
     def sources(self) -> list[str]:
@@ -80,14 +87,18 @@ class Ensemble:
         return names
 
     def source_weights(self, names: list[str]) -> Any:
-        """Softmax of the learned weights over ``names`` (per output unit for vectors)."""
+        """Softmax of the learned weights over ``names`` (per output unit for vectors, where
+        the prior's row comes last and is always present)."""
         torch = modules().torch
         rows = [self.sources.index(name) for name in names]
+        if not self.target.spec.is_sequence:
+            rows.append(len(self.sources))
         return torch.softmax(self.parameters["weights"][rows], dim=0)
 
     def combine(self, names: list[str], logits: list[Any]) -> Any:
         weights = self.source_weights(names)
-        return sum(weight * value for weight, value in zip(weights, logits, strict=True))
+        prior = self.parameters["prior"].expand_as(logits[0])
+        return sum(weight * value for weight, value in zip(weights, [*logits, prior], strict=True))
 
     def fit(self, source_outputs: Mapping[str, Any], target_outputs: Any,
             epochs: int | None = None) -> list[float]:

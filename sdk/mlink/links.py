@@ -25,6 +25,7 @@ import numpy as np
 
 from coinfer.sdk.errors import CoinferError
 from coinfer.sdk.mlink.architectures import default_hidden, modules, one_thread
+from coinfer.sdk.mlink.metrics import MIN_BOX_AREA
 from coinfer.sdk.mlink.outputs import BOS, PAD, OutputError, OutputSpec, Vocabulary
 
 
@@ -72,6 +73,12 @@ class Endpoint:
         return self.vocabulary.size
 
     @property
+    def head_width(self) -> int:
+        """Units a link predicting this output ends in: one more than the box for IoU-scored
+        boxes (a presence logit, see :func:`activate`)."""
+        return self.width + 1 if self.spec.metric == "iou" else self.width
+
+    @property
     def steps(self) -> int:
         """Sequence length with room for the end token."""
         return self.spec.max_length + 1
@@ -99,22 +106,34 @@ def target_tensors(endpoint: Endpoint, outputs: Any, name: str = "target") -> tu
 
 
 def activate(spec: OutputSpec, logits: Any) -> Any:
-    """The target task's output activation."""
+    """The target task's output activation. A box head's last unit is a presence logit: the
+    box is output where it is positive, all zeros (nothing found) elsewhere. Regressing
+    the box alone, a link unsure whether anything is there predicts a shrunken average box,
+    which IoU scores 0 on every empty frame, and most frames are empty."""
     torch = modules().torch
     if spec.task == "softmax":
         return torch.softmax(logits, dim=-1)
     if spec.task == "sigmoid":
         return torch.sigmoid(logits)
+    if spec.metric == "iou":
+        return torch.where(logits[:, 4:] > 0, logits[:, :4], torch.zeros_like(logits[:, :4]))
     return logits
 
 
 def vector_loss(spec: OutputSpec, logits: Any, wanted: Any) -> Any:
-    """Soft cross-entropy, binary cross-entropy on soft targets, or mean squared error."""
+    """Soft cross-entropy, binary cross-entropy on soft targets, or mean squared error (a
+    box: presence cross-entropy plus the absolute error of the boxes that are there, whose
+    gradient does not fade as the box gets close, as IoU needs)."""
     torch = modules().torch
     if spec.task == "softmax":
         return -(wanted * torch.log_softmax(logits, dim=-1)).sum(dim=-1).mean()
     if spec.task == "sigmoid":
         return torch.nn.functional.binary_cross_entropy_with_logits(logits, wanted)
+    if spec.metric == "iou":
+        present = (wanted[:, 2] * wanted[:, 3] >= MIN_BOX_AREA).float()
+        presence = torch.nn.functional.binary_cross_entropy_with_logits(logits[:, 4], present)
+        box_error = (logits[:, :4] - wanted).abs().mean(dim=1)
+        return presence + (box_error * present).sum() / present.sum().clamp(min=1.0)
     return torch.nn.functional.mse_loss(logits, wanted)
 
 
@@ -183,11 +202,11 @@ class Link:
         options = options or LinkOptions()
         source = source if isinstance(source, Endpoint) else Endpoint(source)
         target = target if isinstance(target, Endpoint) else Endpoint(target)
-        hidden = options.hidden or default_hidden(target.width, target.spec.is_sequence)
+        hidden = options.hidden or default_hidden(target.head_width, target.spec.is_sequence)
         torch = modules().torch
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(options.seed)
-            network = modules().LinkNetwork(source.width, source.spec.is_sequence, target.width,
+            network = modules().LinkNetwork(source.width, source.spec.is_sequence, target.head_width,
                                             target.spec.is_sequence, hidden)
         return Link(source, target, hidden, network, options)
 

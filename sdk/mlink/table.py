@@ -101,7 +101,7 @@ class OutputTable:
         arrays.update({f"ctx.{name}": value for name, value in self.context.items()})
         meta = {"format": "coinfer-mlink-outputs", "version": 1,
                 "specs": {name: spec.describe() for name, spec in self.specs.items()}, "costs": self.costs}
-        arrays[META_KEY] = np.frombuffer(json.dumps(meta, sort_keys=True).encode(), np.uint8)
+        arrays[META_KEY] = np.frombuffer(json.dumps(meta).encode(), np.uint8)  # keeps the model order
         write_arrays(path, arrays)
 
     @staticmethod

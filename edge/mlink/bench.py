@@ -1,0 +1,196 @@
+"""``coinfer mlink bench``: MLink on seven real models watching generated scenes with audio.
+
+    coinfer mlink bench --quick --json mlink.json [--workdir W]
+
+The workload (:mod:`coinfer.edge.mlink.workload`): scenes with an aligned audio track, the
+zoo's seven black-box models (Haar faces and cats, HOG people, the PP-OCRv4 detector and
+recogniser, Silero VAD, and a crowd CNN trained here) run on every step, with measured
+latency and peak memory. Then, all on those recorded outputs:
+
+- ``links``: every source->target link's performance on held-out steps, and
+  ``ensemble_beats_best_single``: targets whose ensemble of all other models beats the
+  best single link;
+- budgeted inference at half the time of running every model: MLink (greedy activation
+  score, re-planned every period from profiled steps) against standalone, random subsets,
+  Reducto-style reuse and the brute-force optimum (``budget_accuracy``,
+  ``budget_time_saved``, ``optimal_gap``);
+- ``online``: one link (crowd CNN -> Haar face count) trained at night on one camera, then
+  serving the daytime steps of every camera: offline-init against periodic, uncertainty
+  and loss-prediction updates, each labelling 5 steps per 50;
+- ``federated``: edge clients on disjoint camera groups train the links through the real
+  aggregation service on loopback; the global links are scored on an unseen camera group;
+- ``domain_adaptation``: the crowd CNN (trained on other scenes) linked to the generator's
+  truth with 10% labels.
+
+The split for links and budgets is in blocks of time within each camera (every third
+block held out), so train and test see the same hours; the online stream is in time order.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from coinfer.edge.mlink.experiments import (
+    OnlineSetup,
+    budget_report,
+    domain_report,
+    federated_report,
+    link_report,
+    online_report,
+)
+from coinfer.sdk.cli.report import print_metrics
+
+#: Share of the all-models time per step the budgeted experiment may spend.
+HALF_BUDGET = 0.5
+#: Time blocks of the split (steps), every SPLIT_EVERY-th held out.
+SPLIT_BLOCK = 20
+SPLIT_EVERY = 3
+#: The link the online experiment keeps up to date: faces counted (Haar) from the crowd
+#: CNN's output, learned at night on one camera, served by day on every camera.
+ONLINE = OnlineSetup(source="crowd", target="faces")
+
+
+@dataclass(frozen=True)
+class BenchScale:
+    """Workload size and training lengths."""
+
+    cameras: int
+    seconds: float
+    epochs: int
+    period: int
+    profile_fraction: float
+    federated_rounds: int
+    federated_epochs: int
+    crowd_train_cameras: int = 96
+    crowd_epochs: int = 20
+
+
+QUICK = BenchScale(cameras=6, seconds=12.0, epochs=40, period=60, profile_fraction=0.02,
+                   federated_rounds=3, federated_epochs=5)
+FULL = BenchScale(cameras=12, seconds=60.0, epochs=100, period=200, profile_fraction=0.01,
+                  federated_rounds=5, federated_epochs=10)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quick", action="store_true", help="the small configuration (6 cameras x 12 s)")
+    parser.add_argument("--json", type=Path, help="write the metrics here")
+    parser.add_argument("--workdir", type=Path, help="keep the workload here and reuse it (default: temp)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--epochs", type=int, help="override the configuration's link training epochs")
+
+
+def run(args: argparse.Namespace) -> int:
+    from coinfer.sdk.cli.demo import machine_description
+    from coinfer.sdk.fsutil import atomic_write_json
+
+    scale = QUICK if args.quick else FULL
+    if args.epochs is not None:
+        scale = BenchScale(**{**asdict(scale), "epochs": args.epochs})
+    if args.workdir is not None:
+        args.workdir.mkdir(parents=True, exist_ok=True)
+        report = run_configuration(scale, args.workdir, args.seed)
+    else:
+        with tempfile.TemporaryDirectory(prefix="coinfer-mlink-bench-") as scratch:
+            report = run_configuration(scale, Path(scratch), args.seed)
+    report["machine"] = machine_description()
+    if args.json is not None:
+        atomic_write_json(args.json, report)
+    rows: dict[str, Any] = {key: report[key] for key in (
+        "ensemble_beats_best_single", "budget_accuracy", "budget_time_saved", "optimal_gap")}
+    for name, entry in report["budget"]["baselines"].items():
+        rows[f"{name} accuracy"] = entry["accuracy"]
+    for key in ("offline_init", "periodic", "uncertainty", "loss_prediction"):
+        rows[f"online {key}"] = report["online"][key]
+    for key in ("untrained_accuracy", "global_accuracy", "bytes_per_round"):
+        rows[f"federated {key}"] = report["federated"][key]
+    domain = report["domain_adaptation"]
+    rows["domain before / after"] = f"{domain['before']} / {domain['after']}"
+    rows["seconds"] = report["seconds"]
+    print_metrics("coinfer mlink bench" + (" --quick" if args.quick else ""), rows)
+    if args.json is not None:
+        print(f"wrote {args.json}")
+    return 0
+
+
+def block_split(cameras: np.ndarray, block: int = SPLIT_BLOCK, every: int = SPLIT_EVERY) -> np.ndarray:
+    """True for training rows: each camera's steps in blocks of ``block``, every ``every``-th
+    block held out."""
+    train = np.ones(len(cameras), bool)
+    for camera in np.unique(cameras):
+        rows = np.flatnonzero(cameras == camera)
+        held = (np.arange(rows.size) // block) % every == every - 1
+        train[rows[held]] = False
+    return train
+
+
+def thumbnails(scene_dir: Path) -> np.ndarray:
+    """A 32x18 grey thumbnail per step, what the Reducto-style baseline compares."""
+    import cv2
+
+    from coinfer.edge.mlink.workload import iterate_steps
+
+    return np.stack([cv2.resize(cv2.cvtColor(step.frame, cv2.COLOR_RGB2GRAY), (32, 18),
+                                interpolation=cv2.INTER_AREA) for step in iterate_steps(scene_dir)])
+
+
+def run_configuration(scale: BenchScale, workdir: Path, seed: int) -> dict[str, Any]:
+    """The workload, the links, then every experiment (see the module docstring)."""
+    from coinfer.edge.mlink.workload import SCENES_DIR, build_workload, summary
+    from coinfer.sdk.mlink import LinkGraph, LinkOptions
+
+    start = time.perf_counter()
+    timings: dict[str, float] = {}
+    table = build_workload(workdir, cameras=scale.cameras, seconds=scale.seconds, seed=seed, progress=True,
+                           train_cameras=scale.crowd_train_cameras, crowd_epochs=scale.crowd_epochs)
+    print(summary(table))
+    thumbs = thumbnails(workdir / SCENES_DIR)
+    timings["workload"] = time.perf_counter() - start
+    cameras = table.context["camera"]
+    train = block_split(cameras)
+    options = LinkOptions(epochs=scale.epochs, seed=seed)
+    mark = time.perf_counter()
+    graph = LinkGraph.train(table.take(train).outputs, table.specs, options)
+    timings["links"] = time.perf_counter() - mark
+    test = table.take(~train)
+    rng = np.random.default_rng(seed)
+    profile = table.take(np.sort(rng.choice(np.flatnonzero(train), size=max(10, train.sum() // 50),
+                                            replace=False)))
+    models = {name: {"ms": round(table.costs[name]["ms"], 3), "mib": round(table.costs[name]["mib"], 1)}
+              for name in table.models}
+    report: dict[str, Any] = {"scale": asdict(scale), "seed": seed, "steps": len(table), "models": models}
+    report.update(link_report(graph, test))
+    mark = time.perf_counter()
+    report["budget"] = budget_report(graph, profile, test, thumbs[~train], HALF_BUDGET, scale.period, seed)
+    for key in ("budget_accuracy", "budget_time_saved", "optimal_gap"):
+        report[key] = report["budget"][key]
+    timings["budget"] = time.perf_counter() - mark
+    mark = time.perf_counter()
+    order = np.argsort(table.context["clock_hours"] + 24 * cameras, kind="stable")
+    night = table.context["night"][order]
+    offline = order[night & (cameras[order] == cameras[0])]
+    stream = order[~night]
+    report["online"] = online_report(table, offline, stream, ONLINE, options)
+    timings["online"] = time.perf_counter() - mark
+    mark = time.perf_counter()
+    vector_models = [name for name in table.models if not table.specs[name].is_sequence]
+    camera_ids = np.unique(cameras)
+    unseen = np.flatnonzero(cameras == camera_ids[-1])
+    groups = {f"edge-{k}": np.flatnonzero(np.isin(cameras, part))
+              for k, part in enumerate(np.array_split(camera_ids[:-1], 3))}
+    report["federated"] = federated_report(table, vector_models, groups, unseen, scale.federated_rounds,
+                                           scale.federated_epochs, options)
+    timings["federated"] = time.perf_counter() - mark
+    mark = time.perf_counter()
+    truth = np.minimum(table.context["people"], 2).astype(np.int64)
+    report["domain_adaptation"] = domain_report(table, "crowd", truth, 3, 0.1, options, seed)
+    timings["domain"] = time.perf_counter() - mark
+    report["timings"] = {name: round(value, 2) for name, value in timings.items()}
+    report["seconds"] = round(time.perf_counter() - start, 2)
+    return report

@@ -1,0 +1,189 @@
+"""The measurements of ``coinfer mlink bench``, each on a recorded output table.
+
+Every function takes the real models' recorded outputs (:class:`OutputTable`) and returns
+a JSON-ready dict; :mod:`coinfer.edge.mlink.bench` strings them together. Rows are time
+steps; the split is in time within each camera (links learn from the past), and the
+federated experiment splits by camera instead (an unseen group of cameras).
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from coinfer.edge.mlink import baselines
+from coinfer.edge.mlink.serving import RecordedRunner, ServingOptions, serve
+from coinfer.sdk.mlink import Link, LinkGraph, LinkOptions, OutputSpec, performance
+from coinfer.sdk.mlink.online import OnlineOptions, OnlineUpdater
+from coinfer.sdk.mlink.table import OutputTable, take_rows
+
+
+def link_report(graph: LinkGraph, test: OutputTable) -> dict[str, Any]:
+    """Every link's performance, and per target whether the ensemble of all other models
+    beats its best single source."""
+    scores = graph.link_performance(test.outputs)
+    targets = {}
+    for target in graph.models:
+        sources = [source for source in graph.models if (source, target) in graph.links]
+        best_source = max(sources, key=lambda source: scores[(source, target)])
+        ensemble = performance(test.specs[target], graph.ensembles[target].predict(
+            {source: test.outputs[source] for source in sources}), test.outputs[target])
+        targets[target] = {"ensemble": round(ensemble, 4), "best_source": best_source,
+                           "best_single": round(scores[(best_source, target)], 4)}
+    beats = sum(entry["ensemble"] > entry["best_single"] for entry in targets.values())
+    return {"links": {f"{source}->{target}": round(value, 4) for (source, target), value in scores.items()},
+            "ensembles": targets, "ensemble_beats_best_single": int(beats)}
+
+
+def budget_report(graph: LinkGraph, profile: OutputTable, stream: OutputTable, thumbnails: np.ndarray,
+                  fraction: float, period: int, seed: int) -> dict[str, Any]:
+    """MLink and the baselines at ``fraction`` of the time of running every model."""
+    runner = RecordedRunner(stream)
+    budget = fraction * sum(runner.costs.values())
+    count = len(stream)
+    mlink = serve(graph, runner, count, ServingOptions(budget=budget, period=period, seed=seed), profile)
+    results = {
+        "standalone": baselines.standalone(graph, runner, count, budget),
+        "reducto": baselines.reducto(graph, runner, thumbnails, stream.context["camera"], budget),
+        "optimum": baselines.optimum(graph, runner, count, budget, stream),
+    }
+    randoms = [baselines.random_subset(graph, runner, count, budget, seed + k) for k in range(5)]
+    accuracy = mlink.mean_accuracy(stream)
+    out: dict[str, Any] = {
+        "budget_fraction": fraction, "budget_ms": round(budget, 3),
+        "all_models_ms": round(sum(runner.costs.values()), 3),
+        "budget_accuracy": round(accuracy, 4),
+        "budget_time_saved": round(mlink.time_saved(runner.costs), 4),
+        "budget_per_model": {name: round(value, 4) for name, value in mlink.accuracy(stream).items()},
+        "plans": sorted({", ".join(plan.active) for plan in mlink.plans}),
+        "link_ms_per_step": round(1000 * mlink.link_seconds / count, 3),
+        "baselines": {name: {"accuracy": round(result.mean_accuracy(stream), 4),
+                             "time_saved": round(result.time_saved(runner.costs), 4),
+                             "run": ", ".join(result.plans[0].active) if result.plans else "all, reused"}
+                      for name, result in results.items()},
+    }
+    out["baselines"]["random"] = {
+        "accuracy": round(float(np.mean([result.mean_accuracy(stream) for result in randoms])), 4),
+        "time_saved": round(float(np.mean([result.time_saved(runner.costs) for result in randoms])), 4)}
+    out["optimal_gap"] = round(out["baselines"]["optimum"]["accuracy"] - accuracy, 4)
+    return out
+
+
+@dataclass(frozen=True)
+class OnlineSetup:
+    """A link whose offline training data no longer describes the stream."""
+
+    source: str
+    target: str
+    period: int = 50
+    labels: int = 5
+    epochs: int = 10
+
+
+def online_report(table: OutputTable, offline_rows: np.ndarray, stream_rows: np.ndarray, setup: OnlineSetup,
+                  options: LinkOptions) -> dict[str, Any]:
+    """Offline-init, periodic, uncertainty and loss-prediction accuracy of one link on a
+    drifting stream: every strategy starts from the same offline link and labels the same
+    number of steps per period."""
+    spec: OutputSpec = table.specs[setup.target]
+    source, target = table.outputs[setup.source], table.outputs[setup.target]
+    offline = Link.train(table.specs[setup.source], spec, take_rows(source, offline_rows),
+                         take_rows(target, offline_rows), options)
+    weights = offline.weights()
+    out: dict[str, Any] = {"source": setup.source, "target": setup.target,
+                           "offline_steps": int(offline_rows.size), "stream_steps": int(stream_rows.size),
+                           "labels_per_period": setup.labels, "period": setup.period}
+    for strategy, key in (("none", "offline_init"), ("periodic", "periodic"), ("uncertainty", "uncertainty"),
+                          ("loss-prediction", "loss_prediction")):
+        link = Link.create(offline.source, offline.target, options)
+        link.set_weights(weights)
+        updater = OnlineUpdater(link, OnlineOptions(strategy=strategy, labels=setup.labels,
+                                                    epochs=setup.epochs, seed=options.seed))
+        predicted = []
+        for start in range(0, stream_rows.size, setup.period):
+            rows = stream_rows[start:start + setup.period]
+            predicted.append(updater.step(take_rows(source, rows),
+                                          lambda picked, rows=rows: take_rows(target, rows[picked])))
+        served = np.concatenate(predicted) if isinstance(predicted[0], np.ndarray) else list(
+            itertools.chain.from_iterable(predicted))
+        out[key] = round(performance(spec, served, take_rows(target, stream_rows)), 4)
+        out[f"{key}_labelled"] = updater.labelled
+    return out
+
+
+def domain_report(table: OutputTable, deployed: str, truth: np.ndarray, classes: int, label_fraction: float,
+                  options: LinkOptions, seed: int) -> dict[str, Any]:
+    """Link a deployed classifier to the generator's truth with a few labels: its accuracy
+    against the truth as deployed (arg-max, capped at the last class) and through the link,
+    on the unlabelled rest."""
+    rng = np.random.default_rng(seed)
+    labelled = np.zeros(len(table), bool)
+    labelled[rng.choice(len(table), size=max(1, round(label_fraction * len(table))), replace=False)] = True
+    wanted = np.eye(classes, dtype=np.float32)[truth]
+    outputs = table.outputs[deployed]
+    link = Link.train(table.specs[deployed], OutputSpec.classes(classes), outputs[labelled], wanted[labelled],
+                      options)
+    deployed_class = np.minimum(np.argmax(outputs[~labelled], axis=1), classes - 1)
+    before = float(np.mean(deployed_class == truth[~labelled]))
+    after = performance(OutputSpec.classes(classes), link.predict(outputs[~labelled]), wanted[~labelled])
+    return {"deployed": deployed, "labelled": int(labelled.sum()), "evaluated": int((~labelled).sum()),
+            "before": round(before, 4), "after": round(after, 4)}
+
+
+def federated_report(table: OutputTable, models: list[str], groups: dict[str, np.ndarray], unseen: np.ndarray,
+                     rounds: int, epochs: int, options: LinkOptions) -> dict[str, Any]:
+    """Federated links over the real aggregation service on loopback: one edge client per
+    camera group trains on its own steps each round; the global links are scored on a group
+    of cameras none of them saw, against the untrained links they started from and against
+    links one client trained alone for as many epochs."""
+    import secrets
+    import threading
+
+    from coinfer.cloud.mlink.server import LinkAggregator, create_app
+    from coinfer.edge.mlink.federated_client import FederatedClient
+    from coinfer.sdk.service import ThreadedServer
+
+    specs = {name: table.specs[name] for name in models}
+    local = {name: {model: take_rows(table.outputs[model], rows) for model in models}
+             for name, rows in groups.items()}
+    held_out = {model: take_rows(table.outputs[model], unseen) for model in models}
+    initial = LinkGraph.create(specs, options=options)
+    before = float(np.mean(list(initial.link_performance(held_out).values())))
+    alone = LinkGraph.create(specs, options=options)
+    alone.fit(next(iter(local.values())), epochs=rounds * epochs)
+    token = secrets.token_urlsafe(16)
+    aggregator = LinkAggregator(initial, min_clients=len(groups))
+    results: dict[str, list[Any]] = {name: [] for name in groups}
+    errors: list[BaseException] = []
+    with ThreadedServer(create_app(aggregator, token), name="the MLink aggregator") as running:
+        def edge(name: str) -> None:
+            try:
+                client = FederatedClient(running.url, token, name)
+                graph = client.fetch_graph()
+                for round_ in range(rounds):
+                    results[name].append(client.train_round(graph, local[name], epochs=epochs))
+                    client.wait_for_round(round_ + 1, timeout=600)
+            except BaseException as error:  # re-raised below, in the caller's thread
+                errors.append(error)
+
+        threads = [threading.Thread(target=edge, args=(name,)) for name in groups]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        if errors:
+            raise errors[0]
+        final = FederatedClient(running.url, token, "observer").fetch_graph()
+    after = float(np.mean(list(final.link_performance(held_out).values())))
+    sent = [result.bytes_sent for per_round in results.values() for result in per_round]
+    received = [result.bytes_received for per_round in results.values() for result in per_round]
+    return {"models": models, "clients": len(groups), "rounds": rounds, "epochs_per_round": epochs,
+            "unseen_steps": int(unseen.size),
+            "untrained_accuracy": round(before, 4), "global_accuracy": round(after, 4),
+            "single_client_accuracy": round(float(np.mean(list(alone.link_performance(held_out).values()))),
+                                            4),
+            "bytes_per_round": int(sum(sent) + sum(received)) // rounds,
+            "update_bytes_per_client": int(np.mean(sent)), "global_bytes_per_client": int(np.mean(received))}

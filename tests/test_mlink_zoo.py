@@ -1,0 +1,246 @@
+"""The MLink workload: seven real models on aligned frame + audio steps, their outputs in the
+formats MLink links, the crowd CNN we train, and the recorded table with its costs."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import zlib
+
+import numpy as np
+import pytest
+
+from coinfer.edge.mlink import workload
+from coinfer.edge.mlink.workload import iterate_steps, measure_peak_memory, nonempty, record_outputs
+from coinfer.edge.mlink.zoo import (
+    MAX_WORDS,
+    MODEL_NAMES,
+    SpeechModel,
+    Step,
+    WordsModel,
+    create_model,
+    create_zoo,
+)
+from coinfer.sdk.artifact import ArtifactError, Manifest, save_artifact
+from coinfer.sdk.data import speech
+from coinfer.sdk.data.scenes import SceneOptions, SceneSet, generate_scenes
+from coinfer.sdk.errors import CoinferError, ModelNotAvailableError
+from coinfer.sdk.mlink.outputs import OutputSpec
+from coinfer.sdk.mlink.table import OutputTable
+from coinfer.sdk.models import ocr
+from coinfer.sdk.models.crowd import (
+    CrowdClassifier,
+    CrowdModelError,
+    crowd_labels,
+    downscale,
+    export_crowd_network,
+    fit_crowd_network,
+    network_probabilities,
+    save_crowd_classifier,
+)
+from coinfer.sdk.models.vad import model_path as vad_model_path
+
+pytest.importorskip("av")
+pytest.importorskip("cv2")
+pytest.importorskip("torch")
+
+# Daytime at a doubled crowd. With seed 2 (measured): camera 0 has signs but nobody in view
+# and no speech; camera 1 has signs, 0, 1 and 2+ people, and speech in 11 of its 30 steps.
+TINY = SceneOptions(cameras=2, seconds=3, fps=10, tasks=(), seed=2, day_start="07:00", day_end="19:00",
+                    crowd=2, audio=True)
+STEPS = 60
+CONTEXT = {"camera", "index", "night", "people", "speech_truth", "clock_hours"}
+
+
+@pytest.fixture(scope="module")
+def scene_set(tmp_path_factory) -> SceneSet:
+    try:
+        speech.espeak_paths()
+    except ModelNotAvailableError as error:
+        pytest.skip(str(error))
+    return generate_scenes(tmp_path_factory.mktemp("zoo") / "scenes", TINY, workers=1, progress=False)
+
+
+@pytest.fixture(scope="module")
+def steps(scene_set) -> list[Step]:
+    return list(iterate_steps(scene_set.root))
+
+
+@pytest.fixture(scope="module")
+def crowd(steps, scene_set):
+    """The crowd CNN trained a few epochs on the tiny set: (network, ONNX bytes, inputs, labels)."""
+    inputs = downscale(np.stack([step.frame for step in steps]))
+    labels = np.concatenate([crowd_labels(camera) for camera in scene_set.cameras])
+    network = fit_crowd_network(inputs, labels, epochs=45, seed=0)
+    return network, export_crowd_network(network), inputs, labels
+
+
+@pytest.fixture(scope="module")
+def memory_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("memory") / "outputs.memory.json"
+
+
+@pytest.fixture(scope="module")
+def table(scene_set, crowd, memory_cache) -> OutputTable:
+    return record_outputs(scene_set.root, create_zoo(crowd[1]), progress=False, memory_cache=memory_cache)
+
+
+def test_steps_pair_each_frame_with_its_audio_window(scene_set, steps):
+    assert len(steps) == STEPS
+    assert [(s.camera, s.index) for s in steps] == [(c, k) for c in range(2) for k in range(30)]
+    for step in steps[::7]:
+        assert step.frame.dtype == np.uint8 and step.frame.shape == (TINY.height, TINY.width, 3)
+        np.testing.assert_array_equal(step.audio, scene_set.cameras[step.camera].audio_window(step.index))
+    assert steps[0].audio.dtype == np.float32 and steps[0].audio.shape == (TINY.samples_per_frame,)
+
+
+def test_a_scene_set_without_audio_is_refused(tmp_path):
+    silent = generate_scenes(tmp_path / "silent", dataclasses.replace(TINY, audio=False, seconds=0.5),
+                             workers=1, progress=False)
+    with pytest.raises(CoinferError, match="has no audio track"):
+        next(iterate_steps(silent.root))
+
+
+def test_every_output_fits_its_spec(table):
+    assert table.models == list(MODEL_NAMES)
+    expected = {"faces": OutputSpec.classes(4), "cats": OutputSpec.presence(), "people": OutputSpec.boxes(),
+                "text": OutputSpec.boxes(), "words": OutputSpec.sequence(max_length=MAX_WORDS),
+                "speech": OutputSpec.presence(), "crowd": OutputSpec.classes(3)}
+    assert table.specs == expected
+    for name, spec in table.specs.items():
+        checked = spec.check(table.outputs[name], name)
+        assert len(checked) == STEPS
+    faces = table.outputs["faces"]
+    assert set(np.unique(faces)) <= {0.0, 1.0} and np.all(faces.sum(axis=1) == 1)
+    np.testing.assert_allclose(table.outputs["crowd"].sum(axis=1), 1.0, atol=1e-5)
+    for name in ("people", "text"):
+        boxes = table.outputs[name]
+        assert np.all((boxes >= 0) & (boxes <= 1)) and np.all(boxes[:, 0] + boxes[:, 2] <= 1 + 1e-6)
+    # The signs of both cameras are found and read; the models are not all silent.
+    assert nonempty(table.specs["text"], table.outputs["text"]).mean() > 0.3
+    assert nonempty(table.specs["words"], table.outputs["words"]).mean() > 0.3
+
+
+def test_word_tokens_are_crc32_of_the_lower_cased_words(steps):
+    model = WordsModel()
+    read = 0
+    for step in steps[::3]:
+        words = model.words(step.frame)
+        tokens = model(step)
+        assert all(word == word.lower() and word.split() == [word] for word in words)
+        assert tokens == tuple(zlib.crc32(word.encode()) & 0x7FFFFFFF for word in words[:MAX_WORDS])
+        read += bool(words)
+    assert read >= 5
+    # A frame with 16 words keeps the first 12 in reading order.
+    image, _ = ocr.render_text_image(["Speed 88 Room four", "Apple Banana Cherry Delta",
+                                      "Echo Foxtrot Golf Hotel", "India Juliet Kilo Lima"])
+    page = Step(np.ascontiguousarray(image[..., ::-1]), steps[0].audio, 0, 0)
+    words = model.words(page.frame)
+    assert len(words) > MAX_WORDS and words[:3] == ["speed", "88", "room"]
+    assert model(page) == tuple(zlib.crc32(word.encode()) & 0x7FFFFFFF for word in words[:MAX_WORDS])
+
+
+def test_speech_is_higher_where_the_scene_has_speech(table):
+    truth = table.context["speech_truth"]
+    assert truth.any() and not truth.all()
+    scores = table.outputs["speech"][:, 0]
+    assert scores[truth].mean() > scores[~truth].mean() + 0.3
+    assert np.mean((scores > 0.5) == truth) > 0.8
+
+
+def test_speech_state_is_reset_for_each_camera(steps, table):
+    first = [step for step in steps if step.camera == 0]
+    second = [step for step in steps if step.camera == 1]
+    model = SpeechModel()
+    alone = np.array([model(step) for step in second])
+    model.reset()
+    for step in first:
+        model(step)
+    carried = np.array([model(step) for step in second])
+    model.reset()
+    after_reset = np.array([model(step) for step in second])
+    np.testing.assert_array_equal(after_reset, alone)
+    assert not np.array_equal(carried, alone)  # the state really does carry over without a reset
+    np.testing.assert_array_equal(table.outputs["speech"][table.context["camera"] == 1], alone)
+
+
+def test_record_outputs_keeps_context_and_costs(table, scene_set, memory_cache, tmp_path):
+    assert len(table) == STEPS and set(table.context) == CONTEXT
+    context = table.context
+    np.testing.assert_array_equal(context["camera"], np.repeat([0, 1], 30))
+    np.testing.assert_array_equal(context["index"], np.tile(np.arange(30), 2))
+    assert context["night"].dtype == bool and context["speech_truth"].dtype == bool
+    people = np.concatenate([c.truth_counts("face", 0.3) + c.truth_counts("person", 0.3)
+                             for c in scene_set.cameras])
+    np.testing.assert_array_equal(context["people"], people)
+    speech_truth = np.concatenate([c.speech for c in scene_set.cameras])
+    np.testing.assert_array_equal(context["speech_truth"], speech_truth)
+    assert set(table.costs) == set(MODEL_NAMES)
+    for name, costs in table.costs.items():
+        assert costs["ms"] > 0 and costs["mib"] >= 0, name
+    assert table.costs["words"]["ms_mean"] > table.costs["text"]["ms_mean"] > table.costs["crowd"]["ms_mean"]
+    assert table.costs["text"]["mib"] > table.costs["faces"]["mib"]
+    table.save(tmp_path / "outputs.npz")
+    loaded = OutputTable.load(tmp_path / "outputs.npz")
+    assert loaded.costs == table.costs and loaded.outputs["words"] == table.outputs["words"]
+    # The peak memory is cached per model: a second measurement reads the cache.
+    cache = json.loads(memory_cache.read_text())
+    assert len(cache["mib"]) == len(MODEL_NAMES)
+    cache["mib"] = {key: 123.0 for key in cache["mib"]}
+    memory_cache.write_text(json.dumps(cache))
+    zoo = {name: create_model(name) for name in ("faces", "speech")}
+    assert measure_peak_memory(scene_set, zoo, cache=memory_cache, progress=False) == \
+        {"faces": 123.0, "speech": 123.0}
+
+
+def test_the_command_line_records_the_same_table(scene_set, crowd, table, memory_cache, tmp_path, capsys):
+    save_crowd_classifier(tmp_path / "crowd", crowd[1])
+    out = tmp_path / "outputs.npz"
+    code = workload.main(["--scenes", str(scene_set.root), "--crowd", str(tmp_path / "crowd"),
+                          "--out", str(out), "--memory-cache", str(memory_cache), "--no-progress"])
+    assert code == 0 and "60 steps recorded" in capsys.readouterr().out
+    again = OutputTable.load(out)
+    for name in MODEL_NAMES:
+        if table.specs[name].is_sequence:
+            assert again.outputs[name] == table.outputs[name], name
+        else:
+            np.testing.assert_array_equal(again.outputs[name], table.outputs[name], err_msg=name)
+    assert {name: costs["mib"] for name, costs in again.costs.items()} == dict.fromkeys(MODEL_NAMES, 123.0)
+
+
+def test_the_crowd_cnn_learns_and_exports_exactly(crowd):
+    network, onnx_bytes, inputs, labels = crowd
+    majority = np.bincount(labels).max() / len(labels)
+    classifier = CrowdClassifier(onnx_bytes)
+    assert np.mean(classifier.predict(inputs).argmax(axis=1) == labels) > majority
+    np.testing.assert_allclose(classifier.predict(inputs[:6]), network_probabilities(network, inputs[:6]),
+                               atol=1e-5)
+    # Deterministic for a seed.
+    a, b = (network_probabilities(fit_crowd_network(inputs, labels, epochs=1, seed=3), inputs[:4])
+            for _ in range(2))
+    np.testing.assert_array_equal(a, b)
+
+
+def test_a_corrupt_or_foreign_crowd_model_is_rejected(crowd, steps, tmp_path):
+    onnx_bytes = crowd[1]
+    artifact = save_crowd_classifier(tmp_path / "crowd", onnx_bytes, metrics={"held_out_accuracy": 0.5})
+    np.testing.assert_array_equal(CrowdClassifier(artifact.path)(steps[0].frame),
+                                  CrowdClassifier(onnx_bytes)(steps[0].frame))
+    model_file = artifact.path / "crowd.onnx"
+    data = bytearray(model_file.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    model_file.write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match=r"crowd\.onnx: sha256 mismatch"):
+        create_zoo(artifact.path)
+    with pytest.raises(CrowdModelError, match="not a loadable ONNX model"):
+        CrowdClassifier(b"not an onnx model")
+    with pytest.raises(CrowdModelError, match="is not a crowd classifier"):
+        CrowdClassifier(vad_model_path())
+    other = save_artifact(tmp_path / "other", Manifest(capability="mlink", kind="link-graph"),
+                          {"crowd.onnx": onnx_bytes})
+    with pytest.raises(ArtifactError, match="kind is 'link-graph', expected 'crowd-classifier'"):
+        CrowdClassifier(other.path)
+    with pytest.raises(CoinferError, match="the crowd model needs the trained crowd CNN"):
+        create_model("crowd")
+    with pytest.raises(CoinferError, match="unknown zoo model 'pose'"):
+        create_model("pose")
