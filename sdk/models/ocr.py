@@ -116,15 +116,16 @@ class DetectorOptions:
 DEFAULT_OPTIONS = DetectorOptions()
 
 
-def _check_image(image: np.ndarray) -> None:
+def check_bgr_image(image: object, what: str = "image") -> None:
+    """Reject anything but a non-empty uint8 (H, W, 3) array, naming ``what``."""
     if not isinstance(image, np.ndarray):
-        raise CoinferError(f"image must be a numpy array, got {type(image).__name__}")
+        raise CoinferError(f"{what} must be a numpy array, got {type(image).__name__}")
     if image.dtype != np.uint8:
-        raise CoinferError(f"image must have dtype uint8, got {image.dtype}")
+        raise CoinferError(f"{what} must have dtype uint8, got {image.dtype}")
     if image.ndim != 3 or image.shape[2] != 3:
-        raise CoinferError(f"image must have shape (H, W, 3) (BGR), got {image.shape}")
+        raise CoinferError(f"{what} must have shape (H, W, 3) (BGR), got {image.shape}")
     if image.size == 0:
-        raise CoinferError(f"image is empty: shape {image.shape}")
+        raise CoinferError(f"{what} is empty: shape {image.shape}")
 
 
 def _target_side(side: int, ratio: float) -> int:
@@ -141,7 +142,7 @@ def preprocess(
     """
     import cv2
 
-    _check_image(image)
+    check_bgr_image(image)
     height, width = image.shape[:2]
     ratio = max(1.0, options.limit_side_len / min(height, width))
     ratio = min(ratio, options.max_side_len / max(height, width))

@@ -143,14 +143,7 @@ class Recognition:
 
 def check_crop(crop: object, what: str = "crop") -> None:
     """Reject what the model cannot read, naming ``what`` and the problem."""
-    if not isinstance(crop, np.ndarray):
-        raise CoinferError(f"{what} must be a numpy array, got {type(crop).__name__}")
-    if crop.dtype != np.uint8:
-        raise CoinferError(f"{what} must have dtype uint8, got {crop.dtype}")
-    if crop.ndim != 3 or crop.shape[2] != 3:
-        raise CoinferError(f"{what} must have shape (H, W, 3) (BGR), got {crop.shape}")
-    if crop.size == 0:
-        raise CoinferError(f"{what} is empty: shape {crop.shape}")
+    ocr.check_bgr_image(crop, what)
     if max(crop.shape[:2]) > MAX_CROP_SIDE:
         raise CoinferError(
             f"{what} is {crop.shape[1]}x{crop.shape[0]} px; a text line crop must be at most "
