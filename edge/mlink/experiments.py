@@ -86,8 +86,9 @@ class OnlineSetup:
 def online_report(table: OutputTable, offline_rows: np.ndarray, stream_rows: np.ndarray, setup: OnlineSetup,
                   options: LinkOptions) -> dict[str, Any]:
     """Offline-init, periodic, uncertainty and loss-prediction accuracy of one link on a
-    drifting stream: every strategy starts from the same offline link and labels the same
-    number of steps per period."""
+    drifting stream: every strategy starts from the same offline link, with its training
+    pairs in the replay buffer (fine-tuning on a handful of new pairs alone forgets the
+    rest), and labels the same number of steps per period."""
     spec: OutputSpec = table.specs[setup.target]
     source, target = table.outputs[setup.source], table.outputs[setup.target]
     offline = Link.train(table.specs[setup.source], spec, take_rows(source, offline_rows),
@@ -102,6 +103,7 @@ def online_report(table: OutputTable, offline_rows: np.ndarray, stream_rows: np.
         link.set_weights(weights)
         updater = OnlineUpdater(link, OnlineOptions(strategy=strategy, labels=setup.labels,
                                                     epochs=setup.epochs, seed=options.seed))
+        updater.remember(take_rows(source, offline_rows), take_rows(target, offline_rows))
         predicted = []
         for start in range(0, stream_rows.size, setup.period):
             rows = stream_rows[start:start + setup.period]
@@ -114,23 +116,29 @@ def online_report(table: OutputTable, offline_rows: np.ndarray, stream_rows: np.
     return out
 
 
-def domain_report(table: OutputTable, deployed: str, truth: np.ndarray, classes: int, label_fraction: float,
-                  options: LinkOptions, seed: int) -> dict[str, Any]:
-    """Link a deployed classifier to the generator's truth with a few labels: its accuracy
-    against the truth as deployed (arg-max, capped at the last class) and through the link,
-    on the unlabelled rest."""
+def domain_report(table: OutputTable, deployed: str, sources: list[str], truth: np.ndarray, classes: int,
+                  label_fraction: float, options: LinkOptions, seed: int) -> dict[str, Any]:
+    """Link deployed models to an abstract ground-truth node (the generator's truth) with a
+    few labels. ``before``: the ``deployed`` classifier as it is (arg-max, capped at the
+    last class); ``after_single``: its own link to the truth; ``after``: the ensemble of the
+    links from every model in ``sources``. All scored on the unlabelled rest."""
     rng = np.random.default_rng(seed)
     labelled = np.zeros(len(table), bool)
     labelled[rng.choice(len(table), size=max(1, round(label_fraction * len(table))), replace=False)] = True
     wanted = np.eye(classes, dtype=np.float32)[truth]
-    outputs = table.outputs[deployed]
-    link = Link.train(table.specs[deployed], OutputSpec.classes(classes), outputs[labelled], wanted[labelled],
-                      options)
-    deployed_class = np.minimum(np.argmax(outputs[~labelled], axis=1), classes - 1)
-    before = float(np.mean(deployed_class == truth[~labelled]))
-    after = performance(OutputSpec.classes(classes), link.predict(outputs[~labelled]), wanted[~labelled])
-    return {"deployed": deployed, "labelled": int(labelled.sum()), "evaluated": int((~labelled).sum()),
-            "before": round(before, 4), "after": round(after, 4)}
+    specs = {**{name: table.specs[name] for name in sources}, "truth": OutputSpec.classes(classes)}
+    outputs = {**{name: table.outputs[name] for name in sources}, "truth": wanted}
+    few = {name: take_rows(value, labelled) for name, value in outputs.items()}
+    graph = LinkGraph.train(few, specs, options, pairs=[(name, "truth") for name in sources])
+    rest = {name: take_rows(value, ~labelled) for name, value in outputs.items()}
+    deployed_class = np.minimum(np.argmax(rest[deployed], axis=1), classes - 1)
+    single = graph.links[(deployed, "truth")].predict(rest[deployed])
+    ensemble = graph.ensembles["truth"].predict({name: rest[name] for name in sources})
+    return {"deployed": deployed, "sources": sources, "labelled": int(labelled.sum()),
+            "evaluated": int((~labelled).sum()),
+            "before": round(float(np.mean(deployed_class == truth[~labelled])), 4),
+            "after_single": round(performance(specs["truth"], single, rest["truth"]), 4),
+            "after": round(performance(specs["truth"], ensemble, rest["truth"]), 4)}
 
 
 def federated_report(table: OutputTable, models: list[str], groups: dict[str, np.ndarray], unseen: np.ndarray,

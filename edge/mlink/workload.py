@@ -319,7 +319,8 @@ def _scene_set(directory: Path, options: SceneOptions, progress: bool) -> SceneS
     index = scene_set.index
     found = {"cameras": len(index["cameras"]), "seconds": index["seconds"], "seed": index["seed"],
              "crowd": index["crowd"], "audio": "audio" in index, "fps": index["fps"],
-             "width": index["width"], "height": index["height"]}
+             "width": index["width"], "height": index["height"],
+             "day_start": index["clock"]["start"], "day_end": index["clock"]["end"]}
     wanted = {key: getattr(options, key) for key in found}
     if found != wanted:
         raise CoinferError(f"{directory} holds a scene set made with {found}, not the {wanted} asked "
@@ -357,13 +358,15 @@ def train_crowd_artifact(train_set: SceneSet, held_out: SceneSet, out: str | os.
 
 def build_workload(workdir: str | os.PathLike, cameras: int = 4, seconds: float = 12.0, seed: int = 0,
                    progress: bool = True, *, train_cameras: int = TRAIN_CAMERAS,
-                   crowd_epochs: int = CROWD_EPOCHS) -> OutputTable:
+                   crowd_epochs: int = CROWD_EPOCHS, crowd: float = 1.0,
+                   hours: tuple[str, str] = ("00:00", "24:00")) -> OutputTable:
     """The workload's output table, made in ``workdir`` (reusing what is already there):
     ``scenes/`` (generated with audio), ``crowd/`` (the crowd CNN, trained on
     ``crowd-train-scenes/`` of seed ``seed + 1000``), ``outputs.npz`` and its peak-memory
     cache ``outputs.memory.json``."""
     workdir = Path(workdir)
-    options = SceneOptions(cameras=cameras, seconds=seconds, tasks=(), audio=True, seed=seed)
+    options = SceneOptions(cameras=cameras, seconds=seconds, tasks=(), audio=True, seed=seed, crowd=crowd,
+                           day_start=hours[0], day_end=hours[1])
     scene_set = _scene_set(workdir / SCENES_DIR, options, progress)
     table_path = workdir / TABLE_FILE
     if table_path.exists():
