@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from coinfer.edge.mlink.arguments import time_split
 from coinfer.edge.mlink.experiments import (
     OnlineSetup,
     budget_report,
@@ -135,15 +136,6 @@ def block_split(cameras: np.ndarray, block: int = SPLIT_BLOCK, every: int = SPLI
     return train
 
 
-def cold_start(cameras: np.ndarray, fraction: float) -> np.ndarray:
-    """True for the first ``fraction`` of each camera's steps."""
-    early = np.zeros(len(cameras), bool)
-    for camera in np.unique(cameras):
-        rows = np.flatnonzero(cameras == camera)
-        early[rows[: max(1, int(fraction * rows.size))]] = True
-    return early
-
-
 def thumbnails(scene_dir: Path) -> np.ndarray:
     """A 32x18 grey thumbnail per step, what the Reducto-style baseline compares."""
     import cv2
@@ -187,7 +179,7 @@ def run_configuration(scale: BenchScale, workdir: Path, seed: int) -> dict[str, 
         report[key] = report["budget"][key]
     timings["budget"] = time.perf_counter() - mark
     mark = time.perf_counter()
-    early = cold_start(cameras, COLD_START)
+    early = time_split(cameras, COLD_START)
     order = np.argsort(table.context["clock_hours"], kind="stable")
     offline, stream = np.flatnonzero(early), order[~early[order]]
     report["online"] = online_report(table, offline, stream, ONLINE, options)

@@ -14,8 +14,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from coinfer.sdk.cli.report import report
-from coinfer.sdk.errors import CoinferError
+from coinfer.sdk.cli.report import check_output, report
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,8 +29,7 @@ def run(args: argparse.Namespace) -> int:
     from coinfer.edge.mlink.workload import nonempty_fraction, record_outputs
     from coinfer.edge.mlink.zoo import create_zoo
 
-    if args.out.exists() and not args.overwrite:
-        raise CoinferError(f"{args.out} already exists (pass --overwrite to replace it)")
+    check_output(args)
     table = record_outputs(args.scenes, create_zoo(args.crowd),
                            memory_cache=args.out.with_name(args.out.stem + ".memory.json"))
     table.save(args.out)
