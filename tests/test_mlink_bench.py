@@ -27,6 +27,8 @@ def test_bench_runs_every_experiment_and_reports_consistent_numbers(tmp_path, mo
     assert budget["budget_ms"] == pytest.approx(0.5 * every_model_ms, rel=1e-3)
     assert 0 < report["budget_time_saved"] < 1 and 0 <= report["budget_accuracy"] <= 1
     assert budget["baselines"]["optimum"]["accuracy"] >= budget["baselines"]["random"]["accuracy"] - 1e-9
+    assert set(budget["baselines"]) == {"links_only", "standalone", "random", "reducto", "optimum"}
+    assert set(budget["runs_per_model"]) == models and budget["runs_per_model"]["crowd"] > 0
     assert report["optimal_gap"] == pytest.approx(budget["baselines"]["optimum"]["accuracy"]
                                                   - report["budget_accuracy"], abs=1e-3)
     online = report["online"]

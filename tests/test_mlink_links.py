@@ -5,8 +5,10 @@ import pytest
 
 from coinfer.sdk.artifact import ArtifactError
 from coinfer.sdk.mlink import (
+    EVERY_STEP,
     Endpoint,
     Ensemble,
+    ExecutionMode,
     Link,
     LinkError,
     LinkGraph,
@@ -16,9 +18,11 @@ from coinfer.sdk.mlink import (
     PlanError,
     Vocabulary,
     activation_scores,
+    best_link_estimate,
     brute_force_plan,
     greedy_plan,
     mean_output_accuracy,
+    mode_plan,
     performance,
     word_error_rates,
 )
@@ -85,6 +89,8 @@ def test_sequence_link_decodes_the_tokens_of_the_target_model(graph, data):
     people = np.argmax(test["counts"][:40], axis=1)
     assert all(tokens.count(20 + p) == p for tokens, p in zip(predicted, people, strict=True))
     assert all(set(tokens) <= {7, 20, 21, 22, 23} for tokens in predicted)
+    assert graph.links[("counts", "words")].predict(test["counts"][:0]) == []
+    assert graph.links[("words", "counts")].predict([]).shape == (0, 4)
 
 
 @pytest.mark.parametrize("pair", [("counts", "speech"), ("words", "counts"), ("counts", "words"),
@@ -265,3 +271,35 @@ def test_brute_force_finds_the_optimum_greedy_can_miss():
     assert brute_force_plan(costs, 0.0, predicted).active == ()
     with pytest.raises(PlanError, match="at most"):
         brute_force_plan({f"m{i}": 1.0 for i in range(17)}, 1.0, predicted)
+
+
+def test_mode_plan_spends_the_budget_where_accuracy_per_cost_is_highest():
+    costs = {"cheap": 1.0, "a": 10.0, "b": 10.0}
+    reuse = ExecutionMode("on change", 0.3, 0.95)
+    modes = {"a": [reuse], "b": [reuse]}
+    links = {("cheap", "a"): 0.5, ("cheap", "b"): 0.9}
+    plan = mode_plan(costs, modes, 7.0, best_link_estimate(links, costs))
+    assert plan.modes == {"cheap": EVERY_STEP, "a": reuse, "b": reuse}
+    assert plan.cost == pytest.approx(7.0) and plan.accuracy == pytest.approx((1 + 0.95 + 0.95) / 3)
+    tight = mode_plan(costs, modes, 4.0, best_link_estimate(links, costs))
+    assert tight.modes == {"cheap": EVERY_STEP, "a": reuse}  # b is linked well enough from cheap
+    assert tight.accuracy == pytest.approx((1 + 0.95 + 0.9) / 3)
+    assert mode_plan(costs, {}, 0.5, best_link_estimate(links, costs)).modes == {}
+
+
+def test_mode_plan_counts_what_a_model_adds_to_the_others_ensembles():
+    costs = {"hub": 2.0, "x": 1.0}
+
+    def predicted(active):
+        return {"x": 0.9} if "hub" in active else {"hub": 0.1}
+
+    plan = mode_plan(costs, {}, 2.0, predicted)
+    assert plan.active == ("hub",)  # x alone scores (1 + 0.1) / 2, hub alone (1 + 0.9) / 2
+
+
+def test_mode_plan_refuses_bad_modes():
+    predicted = best_link_estimate({}, ["a"])
+    with pytest.raises(PlanError, match="without a cost"):
+        mode_plan({"a": 1.0}, {"b": [EVERY_STEP]}, 1.0, predicted)
+    with pytest.raises(PlanError, match="0 < rate <= 1"):
+        mode_plan({"a": 1.0}, {"a": [ExecutionMode("free", 0.0, 0.9)]}, 1.0, predicted)

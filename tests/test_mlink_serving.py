@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from coinfer.edge.mlink import baselines
-from coinfer.edge.mlink.serving import RecordedRunner, ServingOptions, serve
+from coinfer.edge.mlink.reuse import ReuseError, calibrate_reuse
+from coinfer.edge.mlink.serving import FrameChanges, RecordedRunner, ServingOptions, serve
 from coinfer.sdk.mlink import Link, LinkError, LinkGraph, LinkOptions, OutputSpec, performance
 from coinfer.sdk.mlink.online import OnlineOptions, OnlineUpdater
 from coinfer.sdk.mlink.table import OutputTable, TableError
@@ -72,16 +73,34 @@ def test_mlink_beats_standalone_random_and_reducto_at_the_same_budget(world):
     assert best.plans[0].cost <= budget and mlink >= best.mean_accuracy(stream) - 0.02
 
 
-def test_reducto_reuses_the_last_output_until_the_frame_changes():
-    stream = table(8, 3)
-    thumbs = np.zeros((8, 9, 16), np.uint8)
-    thumbs[5:] = 200
-    cameras = np.zeros(8, int)
-    run = baselines.reuse_schedule(thumbs, cameras, threshold=10.0)
-    assert run.tolist() == [True, False, False, False, False, True, False, False]
-    served = baselines.replay_with_reuse(RecordedRunner(stream), "counts", run)
-    np.testing.assert_array_equal(served[:5], np.repeat(stream.outputs["counts"][:1], 5, axis=0))
-    np.testing.assert_array_equal(served[5:], np.repeat(stream.outputs["counts"][5:6], 3, axis=0))
+def repeated(rows: int, run_length: int, seed: int) -> tuple[OutputTable, np.ndarray]:
+    """A stream whose outputs hold still for ``run_length`` steps at a time, with thumbnails
+    that change exactly when they do: the case frame-difference reuse is made for."""
+    base = table(rows, seed)
+    index = np.repeat(np.arange(rows), run_length)
+    stream = base.take(index)
+    stream.context["camera"] = np.zeros(len(index), int)
+    return stream, base.context["thumb"][index]
+
+
+def test_serving_with_frame_changes_reuses_where_nothing_moved(world):
+    graph, profile, _ = world
+    stream, thumbs = repeated(60, 10, 5)
+    runner = RecordedRunner(stream)
+    budget = 0.25 * sum(runner.costs.values())
+    options = ServingOptions(budget=budget, period=100)
+    calibration = calibrate_reuse(*repeated(40, 10, 6))
+    result = serve(graph, runner, len(stream), options, profile,
+                   FrameChanges(thumbs, stream.context["camera"], calibration))
+    links_only = serve(graph, runner, len(stream), options, profile)
+    assert result.mean_accuracy(stream) > links_only.mean_accuracy(stream)
+    assert result.accuracy(stream)["boxes"] == pytest.approx(1.0)  # reused, never guessed
+    assert links_only.runs["boxes"] == 6 < result.runs["boxes"] <= 0.2 * len(stream)
+    assert result.model_cost <= 1.05 * budget * len(stream)
+    assert any(mode.label.startswith("on change") for plan in result.plans for mode in plan.modes.values())
+    with pytest.raises(ReuseError, match="one thumbnail per stream step"):
+        serve(graph, runner, len(stream), options, profile,
+              FrameChanges(thumbs[:-1], stream.context["camera"][:-1], calibration))
 
 
 def drifting(count: int, seed: int, flipped: bool) -> tuple[np.ndarray, np.ndarray]:

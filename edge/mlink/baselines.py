@@ -3,10 +3,10 @@
 - **standalone**: run the models that fit (cheapest first, to run as many as possible);
   the others produce nothing. What a deployment without links does.
 - **random subset**: a random set that fits, the rest predicted by the same ensembles.
-- **Reducto-style reuse**: every model runs only when the frame has changed enough since
-  its last run (mean absolute difference of small grey thumbnails) and reuses its last
-  output otherwise; one difference threshold for all models, the lowest that fits the
-  budget.
+- **Reducto-style reuse** (:mod:`coinfer.edge.mlink.reuse`): every model runs only when
+  the frame has changed enough since its last run (mean absolute difference of small grey
+  thumbnails) and reuses its last output otherwise; one difference threshold for all
+  models, the lowest that fits the budget on the stream itself (chosen with hindsight).
 - **optimum**: the fixed subset with the best mean output accuracy, by brute force
   (:func:`coinfer.sdk.mlink.brute_force_plan`) over every subset that fits, chosen with
   hindsight on the very outputs it is scored on: a reference no planner can beat with
@@ -22,13 +22,12 @@ Example::
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
+from coinfer.edge.mlink.reuse import change_schedule, replay_with_reuse
 from coinfer.edge.mlink.serving import ModelRunner, ServingResult, empty_outputs
 from coinfer.sdk.mlink import LinkGraph, Plan, brute_force_plan
-from coinfer.sdk.mlink.table import OutputTable, take_rows
+from coinfer.sdk.mlink.table import OutputTable
 
 
 def static_plan(graph: LinkGraph, runner: ModelRunner, count: int, plan: Plan) -> ServingResult:
@@ -79,28 +78,6 @@ def optimum(graph: LinkGraph, runner: ModelRunner, count: int, budget: float,
     return static_plan(graph, runner, count, plan)
 
 
-def reuse_schedule(thumbnails: np.ndarray, cameras: np.ndarray, threshold: float) -> np.ndarray:
-    """Which steps run a model under Reducto-style reuse: the first step of each camera, and
-    every step whose thumbnail differs from the one at the last run by more than
-    ``threshold`` (mean absolute grey difference, 0-255)."""
-    run = np.zeros(len(thumbnails), bool)
-    grey = thumbnails.astype(np.float32)
-    for camera in np.unique(cameras):
-        last = None
-        rows = np.flatnonzero(cameras == camera)
-        for row in rows:
-            if last is None or float(np.mean(np.abs(grey[row] - grey[last]))) > threshold:
-                run[row], last = True, row
-    return run
-
-
-def replay_with_reuse(runner: ModelRunner, name: str, run: np.ndarray) -> Any:
-    """The model's outputs where it ran, its last output carried forward elsewhere."""
-    outputs = runner(name, np.flatnonzero(run))
-    source = np.cumsum(run) - 1
-    return take_rows(outputs, np.maximum(source, 0))
-
-
 def reducto(graph: LinkGraph, runner: ModelRunner, thumbnails: np.ndarray, cameras: np.ndarray,
             budget: float, thresholds: np.ndarray | None = None) -> ServingResult:
     """Reducto-style reuse with the lowest threshold whose runs fit the budget on average
@@ -109,10 +86,10 @@ def reducto(graph: LinkGraph, runner: ModelRunner, thumbnails: np.ndarray, camer
     total = sum(runner.costs.values())
     candidates = np.linspace(0.0, 40.0, 81) if thresholds is None else np.sort(thresholds)
     for threshold in [*candidates, np.inf]:  # inf: each camera's first step only
-        run = reuse_schedule(thumbnails, cameras, float(threshold))
+        run = change_schedule(thumbnails, cameras, float(threshold))
         if total * run.sum() <= budget * count:
             break
-    served = {name: replay_with_reuse(runner, name, run) for name in graph.models}
+    served = {name: replay_with_reuse(runner, name, run, cameras) for name in graph.models}
     return ServingResult(served, [], {name: int(run.sum()) for name in graph.models},
                          total * float(run.sum()), 0.0, count)
 

@@ -8,6 +8,7 @@ federated experiment splits by camera instead (an unseen group of cameras).
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from dataclasses import dataclass
 from typing import Any
@@ -15,8 +16,9 @@ from typing import Any
 import numpy as np
 
 from coinfer.edge.mlink import baselines
-from coinfer.edge.mlink.serving import RecordedRunner, ServingOptions, serve
-from coinfer.sdk.mlink import Link, LinkGraph, LinkOptions, OutputSpec, performance
+from coinfer.edge.mlink.reuse import ReuseCalibration
+from coinfer.edge.mlink.serving import FrameChanges, RecordedRunner, ServingOptions, serve
+from coinfer.sdk.mlink import Link, LinkGraph, LinkOptions, ModePlan, OutputSpec, Plan, performance
 from coinfer.sdk.mlink.online import OnlineOptions, OnlineUpdater
 from coinfer.sdk.mlink.table import OutputTable, take_rows
 
@@ -39,13 +41,20 @@ def link_report(graph: LinkGraph, test: OutputTable) -> dict[str, Any]:
 
 
 def budget_report(graph: LinkGraph, profile: OutputTable, stream: OutputTable, thumbnails: np.ndarray,
-                  fraction: float, period: int, seed: int) -> dict[str, Any]:
-    """MLink and the baselines at ``fraction`` of the time of running every model."""
+                  calibration: ReuseCalibration, fraction: float, options: ServingOptions) -> dict[str, Any]:
+    """MLink and the baselines at ``fraction`` of the time of running every model (which
+    replaces ``options.budget``). MLink plans execution modes (every step, on frame change,
+    or linked; ``calibration`` from training steps); ``links_only`` is the same serving
+    loop choosing only run or link."""
     runner = RecordedRunner(stream)
     budget = fraction * sum(runner.costs.values())
     count = len(stream)
-    mlink = serve(graph, runner, count, ServingOptions(budget=budget, period=period, seed=seed), profile)
+    seed = options.seed
+    options = dataclasses.replace(options, budget=budget)
+    changes = FrameChanges(thumbnails, np.asarray(stream.context["camera"]), calibration)
+    mlink = serve(graph, runner, count, options, profile, changes)
     results = {
+        "links_only": serve(graph, runner, count, options, profile),
         "standalone": baselines.standalone(graph, runner, count, budget),
         "reducto": baselines.reducto(graph, runner, thumbnails, stream.context["camera"], budget),
         "optimum": baselines.optimum(graph, runner, count, budget, stream),
@@ -58,11 +67,12 @@ def budget_report(graph: LinkGraph, profile: OutputTable, stream: OutputTable, t
         "budget_accuracy": round(accuracy, 4),
         "budget_time_saved": round(mlink.time_saved(runner.costs), 4),
         "budget_per_model": {name: round(value, 4) for name, value in mlink.accuracy(stream).items()},
-        "plans": sorted({", ".join(plan.active) for plan in mlink.plans}),
+        "runs_per_model": {name: round(value / count, 3) for name, value in mlink.runs.items()},
+        "plans": plan_counts(mlink.plans),
         "link_ms_per_step": round(1000 * mlink.link_seconds / count, 3),
         "baselines": {name: {"accuracy": round(result.mean_accuracy(stream), 4),
                              "time_saved": round(result.time_saved(runner.costs), 4),
-                             "run": ", ".join(result.plans[0].active) if result.plans else "all, reused"}
+                             "run": "; ".join(plan_counts(result.plans)) or "all, reused"}
                       for name, result in results.items()},
     }
     out["baselines"]["random"] = {
@@ -70,6 +80,19 @@ def budget_report(graph: LinkGraph, profile: OutputTable, stream: OutputTable, t
         "time_saved": round(float(np.mean([result.time_saved(runner.costs) for result in randoms])), 4)}
     out["optimal_gap"] = round(out["baselines"]["optimum"]["accuracy"] - accuracy, 4)
     return out
+
+
+def plan_counts(plans: list[Plan | ModePlan]) -> list[str]:
+    """Each distinct plan as text, with how many periods used it, most used first."""
+    counts: dict[str, int] = {}
+    for plan in plans:
+        if isinstance(plan, ModePlan):
+            text = ", ".join(f"{name} ({mode.label})" for name, mode in plan.modes.items())
+        else:
+            text = ", ".join(plan.active)
+        counts[text] = counts.get(text, 0) + 1
+    return [f"{text} x{count}" if len(plans) > 1 else text
+            for text, count in sorted(counts.items(), key=lambda item: -item[1])]
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,8 @@ def run(args: argparse.Namespace) -> int:
     budget = budget_from_args(args, runner.costs)
     first = np.arange(min(len(table), max(1, args.period // 10)))
     result = serve(graph, runner, len(table),
-                   ServingOptions(budget=budget, period=args.period, profile_fraction=args.profile_fraction),
+                   ServingOptions(budget=budget, period=args.period, profile_fraction=args.profile_fraction,
+                                  carry=args.cost == "ms"),
                    profile=table.take(first))
     result.model_cost += sum(runner.costs.values()) * first.size  # every model ran on the seed steps
     scores = result.accuracy(table)

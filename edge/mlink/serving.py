@@ -7,6 +7,13 @@ ones' outputs. On a small random sample of each period (``profile_fraction``, ab
 every model runs, so the next period is planned on fresh link performance: the best set
 follows the content (day and night, busy and quiet hours).
 
+Given the stream's frame changes (:class:`FrameChanges`), the planner may also run a model
+only where its camera's picture changed, reusing its last output elsewhere
+(:mod:`coinfer.edge.mlink.reuse`): :func:`coinfer.sdk.mlink.mode_plan` weighs, per model,
+running on every step, running on change at one of the calibrated thresholds (at the run
+rate the previous period showed), or leaving it to the links. Unspent or overspent budget
+(profiling included) carries over to the next period.
+
 Models are reached through a :class:`ModelRunner`: anything that returns a model's outputs
 for some stream rows. :class:`RecordedRunner` replays the outputs a workload recorded
 and charges each model its measured per-step cost, which is how the bench compares
@@ -23,14 +30,30 @@ Example::
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 
-from coinfer.sdk.mlink import LinkGraph, Plan, activation_scores, greedy_plan, performance
+from coinfer.edge.mlink.reuse import ReuseCalibration, ReuseGate, check_frames
+from coinfer.sdk.mlink import (
+    EVERY_STEP,
+    LinkGraph,
+    ModePlan,
+    Plan,
+    activation_scores,
+    best_link_estimate,
+    greedy_plan,
+    mode_plan,
+    performance,
+    sample_performance,
+)
 from coinfer.sdk.mlink.table import OutputTable, concat_rows, costs_of, take_rows
+
+#: A period's surplus or deficit is spread over this many following periods.
+CARRY_PERIODS = 3
 
 
 class ModelRunner(Protocol):
@@ -59,13 +82,25 @@ class RecordedRunner:
 @dataclass(frozen=True)
 class ServingOptions:
     """``budget`` is in the runner's cost unit per step (e.g. ms); ``period`` in steps;
-    ``history`` bounds the profiled steps the link scores come from."""
+    ``history`` bounds the profiled steps the link scores come from; ``carry`` moves
+    unspent or overspent budget to the next period (right for time, not for memory)."""
 
     budget: float
     period: int = 100
     profile_fraction: float = 0.01
     history: int = 200
     seed: int = 0
+    carry: bool = True
+
+
+@dataclass(frozen=True)
+class FrameChanges:
+    """What reuse needs to know of the stream: a small grey thumbnail and the camera of
+    every step, and the calibration of each threshold's run rate and reused accuracy."""
+
+    thumbnails: np.ndarray
+    cameras: np.ndarray
+    calibration: ReuseCalibration
 
 
 @dataclass
@@ -73,7 +108,7 @@ class ServingResult:
     """What was served, which sets were chosen, and what it cost."""
 
     outputs: dict[str, Any]
-    plans: list[Plan]
+    plans: list[Plan | ModePlan]
     runs: dict[str, int]
     model_cost: float
     link_seconds: float
@@ -94,61 +129,90 @@ class ServingResult:
         return 1.0 - (self.model_cost + self.link_seconds * link_cost_per_second) / everything
 
 
-class ProfileWindow:
-    """The most recent fully profiled steps: every model's output on each."""
+class LinkScores:
+    """Each link's per-step performance on the most recent ``limit`` profiled steps. Links
+    do not change while serving, so a profiled step is scored once, when it arrives."""
 
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.parts: list[dict[str, Any]] = []
+    def __init__(self, graph: LinkGraph, limit: int) -> None:
+        self.graph = graph
+        self.scores: dict[tuple[str, str], deque[float]] = {pair: deque(maxlen=limit) for pair in graph.links}
 
     def add(self, outputs: Mapping[str, Any]) -> None:
-        self.parts.append(dict(outputs))
-        while len(self.parts) > 1 and sum(row_count(part) for part in self.parts[1:]) >= self.limit:
-            self.parts.pop(0)
+        """Score every link on steps where every model ran (``outputs`` of each model)."""
+        for (source, target), link in self.graph.links.items():
+            spec = self.graph.endpoints[target].spec
+            scores = sample_performance(spec, link.predict(outputs[source]), outputs[target])
+            self.scores[(source, target)].extend(scores.tolist())
 
-    def outputs(self) -> dict[str, Any]:
-        return {name: concat_rows([part[name] for part in self.parts]) for name in self.parts[0]}
-
-
-def row_count(outputs: Mapping[str, Any]) -> int:
-    return len(next(iter(outputs.values())))
+    def performance(self) -> dict[tuple[str, str], float]:
+        return {pair: float(np.mean(scores)) for pair, scores in self.scores.items() if scores}
 
 
-def plan_period(graph: LinkGraph, costs: Mapping[str, float], profile: Mapping[str, Any],
+def plan_period(costs: Mapping[str, float], link_performance: Mapping[tuple[str, str], float],
                 budget: float) -> Plan:
-    """The greedy activation-score plan from the links' performance on ``profile``."""
-    return greedy_plan(activation_scores(graph.link_performance(profile), costs), costs, budget)
+    """The greedy activation-score plan from the links' recent performance."""
+    return greedy_plan(activation_scores(link_performance, costs), costs, budget)
 
 
 def serve(graph: LinkGraph, runner: ModelRunner, count: int, options: ServingOptions,
-          profile: OutputTable) -> ServingResult:
-    """Serve ``count`` stream steps under the budget; ``profile`` seeds the first plan."""
+          profile: OutputTable, changes: FrameChanges | None = None) -> ServingResult:
+    """Serve ``count`` stream steps under the budget; ``profile`` seeds the first plan;
+    with ``changes``, models may also run only on changed frames."""
+    if changes is not None:
+        check_frames(changes.thumbnails, changes.cameras, count)
     rng = np.random.default_rng(options.seed)
-    window = ProfileWindow(options.history)
+    window = LinkScores(graph, options.history)
     window.add(profile.outputs)
     served: dict[str, list[Any]] = {name: [] for name in graph.models}
     runs = dict.fromkeys(graph.models, 0)
-    plans, model_cost, link_seconds = [], 0.0, 0.0
+    plans: list[Plan | ModePlan] = []
+    gates: dict[str, ReuseGate] = {}
+    rates = changes.calibration.rates if changes is not None else ()
+    model_cost, link_seconds = 0.0, 0.0
     for start in range(0, count, options.period):
         steps = np.arange(start, min(count, start + options.period))
+        budget = options.budget
+        if options.carry:
+            balance = options.budget * start - model_cost - 1000.0 * link_seconds
+            budget = float(np.clip(options.budget + balance / (CARRY_PERIODS * steps.size),
+                                   0.0, 2.0 * options.budget))
         mark = time.perf_counter()
-        plan = plan_period(graph, runner.costs, window.outputs(), options.budget)
+        if changes is None:
+            plan: Plan | ModePlan = plan_period(runner.costs, window.performance(), budget)
+        else:
+            estimate = best_link_estimate(window.performance(), graph.models)
+            plan = mode_plan(runner.costs, changes.calibration.modes(rates), budget, estimate)
         link_seconds += time.perf_counter() - mark
         plans.append(plan)
-        executed = {name: runner(name, steps) for name in plan.active}
+        executed: dict[str, Any] = {}
+        modes = plan.modes if isinstance(plan, ModePlan) else dict.fromkeys(plan.active, EVERY_STEP)
+        gates = {name: gate for name, gate in gates.items() if name in modes and modes[name] != EVERY_STEP}
+        for name, mode in modes.items():
+            if mode == EVERY_STEP or changes is None:
+                executed[name] = runner(name, steps)
+                ran = steps.size
+            else:
+                gate = gates.setdefault(name, ReuseGate(0.0))
+                gate.threshold = changes.calibration.threshold_of(mode.label)
+                executed[name], ran = gate.serve(runner, name, steps, changes.thumbnails[steps],
+                                                 changes.cameras[steps])
+            runs[name] += ran
+            model_cost += runner.costs[name] * ran
+        if changes is not None:
+            seen = np.arange(max(0, steps[-1] + 1 - options.history), steps[-1] + 1)
+            rates = changes.calibration.rates_on(changes.thumbnails[seen], changes.cameras[seen])
         mark = time.perf_counter()
         outputs = graph.predict(executed) if executed else {}
         link_seconds += time.perf_counter() - mark
         for name in graph.models:
             served[name].append(outputs[name] if name in outputs else empty_outputs(graph, name, len(steps)))
-            runs[name] += len(steps) if name in plan.active else 0
-        model_cost += sum(runner.costs[name] for name in plan.active) * len(steps)
         picked = np.sort(rng.choice(steps.size, size=max(1, round(options.profile_fraction * steps.size)),
                                     replace=False))
-        profiled = {name: take_rows(executed[name], picked) if name in executed
+        exact = {name for name, mode in modes.items() if mode == EVERY_STEP}
+        profiled = {name: take_rows(executed[name], picked) if name in exact
                     else runner(name, steps[picked]) for name in graph.models}
         for name in graph.models:
-            if name not in executed:
+            if name not in exact:
                 runs[name] += picked.size
                 model_cost += runner.costs[name] * picked.size
         window.add(profiled)

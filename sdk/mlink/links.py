@@ -256,6 +256,8 @@ class Link:
         torch = modules().torch
         if self.target.spec.is_sequence:
             raise LinkError("a sequence link has no single logit vector; use predict")
+        if len(source_outputs) == 0:
+            return torch.zeros((0, self.target.spec.size))
         with torch.no_grad(), one_thread():
             return self.network.vector(source_tensor(self.source, source_outputs))
 
@@ -305,6 +307,8 @@ def greedy_decode(links: list[Link], weights: list[float],
     """Jointly decode sequence links into the same target: at each step the next token is
     the arg-max of the weighted sum of the links' log-probabilities (one link: plain greedy).
     ``sources[k]`` are the source outputs of ``links[k]``."""
+    if len(sources[0]) == 0:
+        return []
     torch = modules().torch
     target = links[0].target
     with torch.no_grad(), one_thread():
