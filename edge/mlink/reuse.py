@@ -45,13 +45,16 @@ def check_frames(thumbnails: np.ndarray, cameras: np.ndarray, count: int | None 
                          f"for {count} steps")
 
 
-def change_schedule(thumbnails: np.ndarray, cameras: np.ndarray, threshold: float) -> np.ndarray:
+def change_schedule(thumbnails: np.ndarray, cameras: np.ndarray, threshold: float,
+                    last: dict[int, np.ndarray] | None = None) -> np.ndarray:
     """Which steps run under reuse: each camera's first step, and every step whose thumbnail
-    differs from the one at that camera's last run by more than ``threshold``."""
+    differs from the one at that camera's last run by more than ``threshold``. ``last``
+    (each camera's thumbnail at its last run) carries the state from earlier steps and is
+    updated in place."""
     check_frames(thumbnails, cameras)
     run = np.zeros(len(thumbnails), bool)
     grey = thumbnails.astype(np.float32)
-    last: dict[int, np.ndarray] = {}
+    last = {} if last is None else last
     for row, camera in enumerate(cameras.tolist()):
         if camera not in last or float(np.mean(np.abs(grey[row] - last[camera]))) > threshold:
             run[row], last[camera] = True, grey[row]
@@ -143,12 +146,7 @@ class ReuseGate:
         """Outputs for ``steps`` (running ``runner(name, rows)`` only where the picture
         changed) and how many steps ran."""
         check_frames(thumbnails, cameras, len(steps))
-        grey = thumbnails.astype(np.float32)
-        run = np.zeros(len(steps), bool)
-        for row, camera in enumerate(cameras.tolist()):
-            last = self.thumbnails.get(camera)
-            if last is None or float(np.mean(np.abs(grey[row] - last))) > self.threshold:
-                run[row], self.thumbnails[camera] = True, grey[row]
+        run = change_schedule(thumbnails, cameras, self.threshold, self.thumbnails)
         held = [camera for camera in sorted(set(cameras.tolist())) if camera in self.outputs]
         fresh = [runner(name, steps[run])] if run.any() else []
         pool = concat_rows([self.outputs[camera] for camera in held] + fresh)

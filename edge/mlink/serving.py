@@ -11,8 +11,8 @@ Given the stream's frame changes (:class:`FrameChanges`), the planner may also r
 only where its camera's picture changed, reusing its last output elsewhere
 (:mod:`coinfer.edge.mlink.reuse`): :func:`coinfer.sdk.mlink.mode_plan` weighs, per model,
 running on every step, running on change at one of the calibrated thresholds (at the run
-rate the previous period showed), or leaving it to the links. Unspent or overspent budget
-(profiling included) carries over to the next period.
+rates of the most recent ``history`` steps), or leaving it to the links. Unspent or
+overspent budget (profiling and link time included) is spread over the next periods.
 
 Models are reached through a :class:`ModelRunner`: anything that returns a model's outputs
 for some stream rows. :class:`RecordedRunner` replays the outputs a workload recorded
@@ -82,8 +82,9 @@ class RecordedRunner:
 @dataclass(frozen=True)
 class ServingOptions:
     """``budget`` is in the runner's cost unit per step (e.g. ms); ``period`` in steps;
-    ``history`` bounds the profiled steps the link scores come from; ``carry`` moves
-    unspent or overspent budget to the next period (right for time, not for memory)."""
+    ``history`` bounds the profiled steps the link scores come from; ``carry`` spreads
+    unspent or overspent budget, link time included as ms, over the next periods (right for
+    time in ms, not for memory)."""
 
     budget: float
     period: int = 100
@@ -192,8 +193,8 @@ def serve(graph: LinkGraph, runner: ModelRunner, count: int, options: ServingOpt
                 executed[name] = runner(name, steps)
                 ran = steps.size
             else:
-                gate = gates.setdefault(name, ReuseGate(0.0))
-                gate.threshold = changes.calibration.threshold_of(mode.label)
+                gate = gates.setdefault(name, ReuseGate(threshold=0.0))
+                gate.threshold = changes.calibration.threshold_of(mode.label)  # a kept gate may change it
                 executed[name], ran = gate.serve(runner, name, steps, changes.thumbnails[steps],
                                                  changes.cameras[steps])
             runs[name] += ran
