@@ -159,6 +159,39 @@ def test_audio_leaves_video_truth_and_detections_unchanged(with_audio, without_a
             np.testing.assert_array_equal(camera.arrays[name], array, err_msg=name)
 
 
+def test_silent_from_keeps_the_people_quiet_from_that_clock_time(with_audio, tmp_path):
+    quiet = generate_scenes(tmp_path / "quiet", dataclasses.replace(TINY, silent_from="13:00"), workers=1,
+                            progress=False)
+    assert index_of(quiet)["audio"]["silent_from"] == "13:00"
+    assert index_of(with_audio)["audio"]["silent_from"] is None
+    people_after = 0
+    for camera, loud in zip(quiet.cameras, with_audio.cameras, strict=True):
+        assert camera.video_path.read_bytes() == loud.video_path.read_bytes()
+        after = camera.clock_hours >= 13.0
+        assert after.any() and (~after).any()
+        assert not camera.speech[after].any(), camera.id
+        people_after += int((camera.people_present & after).sum())
+        # before 13:00 the same people talk, at the same frames
+        np.testing.assert_array_equal(camera.speech[~after], loud.speech[~after])
+    assert people_after > 0 and sum(int(loud.speech[loud.clock_hours >= 13.0].sum())
+                                    for loud in with_audio.cameras) > 0
+
+
+def test_silent_frames_count_from_the_day_start_past_midnight():
+    options = SceneOptions(cameras=1, seconds=4, fps=10, day_start="22:00", day_end="02:00", audio=True,
+                           silent_from="01:00")
+    silent = options.silent()
+    assert silent.sum() == 10 and silent[-10:].all()
+    assert not SceneOptions(cameras=1, seconds=4, fps=10, audio=True).silent().any()
+
+
+def test_silent_from_needs_audio_and_a_clock_time():
+    with pytest.raises(CoinferError, match="silent_from silences"):
+        SceneOptions(silent_from="10:00")
+    with pytest.raises(CoinferError, match="silent_from: a clock time"):
+        SceneOptions(audio=True, silent_from="25:00")
+
+
 # --- errors -------------------------------------------------------------------------------
 
 
@@ -211,10 +244,14 @@ def test_loader_rejects_audio_facts_that_do_not_fit_the_frame_rate(with_audio, t
 def test_cli_audio_flag_and_summary(tmp_path, capsys, espeak):
     out = tmp_path / "cli"
     status = main(["data", "scenes", "--out", str(out), "--cameras", "1", "--seconds", "2", "--fps", "5",
+                   "--silent-from", "00:12",
                    "--size", "160x90", "--tasks", "", "--audio", "--workers", "1", "--quiet"])
     assert status == 0
     loaded = SceneSet.load(out)
     assert loaded.samples_per_frame == 3200 and len(loaded.cameras[0].audio) == 10 * 3200
+    assert loaded.index["audio"]["silent_from"] == "00:12" and not loaded.cameras[0].speech[1:].any()
     assert "audio: frames with speech" in capsys.readouterr().out
     assert main(["data", "scenes", "--out", str(tmp_path / "bad"), "--fps", "7", "--audio", "--quiet"]) == 1
     assert "fps=7" in capsys.readouterr().err
+    assert main(["data", "scenes", "--out", str(tmp_path / "bad"), "--silent-from", "10:00", "--quiet"]) == 1
+    assert "it needs audio=True" in capsys.readouterr().err

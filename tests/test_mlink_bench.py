@@ -34,6 +34,10 @@ def test_bench_runs_every_experiment_and_reports_consistent_numbers(tmp_path, mo
     online = report["online"]
     assert online["offline_init_labelled"] == 0
     assert online["periodic_labelled"] == online["uncertainty_labelled"] > 0
+    assert online["silent_from"] == bench.SILENT_FROM and online["stream_steps"] == report["steps"]
+    assert 0 < online["after_drift_steps"] < online["stream_steps"]
+    assert online["offline_steps"] < report["steps"]
+    assert (tmp_path / "work" / "drift-outputs.npz").is_file()
     federated = report["federated"]
     assert federated["bytes_per_round"] > federated["update_bytes_per_client"] * 3
     assert 0 <= federated["global_accuracy"] <= 1

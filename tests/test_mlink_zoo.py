@@ -244,3 +244,24 @@ def test_a_corrupt_or_foreign_crowd_model_is_rejected(crowd, steps, tmp_path):
         create_model("crowd")
     with pytest.raises(CoinferError, match="unknown zoo model 'pose'"):
         create_model("pose")
+
+
+def test_the_drifting_day_records_the_asked_models_on_a_day_that_goes_quiet(scene_set, tmp_path):
+    with pytest.raises(CoinferError, match="build the workload in"):
+        workload.build_drifting_day(tmp_path, "12:00", ["crowd", "speech"], cameras=1, seconds=3)
+    with pytest.raises(CoinferError, match=r"unknown model\(s\) \['voices'\]"):
+        workload.build_drifting_day(tmp_path, "12:00", ["speech", "voices"], cameras=1, seconds=3)
+    day = workload.build_drifting_day(tmp_path, "12:00", ["speech"], cameras=1, seconds=3, seed=2, crowd=2,
+                                      hours=("07:00", "19:00"), progress=False)
+    assert day.models == ["speech"] and len(day) == 30
+    quiet = SceneSet.load(tmp_path / workload.DRIFT_SCENES_DIR)
+    assert quiet.index["seed"] == 2 + workload.DRIFT_SEED_OFFSET
+    assert quiet.index["audio"]["silent_from"] == "12:00"
+    after = day.context["clock_hours"] >= 12.0
+    assert after.any() and not day.context["speech_truth"][after].any()
+    again = workload.build_drifting_day(tmp_path, "12:00", ["speech"], cameras=1, seconds=3, seed=2, crowd=2,
+                                        hours=("07:00", "19:00"), progress=False)
+    np.testing.assert_array_equal(again.outputs["speech"], day.outputs["speech"])
+    with pytest.raises(CoinferError, match="holds a scene set made with"):
+        workload.build_drifting_day(tmp_path, "13:00", ["speech"], cameras=1, seconds=3, seed=2, crowd=2,
+                                    hours=("07:00", "19:00"), progress=False)

@@ -17,9 +17,11 @@ latency and peak memory. Then, all on those recorded outputs:
   run-or-link subsets (``budget_accuracy``, ``budget_time_saved``, ``optimal_gap``). Its
   links learn from three quarters of the training blocks, its first plan is profiled on
   the rest, and the reuse thresholds are calibrated on the training blocks;
-- ``online``: one link (crowd CNN -> VAD) trained on the first 15% of each camera's day,
-  then serving the rest of the day in clock order (the cameras interleaved): offline-init
-  against periodic, uncertainty and loss-prediction updates, each labelling 5 steps per 50;
+- ``online``: one link (crowd CNN -> VAD) trained on the workload's training steps, then
+  serving another day of as many cameras in clock order (the cameras interleaved) on which
+  the people in view keep quiet from 09:00 (``coinfer data scenes --silent-from``): the
+  relation the link learned stops holding. Offline-init against periodic, uncertainty and
+  loss-prediction updates, each labelling 5 steps per 50;
 - ``federated``: edge clients on disjoint camera groups train the links through the real
   aggregation service on loopback; the global links are scored on an unseen camera group;
 - ``domain_adaptation``: the crowd CNN (trained on other scenes) as deployed, against its
@@ -27,7 +29,8 @@ latency and peak memory. Then, all on those recorded outputs:
   the VAD to the generator's truth, each trained on 10% of the steps.
 
 The split for links and budgets is in blocks of time within each camera (every third
-block held out), so train and test see the same hours; the online stream is in time order.
+block held out), so train and test see the same hours; the online stream is another day, in
+time order.
 """
 
 from __future__ import annotations
@@ -41,7 +44,6 @@ from typing import Any
 
 import numpy as np
 
-from coinfer.edge.mlink.arguments import time_split
 from coinfer.edge.mlink.experiments import (
     OnlineSetup,
     budget_report,
@@ -61,10 +63,10 @@ SPLIT_EVERY = 3
 #: VALIDATION_EVERY-th half block, on which its first plan is profiled.
 VALIDATION_EVERY = 4
 #: The link the online experiment keeps up to date: speech (the VAD) from the crowd CNN's
-#: output, learned on the first COLD_START of each camera's day (the early, quiet hours),
-#: then serving the rest of the day as it comes.
+#: output, learned on the workload's training steps, then serving a day on which the people
+#: keep quiet from SILENT_FROM (a library opening), as it comes.
 ONLINE = OnlineSetup(source="crowd", target="speech")
-COLD_START = 0.15
+SILENT_FROM = "09:00"
 
 
 @dataclass(frozen=True)
@@ -156,7 +158,8 @@ def run_configuration(scale: BenchScale, workdir: Path, seed: int) -> dict[str, 
     """The workload, the links, then every experiment (see the module docstring)."""
     from coinfer.edge.mlink.reuse import calibrate_reuse
     from coinfer.edge.mlink.serving import ServingOptions
-    from coinfer.edge.mlink.workload import SCENES_DIR, build_workload, summary
+    from coinfer.edge.mlink.workload import SCENES_DIR, build_drifting_day, build_workload, summary
+    from coinfer.sdk.data.scenes import parse_clock
     from coinfer.sdk.mlink import LinkGraph, LinkOptions
 
     start = time.perf_counter()
@@ -194,10 +197,12 @@ def run_configuration(scale: BenchScale, workdir: Path, seed: int) -> dict[str, 
         report[key] = report["budget"][key]
     timings["budget"] = time.perf_counter() - mark
     mark = time.perf_counter()
-    early = time_split(cameras, COLD_START)
-    order = np.argsort(table.context["clock_hours"], kind="stable")
-    offline, stream = np.flatnonzero(early), order[~early[order]]
-    report["online"] = online_report(table, offline, stream, ONLINE, options)
+    drifting = build_drifting_day(workdir, SILENT_FROM, [ONLINE.source, ONLINE.target], cameras=scale.cameras,
+                                  seconds=scale.seconds, seed=seed, progress=True, crowd=scale.crowd,
+                                  hours=scale.hours)
+    drifted = drifting.context["clock_hours"] >= parse_clock(SILENT_FROM)
+    report["online"] = {"silent_from": SILENT_FROM,
+                        **online_report(table.take(train), drifting, drifted, ONLINE, options)}
     timings["online"] = time.perf_counter() - mark
     mark = time.perf_counter()
     vector_models = [name for name in table.models if not table.specs[name].is_sequence]

@@ -97,44 +97,52 @@ def plan_counts(plans: list[Plan | ModePlan]) -> list[str]:
 
 @dataclass(frozen=True)
 class OnlineSetup:
-    """A link whose offline training data no longer describes the stream."""
+    """A link kept up to date on a stream: ``labels`` target runs per ``period`` steps,
+    ``epochs`` of fine-tuning after each, on at most ``replay`` labelled pairs."""
 
     source: str
     target: str
     period: int = 50
     labels: int = 5
     epochs: int = 10
+    replay: int = OnlineOptions.replay
 
 
-def online_report(table: OutputTable, offline_rows: np.ndarray, stream_rows: np.ndarray, setup: OnlineSetup,
+def online_report(offline: OutputTable, stream: OutputTable, drifted: np.ndarray, setup: OnlineSetup,
                   options: LinkOptions) -> dict[str, Any]:
     """Offline-init, periodic, uncertainty and loss-prediction accuracy of one link on a
-    drifting stream: every strategy starts from the same offline link, with its training
-    pairs in the replay buffer (fine-tuning on a handful of new pairs alone forgets the
-    rest), and labels the same number of steps per period."""
-    spec: OutputSpec = table.specs[setup.target]
-    source, target = table.outputs[setup.source], table.outputs[setup.target]
-    offline = Link.train(table.specs[setup.source], spec, take_rows(source, offline_rows),
-                         take_rows(target, offline_rows), options)
-    weights = offline.weights()
-    out: dict[str, Any] = {"source": setup.source, "target": setup.target,
-                           "offline_steps": int(offline_rows.size), "stream_steps": int(stream_rows.size),
-                           "labels_per_period": setup.labels, "period": setup.period}
+    drifting stream. The link learns from every row of ``offline`` (the days before), then
+    serves ``stream`` in clock order, the cameras interleaved; ``drifted`` marks the stream
+    rows after the drift, which are also scored apart (``*_after_drift``). Every strategy
+    starts from the same offline link with an empty replay buffer (after a drift the offline
+    pairs teach the old relation) and labels the same number of steps per period."""
+    spec: OutputSpec = stream.specs[setup.target]
+    trained = Link.train(offline.specs[setup.source], spec, offline.outputs[setup.source],
+                         offline.outputs[setup.target], options)
+    weights = trained.weights()
+    rows = np.argsort(stream.context["clock_hours"], kind="stable")
+    after = np.asarray(drifted, bool)[rows]
+    source = take_rows(stream.outputs[setup.source], rows)
+    target = take_rows(stream.outputs[setup.target], rows)
+    out: dict[str, Any] = {"source": setup.source, "target": setup.target, "offline_steps": len(offline),
+                           "stream_steps": len(stream), "after_drift_steps": int(after.sum()),
+                           "labels_per_period": setup.labels, "period": setup.period, "replay": setup.replay}
     for strategy, key in (("none", "offline_init"), ("periodic", "periodic"), ("uncertainty", "uncertainty"),
                           ("loss-prediction", "loss_prediction")):
-        link = Link.create(offline.source, offline.target, options)
+        link = Link.create(trained.source, trained.target, options)
         link.set_weights(weights)
-        updater = OnlineUpdater(link, OnlineOptions(strategy=strategy, labels=setup.labels,
-                                                    epochs=setup.epochs, seed=options.seed))
-        updater.remember(take_rows(source, offline_rows), take_rows(target, offline_rows))
+        updater = OnlineUpdater(link, OnlineOptions(strategy, setup.labels, setup.epochs, setup.replay,
+                                                    options.seed))
         predicted = []
-        for start in range(0, stream_rows.size, setup.period):
-            rows = stream_rows[start:start + setup.period]
-            predicted.append(updater.step(take_rows(source, rows),
-                                          lambda picked, rows=rows: take_rows(target, rows[picked])))
+        for start in range(0, len(stream), setup.period):
+            period = np.arange(start, min(start + setup.period, len(stream)))
+            predicted.append(updater.step(take_rows(source, period),
+                                          lambda picked, period=period: take_rows(target, period[picked])))
         served = np.concatenate(predicted) if isinstance(predicted[0], np.ndarray) else list(
             itertools.chain.from_iterable(predicted))
-        out[key] = round(performance(spec, served, take_rows(target, stream_rows)), 4)
+        out[key] = round(performance(spec, served, target), 4)
+        out[f"{key}_after_drift"] = round(performance(spec, take_rows(served, after),
+                                                      take_rows(target, after)), 4)
         out[f"{key}_labelled"] = updater.labelled
     return out
 

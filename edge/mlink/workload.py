@@ -91,6 +91,10 @@ TRAIN_SCENES_DIR = "crowd-train-scenes"
 CROWD_DIR = "crowd"
 TABLE_FILE = "outputs.npz"
 MEMORY_FILE = "outputs.memory.json"
+# The drifting day (build_drifting_day): another seed, its own scenes and table.
+DRIFT_SEED_OFFSET = 2000
+DRIFT_SCENES_DIR = "drift-scenes"
+DRIFT_TABLE_FILE = "drift-outputs.npz"
 # ru_maxrss is in KiB on Linux and in bytes on macOS.
 RSS_BYTES = 1 if sys.platform == "darwin" else 1024
 
@@ -320,7 +324,8 @@ def _scene_set(directory: Path, options: SceneOptions, progress: bool) -> SceneS
     found = {"cameras": len(index["cameras"]), "seconds": index["seconds"], "seed": index["seed"],
              "crowd": index["crowd"], "audio": "audio" in index, "fps": index["fps"],
              "width": index["width"], "height": index["height"],
-             "day_start": index["clock"]["start"], "day_end": index["clock"]["end"]}
+             "day_start": index["clock"]["start"], "day_end": index["clock"]["end"],
+             "silent_from": index.get("audio", {}).get("silent_from")}
     wanted = {key: getattr(options, key) for key in found}
     if found != wanted:
         raise CoinferError(f"{directory} holds a scene set made with {found}, not the {wanted} asked "
@@ -369,14 +374,9 @@ def build_workload(workdir: str | os.PathLike, cameras: int = 4, seconds: float 
                            day_start=hours[0], day_end=hours[1])
     scene_set = _scene_set(workdir / SCENES_DIR, options, progress)
     table_path = workdir / TABLE_FILE
-    if table_path.exists():
-        try:
-            table = OutputTable.load(table_path)
-        except TableError as error:
-            raise CoinferError(f"{error}; delete it to record the workload again") from None
-        steps = sum(camera.frame_count for camera in scene_set.cameras)
-        if len(table) == steps and set(table.models) == set(MODEL_NAMES):
-            return table
+    table = _recorded(table_path, scene_set, MODEL_NAMES)
+    if table is not None:
+        return table
     crowd_dir = workdir / CROWD_DIR
     if not crowd_dir.exists():
         train_options = SceneOptions(cameras=train_cameras, seconds=TRAIN_SECONDS, tasks=(),
@@ -386,6 +386,45 @@ def build_workload(workdir: str | os.PathLike, cameras: int = 4, seconds: float 
                              progress=progress)
     table = record_outputs(scene_set, create_zoo(crowd_dir), progress, memory_cache=workdir / MEMORY_FILE)
     table.save(table_path)
+    return table
+
+
+def _recorded(path: Path, scene_set: SceneSet, models: Sequence[str]) -> OutputTable | None:
+    """The table at ``path`` if it holds ``models`` on every step of ``scene_set``."""
+    if not path.exists():
+        return None
+    try:
+        table = OutputTable.load(path)
+    except TableError as error:
+        raise CoinferError(f"{error}; delete it to record the workload again") from None
+    steps = sum(camera.frame_count for camera in scene_set.cameras)
+    return table if len(table) == steps and set(table.models) == set(models) else None
+
+
+def build_drifting_day(workdir: str | os.PathLike, silent_from: str, models: Sequence[str],
+                       cameras: int = 4, seconds: float = 12.0, seed: int = 0, progress: bool = True, *,
+                       crowd: float = 1.0, hours: tuple[str, str] = ("00:00", "24:00")) -> OutputTable:
+    """Another day of the workload (seed ``seed + DRIFT_SEED_OFFSET``) on which the people in
+    view keep quiet from ``silent_from``: ``models`` recorded on every step into
+    ``drift-outputs.npz`` from ``drift-scenes/``, with the crowd CNN of
+    :func:`build_workload` (made first, in the same ``workdir``)."""
+    workdir = Path(workdir)
+    crowd_dir = workdir / CROWD_DIR
+    if "crowd" in models and not crowd_dir.exists():
+        raise CoinferError(f"{crowd_dir} does not exist: build the workload in {workdir} first")
+    unknown = sorted(set(models) - set(MODEL_NAMES))
+    if unknown:
+        raise CoinferError(f"unknown model(s) {unknown}; the zoo has {', '.join(MODEL_NAMES)}")
+    options = SceneOptions(cameras=cameras, seconds=seconds, tasks=(), audio=True,
+                           seed=seed + DRIFT_SEED_OFFSET, crowd=crowd, day_start=hours[0], day_end=hours[1],
+                           silent_from=silent_from)
+    scene_set = _scene_set(workdir / DRIFT_SCENES_DIR, options, progress)
+    table_path = workdir / DRIFT_TABLE_FILE
+    table = _recorded(table_path, scene_set, models)
+    if table is None:
+        zoo = {name: create_model(name, crowd_dir if name == "crowd" else None) for name in models}
+        table = record_outputs(scene_set, zoo, progress, memory_cache=workdir / MEMORY_FILE)
+        table.save(table_path)
     return table
 
 

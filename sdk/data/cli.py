@@ -46,6 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     scenes.add_argument("--audio", action="store_true",
                         help="add an aligned 16 kHz audio track per camera: synthesised speech while "
                         "people are in view, ambient noise throughout (fps must divide 16000)")
+    scenes.add_argument("--silent-from", metavar="HH:MM",
+                        help="with --audio: the people in view keep quiet from this clock time on "
+                        "(a drift in how speech follows presence)")
     scenes.add_argument("--workers", type=int,
                         help="processes (default: CPU count); the outputs do not depend on it")
     scenes.add_argument("--overwrite", action="store_true", help="replace an existing DIR")
@@ -83,7 +86,7 @@ def _scenes(args: argparse.Namespace) -> int:
         cameras=args.cameras, seconds=args.seconds, fps=args.fps, width=width, height=height,
         codec=args.codec, gop=args.gop, bframes=args.bframes, bitrate=args.bitrate,
         tasks=parse_tasks(args.tasks), seed=args.seed, day_start=args.day_start, day_end=args.day_end,
-        crowd=args.crowd, audio=args.audio,
+        crowd=args.crowd, audio=args.audio, silent_from=args.silent_from,
     )
     if args.workers is not None and args.workers < 1:
         raise CoinferError(f"--workers must be >= 1, got {args.workers}")

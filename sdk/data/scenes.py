@@ -15,7 +15,10 @@ With ``audio=True`` every camera also gets an audio track aligned with its frame
 one of :data:`coinfer.sdk.data.speech.NOISE_KINDS` throughout, a few dB quieter in the
 dark, and, while a face or a walker is more than 30% visible, people talking: turns of
 real eSpeak NG speech in drawn voices with drawn pauses, through a drawn room, at a drawn
-SNR over the daytime noise, faded out over 50 ms when nobody is left in view.
+SNR over the daytime noise, faded out over 50 ms when nobody is left in view. With
+``silent_from="HH:MM"`` the people in view keep quiet from that clock time on (a library
+opening, an exam starting): a drift in how speech follows presence, for adaptation
+experiments; the video and truth stay the same.
 
 Everything derives from the seed: camera ``i`` draws from its own PCG64 streams (one for
 the plan, the arrivals, the sensor noise, the traffic model and the audio each), so the
@@ -29,7 +32,7 @@ The output format is documented in README.md ("Output format"); audio adds::
                            "noise_kinds": [...], "snr_db": [low, high],
                            "speech_dbfs": [low, high], "night_quieter_db": [low, high],
                            "presence": {"kinds": ["face", "person"], "min_visible": 0.3},
-                           "speech_floor_db": -40.0,
+                           "silent_from": "HH:MM" or null, "speech_floor_db": -40.0,
                            "synthesizer": {"name": "espeak-ng", "package", "version"}}
                  and per camera "audio": {"noise_kind", "snr_db" (audible speech over the
                            daytime noise), "speech_dbfs" (RMS of the audible speech; the draw if none),
@@ -153,7 +156,8 @@ class SceneOptions:
     from ``day_start`` to ``day_end`` (wrapping past midnight when end <= start). ``crowd``
     scales how many actors come by (1: about PEAK_ACTORS in view at a typical camera's peak).
     ``audio`` adds an aligned audio track per camera (speech while people are in view, ambient
-    noise throughout); it needs fps to divide :data:`AUDIO_RATE`.
+    noise throughout); it needs fps to divide :data:`AUDIO_RATE`. ``silent_from`` (with audio):
+    from this clock time to the end of the clip the people in view are silent.
     """
 
     cameras: int = 4
@@ -171,6 +175,7 @@ class SceneOptions:
     day_end: str = "24:00"
     crowd: float = 1.0
     audio: bool = False
+    silent_from: str | None = None
 
     def __post_init__(self) -> None:
         tasks = parse_tasks(self.tasks) if isinstance(self.tasks, str) else tuple(dict.fromkeys(self.tasks))
@@ -209,6 +214,13 @@ class SceneOptions:
         elif self.audio and isinstance(self.seconds, (int, float)) and self.seconds > AUDIO_MAX_SECONDS:
             errors.append(f"audio tracks are built in memory: seconds must be at most "
                           f"{AUDIO_MAX_SECONDS:g} with audio, got {self.seconds}")
+        if self.silent_from is not None:
+            try:
+                parse_clock(self.silent_from)
+            except CoinferError as error:
+                errors.append(f"silent_from: {error}")
+            if self.audio is not True:
+                errors.append("silent_from silences the audio track's speech: it needs audio=True")
         unknown = [task for task in self.tasks if task not in TASK_KINDS]
         if unknown:
             errors.append(f"unknown task(s) {unknown}; choose from {', '.join(TASK_KINDS)}")
@@ -243,6 +255,15 @@ class SceneOptions:
         start, end = parse_clock(self.day_start), parse_clock(self.day_end)
         span = end - start if end > start else end - start + 24.0
         return ((start + span * np.arange(self.frames) / self.frames) % 24.0).astype(np.float32)
+
+    def silent(self) -> np.ndarray:
+        """bool per frame: the clock has reached ``silent_from`` (counted from ``day_start``, so
+        a clip past midnight works); all False without ``silent_from``."""
+        if self.silent_from is None:
+            return np.zeros(self.frames, bool)
+        start, end = parse_clock(self.day_start), parse_clock(self.day_end)
+        span = end - start if end > start else end - start + 24.0
+        return span * np.arange(self.frames) / self.frames >= (parse_clock(self.silent_from) - start) % 24.0
 
 
 # ---------------------------------------------------------------------------------------
@@ -701,6 +722,7 @@ def _audio_index(options: SceneOptions) -> dict[str, Any]:
         "noise_kinds": list(NOISE_KINDS), "snr_db": list(SNR_DB), "speech_dbfs": list(SPEECH_DBFS),
         "night_quieter_db": list(NIGHT_QUIETER_DB),
         "presence": {"kinds": list(PRESENCE_KINDS), "min_visible": PRESENCE_VISIBLE},
+        "silent_from": options.silent_from,
         "speech_floor_db": SPEECH_FLOOR_DB,
         "synthesizer": {"name": "espeak-ng", "package": "espeakng-loader",
                         "version": package_version("espeakng-loader")},
@@ -874,6 +896,7 @@ def generate_camera(options: SceneOptions, index: int, directory: str | os.PathL
     track = None
     if options.audio:
         present = presence(arrays["truth.offsets"], arrays["truth.kinds"], arrays["truth.visible"])
+        present &= ~options.silent()
         track = render_audio(camera_rng(options.seed, index, AUDIO_STREAM), options, present, renderer.light)
         arrays["audio"], arrays["audio.speech"] = track.samples, track.speech
     results = directory / f"{plan.id}.npz"
