@@ -26,8 +26,8 @@ from typing import Any, TypeVar
 
 from coinfer.sdk.errors import CoinferError
 
-__all__ = ["TOKEN_ENV", "ServiceError", "ThreadedServer", "bearer_matches", "read_limited_body",
-           "refuse_with", "resolve_token"]
+__all__ = ["TOKEN_ENV", "ServiceError", "ThreadedServer", "bearer_matches", "client_token",
+           "read_limited_body", "refuse_with", "resolve_token"]
 
 #: The environment variable services and clients read the bearer token from.
 TOKEN_ENV = "COINFER_TOKEN"
@@ -47,17 +47,29 @@ class ServiceError(CoinferError):
         self.status = status
 
 
+def _given_token(token_file: Path | None, env: str) -> str:
+    """The token in ``token_file`` if given, else ``$env``; empty if neither holds one."""
+    if token_file is None:
+        return os.environ.get(env, "")
+    if not token_file.is_file():
+        raise CoinferError(f"{token_file}: no such token file")
+    return token_file.read_text().strip()
+
+
 def resolve_token(token_file: Path | None, env: str = TOKEN_ENV) -> str:
     """The token from ``token_file``, else ``$env``, else a fresh one announced on stderr."""
-    if token_file is not None:
-        if not token_file.is_file():
-            raise CoinferError(f"{token_file}: no such token file")
-        token = token_file.read_text().strip()
-    else:
-        token = os.environ.get(env, "")
+    token = _given_token(token_file, env)
     if not token:
         token = secrets.token_urlsafe(24)
         print(f"no token given; clients must send: Authorization: Bearer {token}", file=sys.stderr)
+    return token
+
+
+def client_token(token_file: Path | None, env: str = TOKEN_ENV) -> str:
+    """A client's token: from ``token_file``, else ``$env``; a client cannot make one up."""
+    token = _given_token(token_file, env)
+    if not token:
+        raise CoinferError(f"no token: set {env} or give --token-file with the service's bearer token")
     return token
 
 

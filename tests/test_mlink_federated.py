@@ -381,3 +381,40 @@ def test_cli_serves_a_saved_graph(tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_edge_processes_federate_through_the_command_line(tmp_path):
+    from coinfer.sdk.mlink.table import OutputTable
+
+    held_out = world(300, seed=40, busy=0.5)
+    before = np.mean(list(untrained().link_performance(held_out).values()))
+    with serving(min_clients=2) as (aggregator, url):
+        edges = []
+        for k, busy in enumerate((0.3, 0.7)):
+            OutputTable(SPECS, world(300, seed=30 + k, busy=busy)).save(tmp_path / f"edge-{k}.npz")
+            command = [sys.executable, "-m", "coinfer.sdk.cli", "mlink", "federate", "--server", url,
+                       "--name", f"edge-{k}", "--table", str(tmp_path / f"edge-{k}.npz"), "--rounds", "2",
+                       "--epochs", "3", "--json", str(tmp_path / f"edge-{k}.json")]
+            if k == 0:
+                command += ["--out", str(tmp_path / "links")]
+            edges.append(subprocess.Popen(command, env=dict(os.environ, COINFER_TOKEN=TOKEN),
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+        for edge in edges:
+            assert edge.wait(timeout=300) == 0, edge.stderr.read().decode()
+        assert aggregator.round == 2
+    for k in range(2):
+        report = json.loads((tmp_path / f"edge-{k}.json").read_text())
+        assert report["rounds"] == 2 and report["global round"] == 2 and report["steps"] == 300
+        assert report["bytes sent"] > 0 and report["bytes received"] > report["bytes sent"]
+    after = np.mean(list(LinkGraph.load(tmp_path / "links").link_performance(held_out).values()))
+    assert after > before + 0.1
+
+
+def test_federate_needs_a_token_and_names_the_way_to_give_it(tmp_path, monkeypatch, capsys):
+    from coinfer.sdk.cli.main import main
+
+    monkeypatch.delenv("COINFER_TOKEN", raising=False)
+    assert main(["mlink", "federate", "--server", "http://127.0.0.1:9", "--name", "edge-1",
+                 "--table", str(tmp_path / "none.npz")]) != 0
+    assert "no token: set COINFER_TOKEN or give --token-file" in capsys.readouterr().err

@@ -265,3 +265,50 @@ def test_the_drifting_day_records_the_asked_models_on_a_day_that_goes_quiet(scen
     with pytest.raises(CoinferError, match="holds a scene set made with"):
         workload.build_drifting_day(tmp_path, "13:00", ["speech"], cameras=1, seconds=3, seed=2, crowd=2,
                                     hours=("07:00", "19:00"), progress=False)
+
+
+def test_the_live_runner_runs_the_real_models_only_where_asked(scene_set, crowd, table):
+    from coinfer.edge.mlink.live import ZooRunner
+
+    zoo, costs = create_zoo(crowd[1]), {name: 1.0 for name in MODEL_NAMES}
+    runner = ZooRunner(scene_set, zoo, costs, window=40)
+    rows = np.array([3, 10, 25, 39])  # both cameras: the second starts at step 30
+    for name in ("faces", "people", "crowd"):
+        np.testing.assert_array_equal(runner(name, rows), table.outputs[name][rows], err_msg=name)
+    assert runner("words", rows) == [table.outputs["words"][row] for row in rows]
+    assert runner("text", np.array([], np.int64)).shape == (0, 4)
+    assert runner.calls == {**dict.fromkeys(MODEL_NAMES, 0), "faces": 4, "people": 4, "crowd": 4, "words": 4}
+    assert runner.seconds["cats"] == 0 and runner.seconds["faces"] > 0
+    runner("cats", np.array([40]))
+    with pytest.raises(CoinferError, match=r"step 0 is no longer kept: only the last 40 .* \(up to 40\)"):
+        runner("faces", np.array([0]))
+    with pytest.raises(CoinferError, match="the scene set has 60 steps; serving asked for step 60"):
+        runner("faces", np.array([60]))
+    streamed = ZooRunner(scene_set, zoo, costs)
+    every = np.arange(STEPS)
+    np.testing.assert_array_equal(streamed("speech", every), table.outputs["speech"])  # reset per camera
+    streamed.restart()
+    np.testing.assert_array_equal(streamed("speech", every[:30]), table.outputs["speech"][:30])
+    with pytest.raises(CoinferError, match=r"costs name model\(s\) \['lidar'\]"):
+        ZooRunner(scene_set, create_zoo(crowd[1]), {"lidar": 1.0})
+
+
+def test_mlink_run_serves_live_what_it_replays(scene_set, crowd, table, tmp_path):
+    from coinfer.sdk.cli.main import main
+
+    save_crowd_classifier(tmp_path / "crowd", crowd[1])
+    table.save(tmp_path / "outputs.npz")
+    assert main(["mlink", "train", "--table", str(tmp_path / "outputs.npz"), "--epochs", "3",
+                 "--out", str(tmp_path / "links")]) == 0
+    common = ["mlink", "run", "--links", str(tmp_path / "links"), "--table", str(tmp_path / "outputs.npz"),
+              "--budget-fraction", "0.3", "--period", "20", "--profile-fraction", "0.1"]
+    assert main([*common, "--json", str(tmp_path / "replay.json")]) == 0
+    assert main([*common, "--scenes", str(scene_set.root), "--crowd", str(tmp_path / "crowd"),
+                 "--json", str(tmp_path / "live.json")]) == 0
+    replay, live = (json.loads((tmp_path / f"{name}.json").read_text()) for name in ("replay", "live"))
+    assert live["plans"] == replay["plans"]
+    assert {key: value for key, value in live.items() if key.startswith("runs ")} == \
+        {key: value for key, value in replay.items() if key.startswith("runs ")}
+    assert live["mean output accuracy"] == pytest.approx(replay["mean output accuracy"], abs=0.02)
+    assert live["live model seconds"] > 0 and live["recorded seconds of every model"] > 0
+    assert main([*common, "--scenes", str(scene_set.root)]) != 0

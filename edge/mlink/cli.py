@@ -4,6 +4,7 @@
     coinfer mlink train --table outputs.npz --epochs 60 --out links/
     coinfer mlink plan --links links/ --table outputs.npz --budget-fraction 0.5 --brute-force
     coinfer mlink run --links links/ --table stream.npz --budget 40 --json run.json
+    coinfer mlink federate --server http://127.0.0.1:8100 --name edge-1 --table outputs.npz
     coinfer mlink bench --quick --json mlink.json
 """
 
@@ -23,6 +24,8 @@ ACTIONS = {
              "coinfer.edge.mlink.plan_command"),
     "run": ("serve recorded steps under a budget: run the planned models, predict the rest",
             "coinfer.edge.mlink.run_command"),
+    "federate": ("train the links with other edges through the cloud aggregator (FedAvg)",
+                 "coinfer.edge.mlink.federate_command"),
     "bench": ("MLink against standalone, random, Reducto-style and the optimum on real models",
               "coinfer.edge.mlink.bench"),
 }
