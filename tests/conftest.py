@@ -1,4 +1,4 @@
-"""Shared fixtures: small real models exported once per session."""
+"""Shared fixtures: small real models exported once per session, and scene-set tampering."""
 
 from __future__ import annotations
 
@@ -85,3 +85,24 @@ def _synthetic_traces(streams: int, rounds: int, seed: int = 0) -> list:
 def synthetic_traces():
     """Factory of hand-made packet streams for the gate's algorithm tests."""
     return _synthetic_traces
+
+
+@pytest.fixture
+def rewrite_results():
+    """``rewrite(root, "cam000.npz", change)``: apply ``change`` to a scene set's results file
+    arrays and re-hash it in scenes.json, so that only the loader's checks can object."""
+    import json
+
+    from coinfer.sdk.data import scenes
+
+    def rewrite(root, name: str, change) -> None:
+        path = root / name
+        with np.load(path) as archive:
+            arrays = {key: archive[key] for key in archive.files}
+        change(arrays)
+        scenes.write_npz(path, arrays)
+        index = json.loads((root / "scenes.json").read_text())
+        index["files"][name] = scenes.sha256_of(path)
+        (root / "scenes.json").write_text(json.dumps(index))
+
+    return rewrite

@@ -258,15 +258,8 @@ def test_loader_rejects_another_format_version(copy_of):
     (lambda arrays: arrays["faces.offsets"].__setitem__(-1, arrays["faces.offsets"][-1] + 1),
      "faces.offsets are not a valid CSR index"),
 ])
-def test_loader_checks_the_arrays_of_a_results_file(copy_of, change, message):
-    path = copy_of / "cam000.npz"
-    with np.load(path) as archive:
-        arrays = {name: archive[name] for name in archive.files}
-    change(arrays)
-    scenes.write_npz(path, arrays)
-    index = json.loads((copy_of / "scenes.json").read_text())
-    index["files"]["cam000.npz"] = scenes.sha256_of(path)
-    (copy_of / "scenes.json").write_text(json.dumps(index))
+def test_loader_checks_the_arrays_of_a_results_file(copy_of, rewrite_results, change, message):
+    rewrite_results(copy_of, "cam000.npz", change)
     with pytest.raises(SceneFormatError, match=r"cam000\.npz") as caught:
         SceneSet.load(copy_of)
     assert message in str(caught.value)
