@@ -31,6 +31,15 @@ def test_bench_runs_every_experiment_and_reports_consistent_numbers(tmp_path, mo
     assert set(budget["runs_per_model"]) == models and budget["runs_per_model"]["crowd"] > 0
     assert report["optimal_gap"] == pytest.approx(budget["baselines"]["optimum"]["accuracy"]
                                                   - report["budget_accuracy"], abs=1e-3)
+    memory = report["memory_budget"]
+    every_model_mib = sum(model["mib"] for model in report["models"].values())
+    assert memory["budget_mib"] == pytest.approx(0.5 * every_model_mib, abs=0.5)
+    assert memory["loaded_peak_mib"] <= memory["budget_mib"] + 0.1 and memory["memory_saved"] >= 0.5 - 1e-3
+    assert memory["loaded_peak_mib"] < memory["profiling_peak_mib"] <= every_model_mib + 0.5
+    assert set(memory["baselines"]) == {"standalone", "random", "optimum"}
+    assert memory["baselines"]["optimum"]["accuracy"] >= memory["baselines"]["random"]["accuracy"] - 1e-9
+    assert memory["optimal_gap"] == pytest.approx(memory["baselines"]["optimum"]["accuracy"]
+                                                  - memory["accuracy"], abs=1e-3)
     online = report["online"]
     assert online["offline_init_labelled"] == 0
     assert online["periodic_labelled"] == online["uncertainty_labelled"] > 0

@@ -17,6 +17,8 @@ latency and peak memory. Then, all on those recorded outputs:
   run-or-link subsets (``budget_accuracy``, ``budget_time_saved``, ``optimal_gap``). Its
   links learn from three quarters of the training blocks, its first plan is profiled on
   the rest, and the reuse thresholds are calibrated on the training blocks;
+- ``memory_budget``: the same loop, run or link, when the models kept loaded may take at
+  most half the peak memory of all models, against standalone, random and the optimum;
 - ``online``: one link (crowd CNN -> VAD) trained on the workload's training steps, then
   serving another day of as many cameras in clock order (the cameras interleaved) on which
   the people in view keep quiet from 09:00 (``coinfer data scenes --silent-from``): the
@@ -50,6 +52,7 @@ from coinfer.edge.mlink.experiments import (
     domain_report,
     federated_report,
     link_report,
+    memory_report,
     online_report,
 )
 from coinfer.sdk.cli.report import print_metrics
@@ -120,6 +123,10 @@ def run(args: argparse.Namespace) -> int:
         "ensemble_beats_best_single", "budget_accuracy", "budget_time_saved", "optimal_gap")}
     for name, entry in report["budget"]["baselines"].items():
         rows[f"{name} accuracy"] = entry["accuracy"]
+    memory = report["memory_budget"]
+    rows["half memory: accuracy / saved"] = f"{memory['accuracy']} / {memory['memory_saved']}"
+    rows["half memory: optimum / standalone"] = (f"{memory['baselines']['optimum']['accuracy']} / "
+                                                 f"{memory['baselines']['standalone']['accuracy']}")
     for key in ("offline_init", "periodic", "uncertainty", "loss_prediction"):
         rows[f"online {key}"] = report["online"][key]
     for key in ("untrained_accuracy", "global_accuracy", "bytes_per_round"):
@@ -195,6 +202,7 @@ def run_configuration(scale: BenchScale, workdir: Path, seed: int) -> dict[str, 
                                      HALF_BUDGET, serving)
     for key in ("budget_accuracy", "budget_time_saved", "optimal_gap"):
         report[key] = report["budget"][key]
+    report["memory_budget"] = memory_report(serving_graph, validation, test, HALF_BUDGET, serving)
     timings["budget"] = time.perf_counter() - mark
     mark = time.perf_counter()
     drifting = build_drifting_day(workdir, SILENT_FROM, [ONLINE.source, ONLINE.target], cameras=scale.cameras,

@@ -82,6 +82,42 @@ def budget_report(graph: LinkGraph, profile: OutputTable, stream: OutputTable, t
     return out
 
 
+def memory_report(graph: LinkGraph, profile: OutputTable, stream: OutputTable, fraction: float,
+                  options: ServingOptions) -> dict[str, Any]:
+    """MLink (run or link) and the baselines when the models kept loaded may take at most
+    ``fraction`` of the peak memory of all models together. Frame-change modes save time,
+    not memory, so they are not offered. Profiling runs each unloaded model briefly on ~1%
+    of the steps, one at a time, so ``profiling_peak_mib`` adds the largest of those to the
+    loaded set."""
+    runner = RecordedRunner(stream, cost="mib")
+    every = sum(runner.costs.values())
+    budget = fraction * every
+    count = len(stream)
+    mlink = serve(graph, runner, count, dataclasses.replace(options, budget=budget, carry=False), profile)
+    results = {"standalone": baselines.standalone(graph, runner, count, budget),
+               "optimum": baselines.optimum(graph, runner, count, budget, stream)}
+    randoms = [baselines.random_subset(graph, runner, count, budget, options.seed + k) for k in range(5)]
+    loaded = [sum(runner.costs[name] for name in plan.active) for plan in mlink.plans]
+    briefly = [max((runner.costs[name] for name in graph.models if name not in plan.active), default=0.0)
+               for plan in mlink.plans]
+    accuracy = mlink.mean_accuracy(stream)
+    out: dict[str, Any] = {
+        "budget_fraction": fraction, "budget_mib": round(budget, 1), "all_models_mib": round(every, 1),
+        "accuracy": round(accuracy, 4),
+        "loaded_peak_mib": round(max(loaded), 1),
+        "memory_saved": round(1.0 - max(loaded) / every, 4),
+        "profiling_peak_mib": round(max(low + high for low, high in zip(loaded, briefly, strict=True)), 1),
+        "plans": plan_counts(mlink.plans),
+        "baselines": {name: {"accuracy": round(result.mean_accuracy(stream), 4),
+                             "run": "; ".join(plan_counts(result.plans))}
+                      for name, result in results.items()},
+    }
+    out["baselines"]["random"] = {
+        "accuracy": round(float(np.mean([result.mean_accuracy(stream) for result in randoms])), 4)}
+    out["optimal_gap"] = round(out["baselines"]["optimum"]["accuracy"] - accuracy, 4)
+    return out
+
+
 def plan_counts(plans: list[Plan | ModePlan]) -> list[str]:
     """Each distinct plan as text, with how many periods used it, most used first."""
     counts: dict[str, int] = {}
