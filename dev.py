@@ -6,8 +6,10 @@ Needs only Python >= 3.10 with venv and pip:
     python3 dev.py test [pytest options]         # install, then run the whole test suite
     python3 dev.py lint                          # ruff on the tree
 
-The environment lives in ``.venv`` (override with ``COINFER_VENV``). It is rebuilt only
-when setup.py or this file changes, so repeated runs start at once.
+The environment lives in ``.venv`` (override with ``COINFER_VENV``): every distribution of
+the tree (``sdk/``, ``device/``, ``edge/``, ``cloud/``, ``converters/``, ``bench/``) installed
+editable, plus the meta-distribution's extras. It is rebuilt only when setup.py, a
+pyproject.toml or this file changes, so repeated runs start at once.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ import venv
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
+#: The tree's distributions, in dependency order.
+DISTRIBUTIONS = ("sdk", "device", "edge", "cloud", "converters", "bench")
 VENV = Path(os.environ.get("COINFER_VENV", ROOT / ".venv"))
 # The test environment also gets the torch-tflite and ray extras (kept out of "all") so
 # the converter and the Ray Serve deployment are tested; they coexist with the rest
@@ -44,7 +48,7 @@ def venv_python() -> Path:
 
 def install_fingerprint() -> str:
     digest = hashlib.sha256()
-    for name in ("setup.py", "dev.py"):
+    for name in ("setup.py", "dev.py", *(f"{folder}/pyproject.toml" for folder in DISTRIBUTIONS)):
         digest.update((ROOT / name).read_bytes())
     return digest.hexdigest()
 
@@ -93,7 +97,8 @@ def ensure_environment() -> Path:
         venv.EnvBuilder(with_pip=True).create(VENV)
     pip = [python, "-m", "pip", "install", "--disable-pip-version-check"]
     install(pip, "--upgrade", "pip", "setuptools", "wheel")
-    install(pip, "-e", f".[{EXTRAS}]")
+    editables = [arg for folder in DISTRIBUTIONS for arg in ("-e", f"./{folder}")]
+    install(pip, *editables, "-e", f".[{EXTRAS}]")
     install(pip, "--no-deps", *NO_DEPS)
     stamp.write_text(fingerprint)
     return python

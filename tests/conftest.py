@@ -8,8 +8,35 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
+
+BLOCKER = """
+import importlib.abc, sys
+BLOCKED = {"tensorflow", "torch", "transformers", "keras", "jax"}
+class Blocker(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ImportError(f"{name} is blocked on this device")
+        return None
+sys.meta_path.insert(0, Blocker())
+"""
+
+
+def _run_blocked(body: str) -> str:
+    result = subprocess.run([sys.executable, "-c", BLOCKER + body], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+@pytest.fixture(scope="session")
+def run_blocked():
+    """``run_blocked(code)``: run ``code`` in a fresh interpreter where importing tensorflow,
+    torch, transformers, keras or jax raises ImportError (a device); returns its stdout."""
+    return _run_blocked
 
 
 @pytest.fixture(scope="session")
@@ -93,7 +120,7 @@ def rewrite_results():
     arrays and re-hash it in scenes.json, so that only the loader's checks can object."""
     import json
 
-    from coinfer.sdk.data import scenes
+    from coinfer.sdk import scenes
 
     def rewrite(root, name: str, change) -> None:
         path = root / name

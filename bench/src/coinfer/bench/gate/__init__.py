@@ -1,0 +1,1 @@
+"""PacketGame measured: the bench and the proof that gated decoding is exact."""

@@ -1,0 +1,1 @@
+"""InFi measured: benchmark tasks on real models, the prior systems' filters, deployments, drift."""

@@ -1,0 +1,1 @@
+"""MLink measured: the workload, the baselines and the experiments of ``coinfer mlink bench``."""

@@ -1,0 +1,1 @@
+"""STIP measured: ``coinfer stip bench`` against plain cloud inference."""

@@ -1,0 +1,1 @@
+"""``coinfer export keras | torch | verify``, one module per action, registered as entry points."""

@@ -1,0 +1,1 @@
+"""The device tier's ``coinfer`` commands (``stip_chat`` is ``coinfer stip chat``)."""

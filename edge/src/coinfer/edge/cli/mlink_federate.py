@@ -1,0 +1,63 @@
+"""``coinfer mlink federate``: one edge server's part in federated link training.
+
+    COINFER_TOKEN=s3cret coinfer mlink federate --server http://127.0.0.1:8100 --name edge-1 \\
+        --table outputs.npz --rounds 3 --epochs 5 --out links/
+
+Each round the edge fetches the global links from the aggregator (``coinfer cloud serve
+mlink``), fits them on its own recorded outputs, uploads the weight change, and waits
+until every client of the round has sent theirs. Its outputs never leave the machine.
+With ``--out`` the final global links are saved as a link graph artifact.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from coinfer.edge.cli.mlink_arguments import load_table
+from coinfer.sdk.cli.flags import add_json, add_records, add_renamed
+from coinfer.sdk.cli.report import report
+from coinfer.sdk.errors import CoinferError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--server", required=True, metavar="URL",
+                        help="the aggregator, e.g. http://127.0.0.1:8100")
+    parser.add_argument("--name", required=True, help="this edge's client name, unique at the aggregator")
+    add_records(parser, "this edge's recorded outputs")
+    add_renamed(parser, "--records", "--table")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds to take part in (default 3)")
+    parser.add_argument("--epochs", type=int, default=5, help="local epochs per round (default 5)")
+    parser.add_argument("--wait", type=float, default=600.0,
+                        help="seconds to wait for the other clients each round (default 600)")
+    parser.add_argument("--token-file", type=Path, help="file holding the bearer token (else COINFER_TOKEN)")
+    parser.add_argument("--out", type=Path, metavar="DIR", help="save the final global links here")
+    add_json(parser, "the report")
+
+
+def run(args: argparse.Namespace) -> int:
+    from coinfer.edge.mlink.federated_client import FederatedClient
+    from coinfer.sdk.service import client_token
+
+    if args.rounds < 1 or args.epochs < 1:
+        raise CoinferError(f"--rounds and --epochs must be at least 1, got {args.rounds} and {args.epochs}")
+    if args.out is not None and args.out.exists():
+        raise CoinferError(f"{args.out} already exists; choose another --out")
+    client = FederatedClient(args.server, client_token(args.token_file), args.name)
+    graph = client.fetch_graph()
+    table = load_table(args.records, graph.models)
+    outputs = {name: table.outputs[name] for name in graph.models}
+    sent = received = 0
+    for _ in range(args.rounds):
+        result = client.train_round(graph, outputs, epochs=args.epochs)
+        sent, received = sent + result.bytes_sent, received + result.bytes_received
+        client.wait_for_round(result.round + 1, timeout=args.wait)
+    final = client.fetch_global(graph)
+    if args.out is not None:
+        graph.save(args.out)
+    metrics: dict[str, object] = {"client": args.name, "steps": len(table), "rounds": args.rounds,
+                                  "global round": final, "bytes sent": sent, "bytes received": received}
+    if args.out is not None:
+        metrics["saved"] = str(args.out)
+    report("coinfer mlink federate", metrics, args.json)
+    return 0

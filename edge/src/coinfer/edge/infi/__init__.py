@@ -1,0 +1,1 @@
+"""InFi on the edge: the detection service a camera offloads its pictures to."""

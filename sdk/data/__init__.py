@@ -1,2 +1,0 @@
-"""Deterministic workloads for the benchmarks: ``coinfer data scenes`` (multi-camera video
-with real detector results) lives in :mod:`coinfer.sdk.data.scenes`."""

@@ -1,0 +1,158 @@
+"""What every ``coinfer`` command shares: its parser class and the flags with one spelling.
+
+A concept has one flag everywhere (``--records`` for recorded data, ``--budget`` with
+``--cost`` for a budget, ``--quantization``, ``--json``, ``--out`` with ``--overwrite``, the
+service flags), added by the helpers here. An old spelling stays accepted for one release
+through :func:`add_renamed`: hidden from ``--help``, with a notice when it is used.
+
+Example:
+
+>>> parser = CommandParser(prog="coinfer example")
+>>> add_records(parser, "recorded outputs")
+>>> add_renamed(parser, "--records", "--table")
+>>> parser.parse_args(["--records", "steps.npz"]).records
+PosixPath('steps.npz')
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NoReturn
+
+from coinfer.sdk.errors import CoinferError
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Leaves renamed spellings out of ``--help``."""
+
+    def _format_action_invocation(self, action: argparse.Action) -> str:
+        renamed = getattr(action, "renamed", ())
+        if not renamed:
+            return super()._format_action_invocation(action)
+        shown = argparse.Action([s for s in action.option_strings if s not in renamed], action.dest,
+                                nargs=action.nargs, metavar=action.metavar)
+        return super()._format_action_invocation(shown)
+
+
+class CommandParser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line (``coinfer gate run: error: ...``)
+    and which says so when a renamed flag (:func:`add_renamed`) is used."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+        self.renamed: dict[str, str] = {}
+
+    def error(self, message: str) -> NoReturn:
+        print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        for word in sys.argv[1:] if args is None else args:
+            old = str(word).split("=", 1)[0]
+            if old in self.renamed:
+                print(f"{self.prog}: {old} is deprecated and will be removed in the next release; "
+                      f"use {self.renamed[old]}", file=sys.stderr)
+        return super().parse_known_args(args, namespace)
+
+
+def add_renamed(parser: argparse.ArgumentParser, flag: str, *old: str) -> None:
+    """Accept the ``old`` spellings of ``flag`` (already added) for one release, with a notice."""
+    action = next((a for a in parser._actions if flag in a.option_strings), None)
+    if action is None:
+        raise ValueError(f"{flag} is not an option of {parser.prog}")
+    notices = parser.__dict__.setdefault("renamed", {})  # a plain ArgumentParser accepts them silently
+    for spelling in old:
+        parser._option_string_actions[spelling] = action
+        notices[spelling] = flag
+    action.option_strings = [*action.option_strings, *old]
+    action.renamed = (*getattr(action, "renamed", ()), *old)  # type: ignore[attr-defined]
+
+
+def positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+    """An argparse ``type`` accepting only values > 0 of ``kind``."""
+    def parse(text: str) -> Any:
+        value = kind(text)
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def fraction(text: str) -> float:
+    """An argparse ``type`` for a fraction in [0, 1]."""
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
+    return value
+
+
+def add_json(parser: argparse.ArgumentParser, what: str = "the metrics") -> None:
+    """``--json PATH``: also write ``what`` there (atomically)."""
+    parser.add_argument("--json", type=Path, metavar="PATH", help=f"also write {what} here as JSON")
+
+
+def add_output(parser: argparse.ArgumentParser, what: str, *, metavar: str = "DIR") -> None:
+    """``--out`` (required) and ``--overwrite``; check them with :func:`check_output` before work."""
+    parser.add_argument("--out", type=Path, required=True, metavar=metavar, help=f"where to write {what}")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+
+
+def check_output(args: argparse.Namespace) -> None:
+    """Fail before the work, not after it, when ``--out`` exists and may not be replaced."""
+    if args.out.exists() and not args.overwrite:
+        raise CoinferError(f"{args.out} already exists (pass --overwrite to replace it)")
+
+
+def add_records(parser: argparse.ArgumentParser, what: str, *, required: bool = True) -> None:
+    """``--records NPZ``: recorded data a command reads (InFi records, MLink output tables)."""
+    parser.add_argument("--records", type=Path, required=required, metavar="NPZ", help=what)
+
+
+def add_seed(parser: argparse.ArgumentParser, what: str = "the random draws", default: int = 0) -> None:
+    parser.add_argument("--seed", type=int, default=default, help=f"seed of {what} (default {default})")
+
+
+def add_quiet(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def add_budget(parser: argparse.ArgumentParser, *, costs: tuple[str, ...] = ("ms",), required: bool = False,
+               default_fraction: float | None = None) -> None:
+    """``--budget X`` (cost units per step) or ``--budget-fraction F`` (of running everything),
+    and ``--cost`` when more than one cost can be limited."""
+    group = parser.add_mutually_exclusive_group(required=required)
+    group.add_argument("--budget", type=positive(float), metavar="X",
+                       help=f"cost per step (in --cost units: {', '.join(costs)})")
+    default = f" (default {default_fraction})" if default_fraction is not None else ""
+    group.add_argument("--budget-fraction", type=fraction, metavar="F",
+                       help=f"the budget as a fraction of running everything{default}")
+    if len(costs) > 1:
+        parser.add_argument("--cost", default=costs[0], choices=costs,
+                            help=f"what the budget limits (default {costs[0]})")
+    else:
+        parser.set_defaults(cost=costs[0])
+
+
+def add_bench(parser: argparse.ArgumentParser, quick: str) -> None:
+    """``--quick``, ``--json`` and ``--workdir``: what every ``coinfer <capability> bench`` takes."""
+    parser.add_argument("--quick", action="store_true", help=quick)
+    add_json(parser)
+    parser.add_argument("--workdir", type=Path, metavar="DIR",
+                        help="keep generated data here and reuse it (default: a temporary directory)")
+
+
+def add_service(parser: argparse.ArgumentParser, port: int) -> None:
+    """Where a service listens and how it authenticates: every ``coinfer <capability> serve``."""
+    parser.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
+    parser.add_argument("--port", type=int, default=port, help=f"(default {port})")
+    parser.add_argument("--token-file", type=Path, metavar="FILE",
+                        help="file holding the bearer token (default: $COINFER_TOKEN, else a fresh one "
+                             "printed once)")
+    parser.add_argument("--max-request-mib", type=positive(int), default=64, metavar="N",
+                        help="largest request body accepted (default 64)")

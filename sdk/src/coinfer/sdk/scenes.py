@@ -1,0 +1,337 @@
+"""Scene sets on disk: camera videos with per-frame results, verified on load.
+
+A scene set is a directory of camera videos, one ``.npz`` of per-frame arrays per camera
+(detections of each task as CSR boxes, and in a generated set the generative truth, the
+clock and light, and an aligned audio track) and ``scenes.json``, the index holding the
+format, version and the sha256 of every file. ``coinfer data scenes`` (coinfer-bench)
+generates them; the edge trains and replays on them. Only numpy and the standard library
+are needed to read one.
+
+Example::
+
+    scenes = SceneSet.load("data/campus")
+    for camera in scenes.cameras:
+        print(camera.id, camera.video_path, camera.counts("faces").mean())
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from coinfer.sdk.errors import CoinferError
+
+FORMAT = "coinfer-scenes"
+VERSION = 1
+INDEX_FILE = "scenes.json"
+#: Actors that talk in a generated set's audio, and how visible they must be.
+PRESENCE_KINDS = ("face", "person")
+PRESENCE_VISIBLE = 0.3
+NO_AUDIO_HINT = ("the set was generated without audio; regenerate it with `coinfer data scenes --audio` "
+                 "(SceneOptions(audio=True))")
+
+
+class SceneFormatError(CoinferError):
+    """A scene set on disk is missing, tampered with, or of another format or version."""
+
+
+def presence(offsets: np.ndarray, kinds: np.ndarray, visible: np.ndarray,
+             actor_kinds: Sequence[str]) -> np.ndarray:
+    """Per frame, from the truth.* CSR arrays (``kinds`` index ``actor_kinds``): is an actor of
+    :data:`PRESENCE_KINDS` more than :data:`PRESENCE_VISIBLE` visible? The generated audio
+    track's speech follows this."""
+    frames = len(offsets) - 1
+    codes = [actor_kinds.index(kind) for kind in PRESENCE_KINDS if kind in actor_kinds]
+    talking = np.isin(kinds, codes) & (visible > PRESENCE_VISIBLE)
+    frame_of = np.repeat(np.arange(frames), np.diff(offsets))
+    return np.bincount(frame_of[talking], minlength=frames) > 0
+
+
+def as_float(waveforms: np.ndarray) -> np.ndarray:
+    """Stored waveforms as float32 in [-1, 1] (int16 at full scale 32768, or float32 as is)."""
+    if waveforms.dtype == np.int16:
+        return waveforms.astype(np.float32) / 32768.0
+    return waveforms.astype(np.float32, copy=False)
+
+
+def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Like ``np.savez_compressed`` but byte-reproducible: numpy stamps each zip entry with
+    the current time, this writes a fixed timestamp and sorted entry order."""
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for name in sorted(arrays):
+            buffer = io.BytesIO()
+            np.lib.format.write_array(buffer, np.ascontiguousarray(arrays[name]), allow_pickle=False)
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = 0o644 << 16
+            archive.writestr(info, buffer.getvalue())
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class SceneCamera:
+    """One camera of a loaded scene set: its video file, per-frame arrays and, in a set made
+    with ``audio=True``, its audio track (``audio_info``: the set's ``"audio"`` facts)."""
+
+    def __init__(self, root: Path, entry: dict[str, Any], arrays: dict[str, np.ndarray],
+                 tasks: Sequence[str], kinds: Sequence[str],
+                 audio_info: dict[str, Any] | None = None) -> None:
+        self.entry = entry
+        self.id: str = entry["id"]
+        self.video_path = root / entry["video"]
+        self.results_path = root / entry["results"]
+        self.tasks = tuple(tasks)
+        self.kinds = tuple(kinds)
+        self.arrays = arrays
+        self.audio_info = audio_info
+
+    @property
+    def frame_count(self) -> int:
+        return len(self.arrays["pts"])
+
+    @property
+    def pts(self) -> np.ndarray:
+        return self.arrays["pts"]
+
+    @property
+    def clock_hours(self) -> np.ndarray:
+        return self.arrays["clock_hours"]
+
+    @property
+    def night(self) -> np.ndarray:
+        return self.arrays["night"]
+
+    @property
+    def activity(self) -> np.ndarray:
+        return self.arrays["activity"]
+
+    @property
+    def has_audio(self) -> bool:
+        return self.audio_info is not None
+
+    def _check_audio(self) -> None:
+        if self.audio_info is None:
+            raise CoinferError(f"camera {self.id} of {self.results_path.parent} has no audio track: "
+                               f"{NO_AUDIO_HINT}")
+
+    @property
+    def samples_per_frame(self) -> int:
+        """Audio samples each frame owns."""
+        self._check_audio()
+        return int(self.audio_info["samples_per_frame"])
+
+    @property
+    def audio(self) -> np.ndarray:
+        """The whole track: float32 [frames * samples_per_frame] in [-1, 1]."""
+        self._check_audio()
+        return as_float(self.arrays["audio"])
+
+    def audio_window(self, k: int) -> np.ndarray:
+        """Frame ``k``'s samples (float32 [samples_per_frame]), the sound during that frame."""
+        spf = self.samples_per_frame
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 <= k < self.frame_count:
+            raise CoinferError(f"frame index must be an integer in [0, {self.frame_count}), got {k!r}")
+        return as_float(self.arrays["audio"][int(k) * spf:(int(k) + 1) * spf])
+
+    @property
+    def speech(self) -> np.ndarray:
+        """bool per frame: synthesised speech audible in the frame's audio window."""
+        self._check_audio()
+        return self.arrays["audio.speech"]
+
+    @property
+    def people_present(self) -> np.ndarray:
+        """bool per frame: someone who could be talking is in view (see :func:`presence`)."""
+        arrays = self.arrays
+        return presence(arrays["truth.offsets"], arrays["truth.kinds"], arrays["truth.visible"], self.kinds)
+
+    def _rows(self, prefix: str, name: str) -> list[np.ndarray]:
+        offsets, values = self.arrays[f"{prefix}.offsets"], self.arrays[f"{prefix}.{name}"]
+        return [values[offsets[k]:offsets[k + 1]] for k in range(self.frame_count)]
+
+    def _check_task(self, task: str) -> None:
+        if task not in self.tasks:
+            raise CoinferError(f"{self.results_path.name} has no results for task {task!r}; "
+                               f"it has {', '.join(self.tasks) or 'none'}")
+
+    def boxes(self, task: str) -> list[np.ndarray]:
+        """Detections of ``task`` per display frame: float32 [K, 4] as x, y, w, h."""
+        self._check_task(task)
+        return self._rows(task, "boxes")
+
+    def counts(self, task: str) -> np.ndarray:
+        """Number of ``task`` detections per display frame."""
+        self._check_task(task)
+        return np.diff(self.arrays[f"{task}.offsets"])
+
+    def truth(self, kind: str | None = None) -> list[dict[str, np.ndarray]]:
+        """Truth rows per frame (boxes, kinds, ids, visible), optionally of one kind."""
+        rows = {name: self._rows("truth", name) for name in ("boxes", "kinds", "ids", "visible")}
+        code = self._kind_code(kind) if kind is not None else None
+        out = []
+        for k in range(self.frame_count):
+            keep = slice(None) if code is None else rows["kinds"][k] == code
+            out.append({name: rows[name][k][keep] for name in rows})
+        return out
+
+    def _kind_code(self, kind: str) -> int:
+        if kind not in self.kinds:
+            raise CoinferError(f"unknown actor kind {kind!r}; choose from {', '.join(self.kinds)}")
+        return self.kinds.index(kind)
+
+    def truth_counts(self, kind: str, min_visible: float = 0.0) -> np.ndarray:
+        """Actors of ``kind`` in view per frame (those more than ``min_visible`` visible)."""
+        code = self._kind_code(kind)
+        selected = (self.arrays["truth.kinds"] == code) & (self.arrays["truth.visible"] > min_visible)
+        frame_of = np.repeat(np.arange(self.frame_count), np.diff(self.arrays["truth.offsets"]))
+        return np.bincount(frame_of[selected], minlength=self.frame_count)
+
+
+class SceneSet:
+    """A generated scene set, verified on load (format, version, sha256 of every file)."""
+
+    def __init__(self, root: Path, index: dict[str, Any], cameras: list[SceneCamera]) -> None:
+        self.root = root
+        self.index = index
+        self.cameras = cameras
+
+    @property
+    def fps(self) -> int:
+        return int(self.index["fps"])
+
+    @property
+    def frames(self) -> int:
+        return int(self.index["frames"])
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        return tuple(self.index["tasks"])
+
+    @property
+    def actor_kinds(self) -> tuple[str, ...]:
+        return tuple(self.index["actor_kinds"])
+
+    @property
+    def gop(self) -> int:
+        return int(self.index["gop"])
+
+    @property
+    def has_audio(self) -> bool:
+        return "audio" in self.index
+
+    @property
+    def sample_rate(self) -> int:
+        """Audio samples per second (a set generated with ``audio=True`` only)."""
+        if not self.has_audio:
+            raise CoinferError(f"scene set {self.root} has no audio track: {NO_AUDIO_HINT}")
+        return int(self.index["audio"]["sample_rate"])
+
+    @property
+    def samples_per_frame(self) -> int:
+        """Audio samples each frame owns."""
+        return self.sample_rate // self.fps
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> SceneSet:
+        root = Path(directory)
+        index_path = root / INDEX_FILE
+        if not index_path.is_file():
+            raise SceneFormatError(f"{index_path} is missing: not a scene set (generate one with "
+                                   "`coinfer data scenes`)")
+        try:
+            index = json.loads(index_path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise SceneFormatError(f"{index_path} is not valid JSON: {error}") from error
+        if not isinstance(index, dict) or index.get("format") != FORMAT:
+            found = index.get("format") if isinstance(index, dict) else None
+            raise SceneFormatError(f"{index_path}: format is {found!r}, expected {FORMAT!r}")
+        if index.get("version") != VERSION:
+            raise SceneFormatError(f"{index_path}: version {index.get('version')!r} is not supported "
+                                   f"(this coinfer reads version {VERSION})")
+        for key in ("frames", "tasks", "actor_kinds", "cameras", "files"):
+            if key not in index:
+                raise SceneFormatError(f"{index_path} has no {key!r} entry")
+        files = index["files"]
+        for name, expected in files.items():
+            path = root / name
+            if Path(name).name != name:
+                raise SceneFormatError(f"{index_path} lists {name!r}, which is not a plain file name")
+            if not path.is_file():
+                raise SceneFormatError(f"{path} is missing (listed in {INDEX_FILE})")
+            if sha256_of(path) != expected:
+                raise SceneFormatError(f"{path} does not match its sha256 in {INDEX_FILE}: "
+                                       "the file was modified or truncated")
+        audio = index.get("audio")
+        if "audio" in index:
+            _check_audio_index(index_path, index)
+        cameras = []
+        for entry in index["cameras"]:
+            for key in ("video", "results"):
+                if entry.get(key) not in files:
+                    raise SceneFormatError(f"{index_path}: camera {entry.get('id')!r} {key} file "
+                                           f"{entry.get(key)!r} is not listed with a sha256")
+            arrays = _load_results(root / entry["results"], index)
+            cameras.append(SceneCamera(root, entry, arrays, index["tasks"], index["actor_kinds"], audio))
+        return cls(root, index, cameras)
+
+
+def _check_audio_index(index_path: Path, index: dict[str, Any]) -> None:
+    """The ``"audio"`` facts must give every frame a whole number of samples."""
+    audio = index["audio"]
+    rate = audio.get("sample_rate") if isinstance(audio, dict) else None
+    spf = audio.get("samples_per_frame") if isinstance(audio, dict) else None
+    if not isinstance(rate, int) or not isinstance(spf, int) or spf < 1 or spf * index.get("fps", 0) != rate:
+        raise SceneFormatError(f"{index_path}: audio sample_rate {rate!r} and samples_per_frame {spf!r} "
+                               f"do not fit fps {index.get('fps')!r}")
+
+
+def _load_results(path: Path, index: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Read a camera's npz and check every array's presence, dtype and shape."""
+    frames = int(index["frames"])
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {name: archive[name] for name in archive.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as error:
+        raise SceneFormatError(f"{path} is not a readable npz file: {error}") from error
+
+    def need(name: str, dtype: Any, shape: tuple[int | None, ...]) -> np.ndarray:
+        if name not in arrays:
+            raise SceneFormatError(f"{path} has no array {name!r}")
+        array = arrays[name]
+        if array.dtype != np.dtype(dtype) or array.ndim != len(shape) or any(
+                want is not None and got != want for got, want in zip(array.shape, shape, strict=True)):
+            raise SceneFormatError(f"{path}: array {name!r} is {array.dtype} {array.shape}, expected "
+                                   f"{np.dtype(dtype)} {tuple('K' if s is None else s for s in shape)}")
+        return array
+
+    need("pts", np.int64, (frames,))
+    need("clock_hours", np.float32, (frames,))
+    need("night", np.bool_, (frames,))
+    need("activity", np.float32, (frames,))
+    for prefix, extra in [*((task, ()) for task in index["tasks"]),
+                          ("truth", ("kinds", "ids", "visible"))]:
+        offsets = need(f"{prefix}.offsets", np.int64, (frames + 1,))
+        boxes = need(f"{prefix}.boxes", np.float32, (None, 4))
+        if offsets[0] != 0 or offsets[-1] != len(boxes) or np.any(np.diff(offsets) < 0):
+            raise SceneFormatError(f"{path}: {prefix}.offsets are not a valid CSR index of "
+                                   f"{len(boxes)} boxes")
+        for name, dtype in zip(extra, (np.int16, np.int32, np.float32), strict=False):
+            need(f"{prefix}.{name}", dtype, (len(boxes),))
+    if "audio" in index:
+        need("audio", np.int16, (frames * int(index["audio"]["samples_per_frame"]),))
+        need("audio.speech", np.bool_, (frames,))
+    return arrays

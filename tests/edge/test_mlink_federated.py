@@ -1,0 +1,420 @@
+"""Federated averaging of MLink link graphs: the arithmetic, the frames, the cloud service, edge clients."""
+
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+
+from coinfer.cloud.mlink.server import (
+    LinkAggregator,
+    ServiceOptions,
+    create_app,
+    latest_saved,
+)
+from coinfer.edge.mlink.federated_client import FederatedClient, FederatedClientError
+from coinfer.sdk import wire
+from coinfer.sdk.errors import CoinferError
+from coinfer.sdk.mlink import LinkGraph, LinkOptions, OutputSpec, fedavg
+from coinfer.sdk.service import ThreadedServer
+
+pytest.importorskip("torch")
+
+TOKEN = "federated-test-token"
+SPECS = {"counts": OutputSpec.classes(4), "speech": OutputSpec.presence(), "boxes": OutputSpec.boxes()}
+OPTIONS = LinkOptions(epochs=3)
+ROUTES = [("GET", fedavg.GRAPH_PATH), ("GET", fedavg.GLOBAL_PATH), ("POST", fedavg.UPDATES_PATH),
+          ("GET", fedavg.STATUS_PATH)]
+
+
+def world(count: int, seed: int, busy: float = 0.5) -> dict:
+    """Outputs of three made-up models on one camera group: how many people (0-3), whether someone
+    speaks, and a person box. ``busy`` shifts how crowded the group's scenes are."""
+    rng = np.random.default_rng(seed)
+    people = rng.binomial(3, busy, count)
+    speaking = (people > 0) & (rng.random(count) < 0.85)
+    counts = np.eye(4, dtype=np.float32)[people]
+    speech = np.clip(0.1 + 0.8 * speaking + rng.normal(0, 0.05, count), 0, 1).astype(np.float32)[:, None]
+    boxes = np.where(people[:, None] > 0, np.stack([0.1 + 0.15 * people, np.full(count, 0.3),
+                                                    0.1 + 0.05 * people, np.full(count, 0.5)], axis=1), 0.0)
+    return {"counts": counts, "speech": speech, "boxes": boxes.astype(np.float32)}
+
+
+def untrained() -> LinkGraph:
+    return LinkGraph.create(SPECS, options=OPTIONS)
+
+
+@contextlib.contextmanager
+def serving(min_clients: int, state_dir=None, graph=None):
+    aggregator = LinkAggregator(graph or untrained(), min_clients, state_dir)
+    with ThreadedServer(create_app(aggregator, TOKEN), name="the MLink aggregator") as running:
+        yield aggregator, running.url
+
+
+def call(url: str, method: str, path: str, body: bytes | None = None, token: str | None = TOKEN):
+    """(status, body) of one request; HTTP errors are answers, not exceptions."""
+    headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+    request = urllib.request.Request(url + path, data=body, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+def raw_post(url: str, declared: int, body: bytes) -> bytes:
+    """POST ``body`` under a ``Content-Length`` of ``declared`` on a raw socket and return the
+    first chunk of the answer (b"" when the server waits for the rest of the body). Closing the
+    socket then is a client that crashed mid-upload."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        head = (f"POST {fedavg.UPDATES_PATH} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {TOKEN}\r\n"
+                f"Content-Type: {fedavg.CONTENT_TYPE}\r\nContent-Length: {declared}\r\n\r\n")
+        sock.sendall(head.encode() + body)
+        sock.settimeout(1.0)
+        try:
+            return sock.recv(65536)
+        except TimeoutError:
+            return b""
+
+
+def update_frame(aggregator: LinkAggregator, client: str, round_: int = 0, scale: float = 0.01,
+                 seed: int = 0, samples: int = 10) -> tuple[dict, bytes]:
+    rng = np.random.default_rng(seed)
+    delta = {name: (scale * rng.standard_normal(shape)).astype(np.float32)
+             for name, shape in aggregator.shapes.items()}
+    return delta, fedavg.encode_update(delta, round=round_, client=client, samples=samples,
+                                       graph=aggregator.graph_id)
+
+
+def status(url: str) -> dict:
+    code, body = call(url, "GET", fedavg.STATUS_PATH)
+    assert code == 200
+    return json.loads(body)
+
+
+def test_mean_delta_is_the_sample_weighted_mean_and_refuses_what_does_not_fit():
+    theta = {"a": np.array([1.0, 2.0], np.float32), "b": np.zeros((2, 2), np.float32)}
+    deltas = [{"a": np.array([1.0, 0.0], np.float32), "b": np.ones((2, 2), np.float32)},
+              {"a": np.array([-1.0, 4.0], np.float32), "b": np.full((2, 2), 3.0, np.float32)}]
+    np.testing.assert_allclose(fedavg.apply_mean_delta(theta, deltas)["a"], [1.0, 4.0])
+    weighted = fedavg.apply_mean_delta(theta, deltas, [3, 1])
+    np.testing.assert_allclose(weighted["a"], [1.5, 3.0])
+    np.testing.assert_allclose(weighted["b"], np.full((2, 2), 1.5))
+    assert all(value.dtype == np.float32 for value in weighted.values())
+    local = {"a": np.array([0.5, 2.5], np.float32), "b": np.eye(2, dtype=np.float32)}
+    np.testing.assert_allclose(fedavg.weight_delta(local, theta)["a"], [-0.5, 0.5])
+
+    with pytest.raises(fedavg.WeightMismatchError, match=r"edge-2.*missing 'b'"):
+        fedavg.apply_mean_delta(theta, [deltas[0], {"a": deltas[1]["a"]}], clients=["edge-1", "edge-2"])
+    with pytest.raises(fedavg.WeightMismatchError, match=r"'b' has shape \(4,\)"):
+        fedavg.apply_mean_delta(theta, [{"a": deltas[0]["a"], "b": np.zeros(4, np.float32)}])
+    with pytest.raises(fedavg.NonFiniteError, match=r"edge-1.*'a'"):
+        fedavg.apply_mean_delta(theta, [{**deltas[0], "a": np.array([np.nan, 0], np.float32)}],
+                                clients=["edge-1"])
+    with pytest.raises(fedavg.NonFiniteError, match=r"edge-1: array 'a' overflows"):
+        fedavg.apply_mean_delta({**theta, "a": np.array([3e38, 0], np.float32)},
+                                [{**deltas[0], "a": np.array([3e38, 0], np.float32)}], clients=["edge-1"])
+    with pytest.raises(fedavg.FederatedError, match="sample count"):
+        fedavg.apply_mean_delta(theta, deltas, [1, 0])
+    with pytest.raises(fedavg.WeightMismatchError, match="unexpected 'c'"):
+        fedavg.weight_delta({**local, "c": np.zeros(1, np.float32)}, theta)
+
+
+def test_update_frames_round_trip_and_every_field_is_checked():
+    graph = untrained()
+    theta = graph.weights()
+    shapes, gid = fedavg.weight_shapes(theta), fedavg.graph_id(graph.describe())
+    assert gid == fedavg.graph_id(json.loads(json.dumps(graph.describe())))
+    delta = {name: np.full(shape, 0.5, np.float32) for name, shape in shapes.items()}
+    frame = fedavg.encode_update(delta, round=4, client="edge-1", samples=300, graph=gid)
+    update = fedavg.decode_update(frame, shapes, gid)
+    assert (update.round, update.client, update.samples, update.graph) == (4, "edge-1", 300, gid)
+    assert all(np.array_equal(update.delta[name], delta[name]) for name in shapes)
+    assert len(frame) <= fedavg.max_frame_bytes(shapes)
+    model = fedavg.decode_global(fedavg.encode_global(theta, round=2, graph=gid), shapes, gid)
+    assert model.round == 2 and all(np.array_equal(model.weights[n], theta[n]) for n in shapes)
+
+    def forged(header_changes: dict, arrays: dict | None = None) -> bytes:
+        header = {"kind": "mlink-update", "round": 0, "client": "edge-1", "samples": 5, "graph": gid,
+                  **header_changes}
+        header = {key: value for key, value in header.items() if value is not None}
+        return wire.encode(wire.Message(wire.MessageType.TENSORS, header, arrays or delta))
+
+    for changes, problem in [({"round": -1}, "'round'"), ({"samples": 0}, "'samples'"),
+                             ({"samples": 10**9 + 1}, "'samples'"), ({"client": "../etc"}, "client name"),
+                             ({"client": "x" * 65}, "client name"), ({"graph": "0" * 64}, "not this graph"),
+                             ({"kind": "mlink-global"}, "expected a 'mlink-update'"),
+                             ({"extra": 1}, "exactly the fields"), ({"samples": None}, "exactly the fields"),
+                             ({"round": True}, "'round'")]:
+        with pytest.raises(fedavg.FederatedError, match=problem):
+            fedavg.decode_update(forged(changes), shapes, gid)
+    name = next(iter(shapes))
+    renamed = {("link/x/y/z" if key == name else key): value for key, value in delta.items()}
+    with pytest.raises(fedavg.WeightMismatchError, match="unexpected 'link/x/y/z'"):
+        fedavg.decode_update(forged({}, renamed), shapes, gid)
+    with pytest.raises(fedavg.WeightMismatchError, match="float32"):
+        fedavg.decode_update(forged({}, {**delta, name: delta[name].astype(np.float16)}), shapes, gid)
+    with pytest.raises(wire.WireError):  # one array more than the graph has exceeds the wire limits
+        fedavg.decode_update(forged({}, {**delta, "extra": np.zeros(1, np.float32)}), shapes, gid)
+
+
+def test_three_clients_average_exactly_and_rounds_advance_only_when_all_arrived(tmp_path):
+    state = tmp_path / "rounds"
+    with serving(min_clients=3, state_dir=state) as (aggregator, url):
+        clients = [FederatedClient(url, TOKEN, f"edge-{k}") for k in range(3)]
+        graphs = [client.fetch_graph() for client in clients]
+        _, theta = aggregator.global_weights()
+        global_frame = call(url, "GET", fedavg.GLOBAL_PATH)[1]
+        samples, deltas = [150, 200, 250], []
+        for k, (client, graph) in enumerate(zip(clients, graphs, strict=True)):
+            result = client.train_round(graph, world(samples[k], seed=k))
+            deltas.append(fedavg.weight_delta(graph.weights(), theta))
+            sent = fedavg.encode_update(deltas[-1], round=0, client=client.name, samples=samples[k],
+                                        graph=aggregator.graph_id)
+            reply = {"accepted": True, "round": 0, "staged": k + 1, "closed": k == 2}
+            assert result.bytes_sent == len(sent)
+            assert result.bytes_received == len(global_frame) + len(json.dumps(reply, separators=(",", ":")))
+            assert (result.round, result.staged, result.closed, result.samples) == (0, k + 1, k == 2,
+                                                                                    samples[k])
+            if k < 2:
+                assert status(url)["round"] == 0 and latest_saved(state) is None
+                with pytest.raises(FederatedClientError, match="already sent its update") as refused:
+                    client.train_round(graph, world(50, seed=9))
+                assert refused.value.status == 409
+                assert status(url)["staged"] == [c.name for c in clients[:k + 1]]
+
+        after = status(url)
+        assert after["round"] == 1 and after["staged"] == [] and after["updates_accepted"] == 3
+        expected = {name: (value.astype(np.float64) + sum(n * d[name].astype(np.float64)
+                                                          for n, d in zip(samples, deltas, strict=True))
+                           / sum(samples)).astype(np.float32)
+                    for name, value in theta.items()}
+        round_, new = aggregator.global_weights()
+        assert round_ == 1
+        for name in theta:
+            np.testing.assert_allclose(new[name], expected[name], rtol=1e-6, atol=1e-8)
+        served = fedavg.decode_global(call(url, "GET", fedavg.GLOBAL_PATH)[1], aggregator.shapes,
+                                      aggregator.graph_id)
+        assert served.round == 1 and all(np.array_equal(served.weights[n], new[n]) for n in theta)
+        saved_round, saved_path = latest_saved(state)
+        assert saved_round == 1 and saved_path.name == "round-000001"
+        saved = LinkGraph.load(saved_path).weights()
+        assert all(np.array_equal(saved[name], new[name]) for name in theta)
+
+        stale = fedavg.encode_update(deltas[0], round=0, client="edge-9", samples=5,
+                                     graph=aggregator.graph_id)
+        code, body = call(url, "POST", fedavg.UPDATES_PATH, stale)
+        assert code == 409 and "round 0 (stale)" in json.loads(body)["detail"]
+        future = fedavg.encode_update(deltas[0], round=7, client="edge-9", samples=5,
+                                      graph=aggregator.graph_id)
+        code, body = call(url, "POST", fedavg.UPDATES_PATH, future)
+        assert code == 409 and "from the future" in json.loads(body)["detail"]
+        assert status(url)["staged"] == []
+
+    resumed = LinkAggregator(untrained(), 3, state)
+    assert resumed.round == 1
+    assert all(np.array_equal(resumed.global_weights()[1][n], new[n]) for n in theta)
+    other = LinkGraph.create(SPECS, options=LinkOptions(epochs=3, hidden=8))
+    with pytest.raises(CoinferError, match="different graph"):
+        LinkAggregator(other, 3, state)
+
+
+def test_every_route_needs_the_token():
+    with serving(min_clients=2) as (aggregator, url):
+        _, frame = update_frame(aggregator, "edge-1")
+        for method, path in ROUTES:
+            body = frame if method == "POST" else None
+            for token in (None, "wrong-token"):
+                code, answer = call(url, method, path, body, token=token)
+                assert code == 401, (method, path, token)
+                assert "bearer token" in json.loads(answer)["detail"]
+        assert status(url)["staged"] == [] and status(url)["bytes_received"] == 0
+
+
+def test_bad_uploads_are_refused_and_change_nothing():
+    with serving(min_clients=2) as (aggregator, url):
+        _, good = update_frame(aggregator, "edge-1")
+        assert call(url, "POST", fedavg.UPDATES_PATH, good)[0] == 200
+        before = call(url, "GET", fedavg.GLOBAL_PATH)[1]
+        limit = aggregator.max_update_bytes
+        delta, _ = update_frame(aggregator, "edge-2")
+        name = next(iter(delta))
+
+        def frame(arrays: dict, **header) -> bytes:
+            fields = {"round": 0, "client": "edge-2", "samples": 10, "graph": aggregator.graph_id, **header}
+            return wire.encode(wire.Message(wire.MessageType.TENSORS, {"kind": "mlink-update", **fields},
+                                            arrays))
+
+        nan = {**delta, name: np.full(delta[name].shape, np.nan, np.float32)}
+        bad = {
+            "garbage": (b"not a coinfer frame, only some bytes", "bad magic"),
+            "truncated": (good[:-7], "truncated frame"),
+            "names": (frame({("x" if k == name else k): v for k, v in delta.items()}), "unexpected 'x'"),
+            "shape": (frame({**delta, name: np.zeros(3, np.float32)}), f"{name}' has shape (3,)"),
+            "nan": (frame(nan), "NaN"),
+            "dtype": (frame({**delta, name: delta[name].astype(np.float16)}), "float32"),
+            "graph": (frame(delta, graph="f" * 64), "not this graph"),
+        }
+        for case, (body, problem) in bad.items():
+            code, answer = call(url, "POST", fedavg.UPDATES_PATH, body)
+            assert code == 400, case
+            assert problem in json.loads(answer)["detail"], (case, answer)
+        code, answer = call(url, "POST", fedavg.UPDATES_PATH, good + b"\0" * (limit - len(good) + 1))
+        assert code == 413 and f"{limit}-byte limit" in json.loads(answer)["detail"]
+        # A declared length over the limit is refused from the headers alone; no body is sent.
+        assert raw_post(url, 1 << 40, b"").startswith(b"HTTP/1.1 413")
+        current = status(url)
+        assert current["round"] == 0 and current["staged"] == ["edge-1"]
+        assert current["updates_refused"] == len(bad) and current["updates_accepted"] == 1
+        assert call(url, "GET", fedavg.GLOBAL_PATH)[1] == before
+
+    aggregator = LinkAggregator(untrained(), 2)
+    with pytest.raises(CoinferError, match="raise --max-request-mib"):
+        create_app(aggregator, TOKEN, ServiceOptions(max_request_bytes=aggregator.max_update_bytes - 1))
+
+
+def test_a_client_that_crashes_mid_upload_changes_nothing():
+    with serving(min_clients=2) as (aggregator, url):
+        _, first = update_frame(aggregator, "edge-1", seed=1)
+        assert call(url, "POST", fedavg.UPDATES_PATH, first)[0] == 200
+        before = call(url, "GET", fedavg.GLOBAL_PATH)[1]
+        _, crashing = update_frame(aggregator, "edge-2", seed=2)
+        assert raw_post(url, len(crashing), crashing[: len(crashing) // 2]) == b""
+        deadline = time.monotonic() + 10
+        while status(url)["aborted_uploads"] == 0:
+            assert time.monotonic() < deadline, "the server never noticed the hang-up"
+            time.sleep(0.05)
+        current = status(url)
+        assert current["round"] == 0 and current["staged"] == ["edge-1"] and current["updates_refused"] == 0
+        assert call(url, "GET", fedavg.GLOBAL_PATH)[1] == before
+        # The crashed client comes back and completes the round normally.
+        code, answer = call(url, "POST", fedavg.UPDATES_PATH, crashing)
+        assert code == 200 and json.loads(answer) == {"accepted": True, "round": 0, "staged": 2,
+                                                      "closed": True}
+        assert status(url)["round"] == 1
+
+
+def test_federated_rounds_on_shifted_camera_groups_improve_links_on_an_unseen_group():
+    groups = {"edge-quiet": world(240, seed=11, busy=0.2), "edge-mixed": world(240, seed=12, busy=0.5),
+              "edge-busy": world(240, seed=13, busy=0.8)}
+    unseen = world(300, seed=99, busy=0.6)
+    rounds = 4
+    initial = untrained()
+    before = np.mean(list(initial.link_performance(unseen).values()))
+    with serving(min_clients=len(groups), graph=initial) as (aggregator, url):
+        update_bytes = fedavg.max_frame_bytes(aggregator.shapes)
+        results: dict[str, list] = {name: [] for name in groups}
+        errors: list[BaseException] = []
+
+        def edge(name: str) -> None:
+            try:
+                client = FederatedClient(url, TOKEN, name)
+                graph = client.fetch_graph()
+                for round_ in range(rounds):
+                    results[name].append(client.train_round(graph, groups[name]))
+                    client.wait_for_round(round_ + 1, timeout=60, interval=0.02)
+            except BaseException as error:  # surfaced in the main thread below
+                errors.append(error)
+
+        threads = [threading.Thread(target=edge, args=(name,)) for name in groups]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+        assert not errors, errors
+        final = FederatedClient(url, TOKEN, "observer")
+        graph = final.fetch_graph()
+        assert aggregator.round == rounds
+        global_bytes = len(call(url, "GET", fedavg.GLOBAL_PATH)[1])
+    after = np.mean(list(graph.link_performance(unseen).values()))
+    assert after >= before + 0.15, (before, after)
+    for name, per_round in results.items():
+        assert [result.round for result in per_round] == list(range(rounds))
+        for result in per_round:
+            # Sent: exactly one update frame; received: the global frame plus a short JSON reply.
+            assert result.bytes_sent <= update_bytes and result.bytes_sent > 4 * sum(
+                int(np.prod(shape)) for shape in aggregator.shapes.values())
+            assert global_bytes < result.bytes_received < global_bytes + 100, name
+    assert sum(result.closed for per_round in results.values() for result in per_round) == rounds
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_cli_serves_a_saved_graph(tmp_path):
+    untrained().save(tmp_path / "links")
+    port = free_port()
+    command = [sys.executable, "-m", "coinfer.sdk.cli", "mlink", "serve", "--links",
+               str(tmp_path / "links"), "--min-clients", "2", "--port", str(port)]
+    server = subprocess.Popen(command, env=dict(os.environ, COINFER_TOKEN=TOKEN), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE)
+    try:
+        client = FederatedClient(f"http://127.0.0.1:{port}", TOKEN, "edge-1")
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                answer = client.status()
+                break
+            except FederatedClientError:
+                assert server.poll() is None, server.stderr.read().decode()
+                assert time.monotonic() < deadline, "the aggregator did not come up"
+                time.sleep(0.2)
+        assert answer["round"] == 0 and answer["min_clients"] == 2
+        graph = client.fetch_graph()
+        assert answer["graph"] == fedavg.graph_id(graph.describe())
+        for name in ("edge-1", "edge-2"):
+            FederatedClient(f"http://127.0.0.1:{port}", TOKEN, name).train_round(graph, world(64, seed=3))
+        assert client.status()["round"] == 1
+        assert latest_saved(tmp_path / "links-rounds")[0] == 1
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_edge_processes_federate_through_the_command_line(tmp_path):
+    from coinfer.sdk.mlink.table import OutputTable
+
+    held_out = world(300, seed=40, busy=0.5)
+    before = np.mean(list(untrained().link_performance(held_out).values()))
+    with serving(min_clients=2) as (aggregator, url):
+        edges = []
+        for k, busy in enumerate((0.3, 0.7)):
+            OutputTable(SPECS, world(300, seed=30 + k, busy=busy)).save(tmp_path / f"edge-{k}.npz")
+            command = [sys.executable, "-m", "coinfer.sdk.cli", "mlink", "federate", "--server", url,
+                       "--name", f"edge-{k}", "--records", str(tmp_path / f"edge-{k}.npz"), "--rounds", "2",
+                       "--epochs", "3", "--json", str(tmp_path / f"edge-{k}.json")]
+            if k == 0:
+                command += ["--out", str(tmp_path / "links")]
+            edges.append(subprocess.Popen(command, env=dict(os.environ, COINFER_TOKEN=TOKEN),
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+        for edge in edges:
+            assert edge.wait(timeout=300) == 0, edge.stderr.read().decode()
+        assert aggregator.round == 2
+    for k in range(2):
+        report = json.loads((tmp_path / f"edge-{k}.json").read_text())
+        assert report["rounds"] == 2 and report["global round"] == 2 and report["steps"] == 300
+        assert report["bytes sent"] > 0 and report["bytes received"] > report["bytes sent"]
+    after = np.mean(list(LinkGraph.load(tmp_path / "links").link_performance(held_out).values()))
+    assert after > before + 0.1
+
+
+def test_federate_needs_a_token_and_names_the_way_to_give_it(tmp_path, monkeypatch, capsys):
+    from coinfer.sdk.cli.main import main
+
+    monkeypatch.delenv("COINFER_TOKEN", raising=False)
+    assert main(["mlink", "federate", "--server", "http://127.0.0.1:9", "--name", "edge-1",
+                 "--records", str(tmp_path / "none.npz")]) != 0
+    assert "no token: set COINFER_TOKEN or give --token-file" in capsys.readouterr().err
