@@ -76,7 +76,8 @@ def test_cli_export_keras_and_verify(tmp_path, keras_filter, filter_data, capsys
     np.save(tmp_path / "calib.npy", x)
     out = tmp_path / "cli-int8"
     code = main(["export", "keras", str(tmp_path / "filter.keras"), "--out", str(out),
-                 "--quantization", "int8", "--calibration", str(tmp_path / "calib.npy"), "--capability", "infi"])
+                 "--quantization", "int8", "--calibration", str(tmp_path / "calib.npy"),
+                 "--capability", "infi"])
     assert code == 0
     assert load_artifact(out, capability="infi").manifest.metadata["parity"]["top1_agreement"] >= 0.97
     assert main(["export", "verify", str(out)]) == 0

@@ -47,13 +47,15 @@ def test_train_reports_every_link_on_held_out_steps(trained):
 def test_plan_fits_the_budget_and_matches_the_optimum_here(trained, capsys):
     out = trained / "plan.json"
     code = main(["mlink", "plan", "--links", str(trained / "links"),
-                 "--records", str(trained / "outputs.npz"), "--budget", "3", "--brute-force", "--json", str(out)])
+                 "--records", str(trained / "outputs.npz"), "--budget", "3", "--brute-force",
+                 "--json", str(out)])
     assert code == 0
     plan = json.loads(out.read_text())
     assert plan["cost"] <= 3 and "boxes" not in plan["run"]
     assert plan["expected accuracy"] >= plan["optimum accuracy"] - 0.02
     code = main(["mlink", "plan", "--links", str(trained / "links"),
-                 "--records", str(trained / "outputs.npz"), "--budget", "13", "--cost", "mib", "--json", str(out)])
+                 "--records", str(trained / "outputs.npz"), "--budget", "13", "--cost", "mib",
+                 "--json", str(out)])
     memory = json.loads(out.read_text())
     assert code == 0 and memory["cost"] <= 13 and "speech" not in memory["run"]
 
