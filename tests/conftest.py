@@ -8,8 +8,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import contextlib
+import socket
 import subprocess
 import sys
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -37,6 +42,45 @@ def run_blocked():
     """``run_blocked(code)``: run ``code`` in a fresh interpreter where importing tensorflow,
     torch, transformers, keras or jax raises ImportError (a device); returns its stdout."""
     return _run_blocked
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextlib.contextmanager
+def _command_server(argv: list[str], token: str, ready: Callable[[int], Any]) -> Iterator[tuple[int, Any]]:
+    """Run ``coinfer ARGV --port P`` as its own process (bearer ``token``) until ``ready(P)``
+    answers without raising; yield ``(P, its answer)``; stop the process afterwards. The wait
+    ends when the server answers or its process exits; the deadline only guards against a hang."""
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "coinfer.sdk.cli", *argv, "--port", str(port)],
+                              env=dict(os.environ, COINFER_TOKEN=token), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            try:
+                answer = ready(port)
+                break
+            except Exception:
+                if server.poll() is not None:
+                    raise AssertionError(server.stderr.read().decode()) from None
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        yield port, answer
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+
+
+@pytest.fixture(scope="session")
+def command_server():
+    """``with command_server(argv, token, ready) as (port, answer)``: a ``coinfer ... serve`` process."""
+    return _command_server
 
 
 @pytest.fixture(scope="session")

@@ -127,6 +127,7 @@ def test_default_prompts_cover_exactly_the_corpus_topics():
     assert tuple(DEFAULT_PROMPTS) == TOPICS
 
 
+@pytest.mark.slow  # runs the MiniLM classifier
 def test_classifier_accuracy_and_confidence_spread_on_the_fixture(fixture_corpus, reclassified):
     metrics = classifier_metrics(fixture_corpus.messages, reclassified.labels, reclassified.probabilities)
     assert metrics["accuracy_topical"] >= TOPICAL_ACCURACY_FLOOR, metrics
@@ -142,6 +143,7 @@ def test_classifier_accuracy_and_confidence_spread_on_the_fixture(fixture_corpus
     assert by_kind["topical"] - by_kind["chatter"] > 0.2
 
 
+@pytest.mark.slow  # runs the MiniLM classifier
 def test_fixture_results_are_what_the_classifier_computes(fixture_corpus, reclassified):
     assert fixture_corpus.labels == reclassified.labels == TOPICS
     np.testing.assert_allclose(fixture_corpus.probabilities, reclassified.probabilities, atol=1e-3)
@@ -156,6 +158,7 @@ def test_fixture_results_are_what_the_classifier_computes(fixture_corpus, reclas
     assert fixture_corpus.index["metrics"] == classifier_metrics(fixture_corpus.messages, TOPICS, stored)
 
 
+@pytest.mark.slow  # runs the MiniLM classifier
 def test_token_ids_are_the_tokenizer_output(fixture_corpus, reclassified):
     texts = fixture_corpus.texts[:40]
     batch = minilm.tokenize(texts, max_length=TopicClassifierOptions().max_length)
@@ -166,6 +169,7 @@ def test_token_ids_are_the_tokenizer_output(fixture_corpus, reclassified):
         assert expected[0] == 101 and expected[-1] == 102  # [CLS] ... [SEP]
 
 
+@pytest.mark.slow  # runs the MiniLM classifier
 def test_batch_size_does_not_change_the_results(classifier, fixture_corpus):
     texts = fixture_corpus.texts[:10]
     small = TopicClassifier(options=TopicClassifierOptions(batch_size=3), encoder=classifier.encoder)
@@ -177,6 +181,7 @@ def test_batch_size_does_not_change_the_results(classifier, fixture_corpus):
     np.testing.assert_array_equal(one.probabilities, again.probabilities)
 
 
+@pytest.mark.slow  # runs the MiniLM classifier
 @pytest.mark.parametrize(("texts", "message"), [
     ([], "empty"),
     ("a single message", "single string"),
@@ -216,6 +221,7 @@ def shared_model(classifier, monkeypatch):
         options=options, encoder=classifier.encoder))
 
 
+@pytest.mark.slow  # runs the MiniLM classifier
 def test_cli_round_trip(tmp_path, capsys, shared_model):
     out = tmp_path / "corpus"
     args = ["data", "corpus", "--out", str(out), "--messages", "12", "--seed", "3", "--quiet"]

@@ -113,12 +113,14 @@ def test_hevc_and_vp9_scenes(tmp_path, codec, suffix, bframes):
 # --- determinism ---------------------------------------------------------------------
 
 
+@pytest.mark.slow  # renders the scene set again in two worker processes
 def test_same_seed_gives_identical_files_whatever_the_worker_count(day_and_night, tmp_path):
     again = generate_scenes(tmp_path / "again", DAY_AND_NIGHT, workers=2, progress=False)
     assert file_hashes(again) == file_hashes(day_and_night)
     assert (again.root / "scenes.json").read_bytes() == (day_and_night.root / "scenes.json").read_bytes()
 
 
+@pytest.mark.slow  # renders a second 3-camera scene set
 def test_another_seed_gives_other_scenes(day_and_night, tmp_path):
     other = generate_scenes(tmp_path / "other", dataclasses.replace(DAY_AND_NIGHT, seed=1),
                             workers=1, progress=False)
@@ -134,6 +136,7 @@ def test_a_camera_does_not_depend_on_how_many_cameras_there_are(day_and_night, t
 # --- the detectors really ran ----------------------------------------------------------
 
 
+@pytest.mark.slow  # renders 6 cameras x 10 s with the real face detector (the daytime fixture)
 def test_faces_detected_on_decoded_frames_match_the_truth(daytime):
     found = total = empty_with_detections = empty = 0
     code = daytime.actor_kinds.index("face")
@@ -154,6 +157,7 @@ def test_faces_detected_on_decoded_frames_match_the_truth(daytime):
     assert empty >= 20 and empty_with_detections / empty <= 0.1
 
 
+@pytest.mark.slow  # the daytime fixture
 def test_recorded_detections_are_what_the_detector_gives_on_the_decoded_frames(daytime):
     from coinfer.edge.models.detectors import create_detector, single_threaded
 

@@ -140,6 +140,7 @@ def test_long_ambient_noise_is_made_in_blocks_joined_without_a_dip():
 # --- determinism and independence from the video -----------------------------------------
 
 
+@pytest.mark.slow  # renders the scene set again in two worker processes
 def test_same_options_give_identical_audio_whatever_the_worker_count(with_audio, tmp_path):
     again = generate_scenes(tmp_path / "again", TINY, workers=2, progress=False)
     assert index_of(again) == index_of(with_audio)

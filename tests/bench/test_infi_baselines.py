@@ -211,6 +211,7 @@ def test_skip_baseline_registry():
     assert all(issubclass(cls, SkipBaseline) for cls in SKIP_BASELINES.values())
 
 
+@pytest.mark.slow  # SIFT keypoints and a k-means vocabulary on 200 images: seconds
 def test_foggycache_reuses_repeated_images_and_misses_novel_ones():
     train, train_outputs, _ = _repeats(0)
     test, test_outputs, novel = _repeats(1)

@@ -112,6 +112,7 @@ def test_jpeg_size_reads_baseline_and_progressive_headers():
         assert jpeg_size(cv2.imencode(".jpg", frame, flags)[1].tobytes()) == (70, 50)
 
 
+@pytest.mark.slow  # trains and exports three TFLite filters (the fixture)
 def test_offload_skipping_everything_sends_nothing_and_skipping_nothing_saves_nothing(filters, frames):
     faces = np.array([len(b) > 0 for b in frames.boxes["faces"]])
     skip_all = offload_report(filters["all"], frames.small, frames.full)
@@ -127,6 +128,7 @@ def test_offload_skipping_everything_sends_nothing_and_skipping_nothing_saves_no
     assert skip_none["offload_ms_per_frame_with_filter"] > 0
 
 
+@pytest.mark.slow  # trains and exports three TFLite filters (the fixture)
 def test_offload_counts_exactly_the_bytes_it_sends(filters, frames):
     quality = 60
     with DetectionServer(None, TOKEN) as server:
@@ -149,6 +151,7 @@ def test_offload_counts_exactly_the_bytes_it_sends(filters, frames):
                                                    + report["offload_response_bytes_with_filter"])
 
 
+@pytest.mark.slow  # trains and exports three TFLite filters (the fixture)
 def test_a_trained_filter_reports_consistently_on_device_and_offloaded(filters, frames):
     from coinfer.edge.models.detectors import face_detector
 

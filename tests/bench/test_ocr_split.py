@@ -116,6 +116,7 @@ def frames(tmp_path_factory):
     return decoded
 
 
+@pytest.mark.slow  # renders scenes and runs the OCR detector on 80 frames (the frames fixture)
 def test_text_frame_task(frames):
     from coinfer.bench.infi.ocr_tasks import text_frame_task
 
@@ -132,6 +133,7 @@ def test_text_frame_task(frames):
                                rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow  # renders scenes and runs the OCR detector on 80 frames (the frames fixture)
 def test_text_featuremap_task_and_partition_report(frames, split):
     from coinfer.bench.infi.ocr_tasks import partition_report, text_featuremap_task
 

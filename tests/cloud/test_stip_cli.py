@@ -3,10 +3,8 @@
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -51,45 +49,28 @@ def test_verify_reports_equivalence_and_refuses_unknown_models(model_with_tokeni
     assert "does not support model_type 'opt'" in capsys.readouterr().err
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.mark.slow
-def test_publish_serve_and_chat_as_separate_processes(model_with_tokenizer, tmp_path):
+def test_publish_serve_and_chat_as_separate_processes(model_with_tokenizer, tmp_path, command_server):
     import torch
     from tokenizers import Tokenizer
 
     model, path = model_with_tokenizer
     assert main(["stip", "publish", "--model", str(path), "--out", str(tmp_path / "pub")]) == 0
-    port = free_port()
     env = dict(os.environ, COINFER_TOKEN=TOKEN)
-    serve = [sys.executable, "-m", "coinfer.sdk.cli", "stip", "serve",
-             "--bundle", str(tmp_path / "pub" / "server"), "--port", str(port)]
-    server = subprocess.Popen(serve, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
+
+    def info(port: int) -> dict:
         request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/info",
                                          headers={"Authorization": f"Bearer {TOKEN}"})
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                info = json.loads(urllib.request.urlopen(request, timeout=5).read())
-                break
-            except OSError:
-                assert server.poll() is None, server.stderr.read().decode()
-                assert time.monotonic() < deadline, "server did not come up"
-                time.sleep(0.5)
-        assert info["hidden_size"] == 32 and info["output_kind"] == "logits"
+        return json.loads(urllib.request.urlopen(request, timeout=30).read())
+
+    with command_server(["stip", "serve", "--bundle", str(tmp_path / "pub" / "server")], TOKEN,
+                        info) as (port, answer):
+        assert answer["hidden_size"] == 32 and answer["output_kind"] == "logits"
         chat = subprocess.run([sys.executable, "-m", "coinfer.sdk.cli", "stip", "chat", "--bundle",
                                str(tmp_path / "pub" / "user"), "--url", f"http://127.0.0.1:{port}",
                                "--prompt", "secure inference at the edge", "--max-new-tokens", "8"],
-                              env=env, capture_output=True, text=True, timeout=120)
+                              env=env, capture_output=True, text=True, timeout=600)
         assert chat.returncode == 0, chat.stderr
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
     tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
     tokenizer.no_padding()
     tokens = tokenizer.encode("secure inference at the edge").ids

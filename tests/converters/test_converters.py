@@ -54,6 +54,7 @@ def test_torch_onnx_parity(tmp_path, torch_net, filter_data):
     assert [spec.name for spec in result.artifact.manifest.outputs] == ["scores"]
 
 
+@pytest.mark.slow  # converts through litert-torch: seconds
 def test_torch_tflite_through_litert_torch(tmp_path, torch_net, filter_data):
     pytest.importorskip("litert_torch")
     from coinfer.converters import torch_to_tflite

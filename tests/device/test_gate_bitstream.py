@@ -324,8 +324,17 @@ def test_hevc_parser_without_extradata_learns_parameter_sets_in_band(clip):
 
 # ------------------------------------------------------------------------- fuzzing
 
-FUZZ = settings(max_examples=400, deadline=None, derandomize=True, database=None,
-                suppress_health_check=[HealthCheck.too_slow])
+#: Each fuzz test runs a quick pass of 50 examples in every run and a thorough one of 400
+#: with the slow tests.
+FUZZ_PASSES = pytest.mark.parametrize("examples", [
+    pytest.param(50, id="quick"), pytest.param(400, id="thorough", marks=pytest.mark.slow)])
+
+
+def fuzz(examples: int) -> settings:
+    return settings(max_examples=examples, deadline=None, derandomize=True, database=None,
+                    suppress_health_check=[HealthCheck.too_slow])
+
+
 CASES = {
     # name: (clip, use the stream's extradata)
     "h264 avcc": ("h264_b.mp4", True),
@@ -375,13 +384,14 @@ def _fresh_parser(source: Clip, use_extradata: bool) -> PacketParser:
     return parser
 
 
+@FUZZ_PASSES
 @pytest.mark.parametrize("case", CASES)
-def test_fuzz_random_bytes_give_picture_info_or_bitstream_error(clip, case):
+def test_fuzz_random_bytes_give_picture_info_or_bitstream_error(clip, case, examples):
     source = clip(CASES[case][0])
     parser = _fresh_parser(source, CASES[case][1])
     prefixes = [b"", b"\x00\x00\x01", b"\x00\x00\x00\x01", b"\x00\x00\x00\x08"]
 
-    @FUZZ
+    @fuzz(examples)
     @given(prefix=st.sampled_from(prefixes), body=st.binary(max_size=96))
     def check(prefix: bytes, body: bytes) -> None:
         _parse_or_reject(parser, prefix + body)
@@ -389,12 +399,13 @@ def test_fuzz_random_bytes_give_picture_info_or_bitstream_error(clip, case):
     check()
 
 
+@FUZZ_PASSES
 @pytest.mark.parametrize("case", CASES)
-def test_fuzz_mutated_real_packets_give_picture_info_or_bitstream_error(clip, case):
+def test_fuzz_mutated_real_packets_give_picture_info_or_bitstream_error(clip, case, examples):
     source = clip(CASES[case][0])
     parser = _fresh_parser(source, CASES[case][1])
 
-    @FUZZ
+    @fuzz(examples)
     @given(index=st.integers(0, FRAMES - 1), edits=st.lists(_EDIT, min_size=1, max_size=4))
     def check(index: int, edits) -> None:
         _parse_or_reject(parser, _mutate(source.data[index], edits))
@@ -402,11 +413,12 @@ def test_fuzz_mutated_real_packets_give_picture_info_or_bitstream_error(clip, ca
     check()
 
 
+@FUZZ_PASSES
 @pytest.mark.parametrize("name", ["h264_b.mp4", "h264_b.h264", "hevc_b.mp4", "hevc_b.hevc"])
-def test_fuzz_mutated_extradata_gives_a_parser_or_bitstream_error(clip, name):
+def test_fuzz_mutated_extradata_gives_a_parser_or_bitstream_error(clip, name, examples):
     source = clip(name)
 
-    @FUZZ
+    @fuzz(examples)
     @given(edits=st.lists(_EDIT, min_size=1, max_size=4))
     def check(edits) -> None:
         try:
@@ -494,7 +506,7 @@ def _serve(payload: bytes | None) -> tuple[socket.socket, threading.Thread]:
 
 def test_packet_source_reads_a_live_tcp_stream(clips):
     server, thread = _serve(clips["h264_b.ts"].read_bytes())
-    with server, PacketSource.open(f"tcp://127.0.0.1:{server.getsockname()[1]}", timeout_s=20) as source:
+    with server, PacketSource.open(f"tcp://127.0.0.1:{server.getsockname()[1]}", timeout_s=300) as source:
         parameters = source.parameters
         packets = list(source)
         assert source.parse_errors == 0

@@ -149,7 +149,8 @@ def test_end_to_end_over_loopback_http(clip) -> None:
     budget = 0.4 * clip.bytes_per_s
     options = GatewayOptions(plugin=SpriteBox(), redundancy={"sprite": "iou"}, frame_hook=hook)
     with GatewayServer(options, TOKEN) as server:
-        uploader = GatewayUploader(server.url, "cam0", TOKEN)
+        # A request that timed out would be sent again and counted twice: give it minutes.
+        uploader = GatewayUploader(server.url, "cam0", TOKEN, timeout=300)
         gate = CameraGate(clip.parameters, uploader, CameraGateOptions(uplink_bytes_per_s=budget),
                           stream="cam0")
         with PacketSource.open(str(clip.path)) as source:
@@ -513,8 +514,9 @@ def test_uploader_retries_then_gives_up() -> None:
     assert uploader.requests == uploader.failed_attempts == 3 and uploader.bytes_sent == 0
     with GatewayServer(GatewayOptions(), TOKEN) as server:
         with pytest.raises(UplinkRefused, match="HTTP 401"):
-            GatewayUploader(server.url, "cam0", "wrong")(encode_end("cam0", "s"))
-        assert GatewayUploader(server.url, "cam0", TOKEN)(encode_end("cam0", "s"))["accepted"] == 0
+            GatewayUploader(server.url, "cam0", "wrong", timeout=300)(encode_end("cam0", "s"))
+        reply = GatewayUploader(server.url, "cam0", TOKEN, timeout=300)(encode_end("cam0", "s"))
+        assert reply["accepted"] == 0
 
 
 def test_edge_gateway_command_line(tmp_path, monkeypatch) -> None:

@@ -78,6 +78,7 @@ def manifest(path):
     return json.loads((path / "manifest.json").read_text())
 
 
+@pytest.mark.slow  # trains and exports a TensorFlow filter through the CLI (the skip_filter_run fixture)
 def test_train_saves_a_skip_filter_that_records_its_measurement(skip_filter_run):
     root, runs = skip_filter_run
     status, printed = runs["train"]
@@ -93,6 +94,7 @@ def test_train_saves_a_skip_filter_that_records_its_measurement(skip_filter_run)
     assert meta["metrics"]["redundant_fraction"][0] == pytest.approx(np.mean(counts == 0), abs=1e-4)
 
 
+@pytest.mark.slow  # trains and exports a TensorFlow filter through the CLI (the skip_filter_run fixture)
 @pytest.mark.parametrize("quantization", ["float32", "int8"])
 def test_exported_filter_runs_and_its_decisions_are_scored(skip_filter_run, quantization, tmp_path):
     from coinfer.device.infi import load_skip_filter
@@ -118,6 +120,7 @@ def test_exported_filter_runs_and_its_decisions_are_scored(skip_filter_run, quan
     assert 0.2 < report["filter_rate"] < 0.9 and report["skip_precision"] > 0.7  # a filter that learned
 
 
+@pytest.mark.slow  # trains and exports a TensorFlow filter through the CLI (the skip_filter_run fixture)
 def test_run_loads_the_filter_without_tensorflow(run_blocked, skip_filter_run, tmp_path):
     root, _ = skip_filter_run
     run_blocked(f"""
@@ -128,6 +131,7 @@ sys.exit(main(["infi", "run", "--filter", {str(root / 'int8')!r}, "--records", {
     assert json.loads((tmp_path / "run.json").read_text())["filter_rate"] >= 0.0
 
 
+@pytest.mark.slow  # trains and exports a TensorFlow filter through the CLI (the skip_filter_run fixture)
 def test_run_rejects_an_unknown_measurement_and_tolerates_a_missing_one(skip_filter_run, tmp_path, capsys):
     root, _ = skip_filter_run
     for name, change in (("mystery", {"redundant": {"name": "mystery", "options": {}}}), ("old", None)):
@@ -148,6 +152,7 @@ def test_run_rejects_an_unknown_measurement_and_tolerates_a_missing_one(skip_fil
     assert set(json.loads((tmp_path / "old.json").read_text())) == {"filter", "records", "filter_rate"}
 
 
+@pytest.mark.slow  # trains and exports a TensorFlow reuse filter
 def test_reuse_filter_round_trip_on_string_labels(tmp_path):
     pytest.importorskip("tensorflow")
     x, _ = vector_records(200, seed=2)

@@ -13,7 +13,6 @@ import pytest
 
 from coinfer.bench.data import speech
 from coinfer.bench.data.scenes import SceneOptions, generate_scenes
-from coinfer.bench.mlink import workload
 from coinfer.edge.mlink.recording import iterate_steps, measure_peak_memory, nonempty, record_outputs
 from coinfer.edge.mlink.zoo import (
     MAX_WORDS,
@@ -104,6 +103,7 @@ def test_a_scene_set_without_audio_is_refused(tmp_path):
         next(iterate_steps(silent.root))
 
 
+@pytest.mark.slow  # trains the crowd CNN and runs the seven real models (the table fixture)
 def test_every_output_fits_its_spec(table):
     assert table.models == list(MODEL_NAMES)
     expected = {"faces": OutputSpec.classes(4), "cats": OutputSpec.presence(), "people": OutputSpec.boxes(),
@@ -124,6 +124,7 @@ def test_every_output_fits_its_spec(table):
     assert nonempty(table.specs["words"], table.outputs["words"]).mean() > 0.3
 
 
+@pytest.mark.slow  # runs the real OCR detector and recognizer on 20 frames
 def test_word_tokens_are_crc32_of_the_lower_cased_words(steps):
     model = WordsModel()
     read = 0
@@ -143,6 +144,7 @@ def test_word_tokens_are_crc32_of_the_lower_cased_words(steps):
     assert model(page) == tuple(zlib.crc32(word.encode()) & 0x7FFFFFFF for word in words[:MAX_WORDS])
 
 
+@pytest.mark.slow  # trains the crowd CNN and runs the seven real models (the table fixture)
 def test_speech_is_higher_where_the_scene_has_speech(table):
     truth = table.context["speech_truth"]
     assert truth.any() and not truth.all()
@@ -151,6 +153,7 @@ def test_speech_is_higher_where_the_scene_has_speech(table):
     assert np.mean((scores > 0.5) == truth) > 0.8
 
 
+@pytest.mark.slow  # trains the crowd CNN and runs the seven real models (the table fixture)
 def test_speech_state_is_reset_for_each_camera(steps, table):
     first = [step for step in steps if step.camera == 0]
     second = [step for step in steps if step.camera == 1]
@@ -167,6 +170,7 @@ def test_speech_state_is_reset_for_each_camera(steps, table):
     np.testing.assert_array_equal(table.outputs["speech"][table.context["camera"] == 1], alone)
 
 
+@pytest.mark.slow  # trains the crowd CNN and runs the seven real models (the table fixture)
 def test_record_outputs_keeps_context_and_costs(table, scene_set, memory_cache, tmp_path):
     assert len(table) == STEPS and set(table.context) == CONTEXT
     context = table.context
@@ -181,7 +185,6 @@ def test_record_outputs_keeps_context_and_costs(table, scene_set, memory_cache, 
     assert set(table.costs) == set(MODEL_NAMES)
     for name, costs in table.costs.items():
         assert costs["ms"] > 0 and costs["mib"] >= 0, name
-    assert table.costs["words"]["ms_mean"] > table.costs["text"]["ms_mean"] > table.costs["crowd"]["ms_mean"]
     assert table.costs["text"]["mib"] > table.costs["faces"]["mib"]
     table.save(tmp_path / "outputs.npz")
     loaded = OutputTable.load(tmp_path / "outputs.npz")
@@ -196,6 +199,7 @@ def test_record_outputs_keeps_context_and_costs(table, scene_set, memory_cache, 
         {"faces": 123.0, "speech": 123.0}
 
 
+@pytest.mark.slow  # trains the crowd CNN and runs the seven real models (the table fixture)
 def test_the_command_line_records_the_same_table(scene_set, crowd, table, memory_cache, tmp_path, capsys):
     save_crowd_classifier(tmp_path / "crowd", crowd[1])
     out = tmp_path / "outputs.npz"
@@ -212,6 +216,7 @@ def test_the_command_line_records_the_same_table(scene_set, crowd, table, memory
     assert {name: costs["mib"] for name, costs in again.costs.items()} == dict.fromkeys(MODEL_NAMES, 123.0)
 
 
+@pytest.mark.slow  # trains the crowd CNN (the crowd fixture)
 def test_the_crowd_cnn_learns_and_exports_exactly(crowd):
     network, onnx_bytes, inputs, labels = crowd
     majority = np.bincount(labels).max() / len(labels)
@@ -225,6 +230,7 @@ def test_the_crowd_cnn_learns_and_exports_exactly(crowd):
     np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow  # trains the crowd CNN (the crowd fixture)
 def test_a_corrupt_or_foreign_crowd_model_is_rejected(crowd, steps, tmp_path):
     onnx_bytes = crowd[1]
     artifact = save_crowd_classifier(tmp_path / "crowd", onnx_bytes, metrics={"held_out_accuracy": 0.5})
@@ -250,27 +256,7 @@ def test_a_corrupt_or_foreign_crowd_model_is_rejected(crowd, steps, tmp_path):
         create_model("pose")
 
 
-def test_the_drifting_day_records_the_asked_models_on_a_day_that_goes_quiet(scene_set, tmp_path):
-    with pytest.raises(CoinferError, match="build the workload in"):
-        workload.build_drifting_day(tmp_path, "12:00", ["crowd", "speech"], cameras=1, seconds=3)
-    with pytest.raises(CoinferError, match=r"unknown model\(s\) \['voices'\]"):
-        workload.build_drifting_day(tmp_path, "12:00", ["speech", "voices"], cameras=1, seconds=3)
-    day = workload.build_drifting_day(tmp_path, "12:00", ["speech"], cameras=1, seconds=3, seed=2, crowd=2,
-                                      hours=("07:00", "19:00"), progress=False)
-    assert day.models == ["speech"] and len(day) == 30
-    quiet = SceneSet.load(tmp_path / workload.DRIFT_SCENES_DIR)
-    assert quiet.index["seed"] == 2 + workload.DRIFT_SEED_OFFSET
-    assert quiet.index["audio"]["silent_from"] == "12:00"
-    after = day.context["clock_hours"] >= 12.0
-    assert after.any() and not day.context["speech_truth"][after].any()
-    again = workload.build_drifting_day(tmp_path, "12:00", ["speech"], cameras=1, seconds=3, seed=2, crowd=2,
-                                        hours=("07:00", "19:00"), progress=False)
-    np.testing.assert_array_equal(again.outputs["speech"], day.outputs["speech"])
-    with pytest.raises(CoinferError, match="holds a scene set made with"):
-        workload.build_drifting_day(tmp_path, "13:00", ["speech"], cameras=1, seconds=3, seed=2, crowd=2,
-                                    hours=("07:00", "19:00"), progress=False)
-
-
+@pytest.mark.slow  # trains the crowd CNN and runs the seven real models (the table fixture)
 def test_the_live_runner_runs_the_real_models_only_where_asked(scene_set, crowd, table):
     from coinfer.edge.mlink.live import ZooRunner
 
@@ -297,6 +283,7 @@ def test_the_live_runner_runs_the_real_models_only_where_asked(scene_set, crowd,
         ZooRunner(scene_set, create_zoo(crowd[1]), {"lidar": 1.0})
 
 
+@pytest.mark.slow  # trains the crowd CNN and runs the seven real models (the table fixture)
 def test_mlink_run_serves_live_what_it_replays(scene_set, crowd, table, tmp_path):
     from coinfer.sdk.cli.main import main
 
@@ -304,8 +291,10 @@ def test_mlink_run_serves_live_what_it_replays(scene_set, crowd, table, tmp_path
     table.save(tmp_path / "outputs.npz")
     assert main(["mlink", "train", "--records", str(tmp_path / "outputs.npz"), "--epochs", "3",
                  "--out", str(tmp_path / "links")]) == 0
+    # A memory budget: a time budget carries the measured link time into later periods, so two
+    # runs would plan alike only on an idle machine; this compares where the models run.
     common = ["mlink", "run", "--links", str(tmp_path / "links"), "--records", str(tmp_path / "outputs.npz"),
-              "--budget-fraction", "0.3", "--period", "20", "--profile-fraction", "0.1"]
+              "--budget-fraction", "0.3", "--cost", "mib", "--period", "20", "--profile-fraction", "0.1"]
     assert main([*common, "--json", str(tmp_path / "replay.json")]) == 0
     assert main([*common, "--scenes", str(scene_set.root), "--crowd", str(tmp_path / "crowd"),
                  "--json", str(tmp_path / "live.json")]) == 0

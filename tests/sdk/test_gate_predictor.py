@@ -15,6 +15,10 @@ from coinfer.sdk.gate.predictor import ContextualPredictor, PredictorOptions, tr
 from coinfer.sdk.gate.redundancy import CountChanged
 from coinfer.sdk.gate.replay import collect_training_rows, replay
 
+# Every test uses the predictor trained with TensorFlow (the trained fixture); the numpy
+# forward, saving and loading also run as the doctest of coinfer.sdk.gate.predictor.
+pytestmark = pytest.mark.slow
+
 COSTS = DecodeCostModel(i_seconds=3.0, p_seconds=1.0, b_seconds=0.5)
 MEASURES = {"count": CountChanged()}
 

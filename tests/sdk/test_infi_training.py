@@ -30,6 +30,9 @@ from coinfer.sdk.infi import (
 
 pytest.importorskip("tensorflow")
 
+# Every test trains a TensorFlow filter (a few seconds to tens of seconds each).
+pytestmark = pytest.mark.slow
+
 SIZE = 16
 IMAGE = {"frame": ModalitySpec.image(SIZE, SIZE)}
 

@@ -26,7 +26,7 @@ from coinfer.sdk.mlink import (
     performance,
     word_error_rates,
 )
-from coinfer.sdk.mlink.metrics import box_iou, mean_average_precision
+from coinfer.sdk.mlink.metrics import box_agreement, mean_average_precision
 
 pytest.importorskip("torch")
 
@@ -62,6 +62,14 @@ def graph(data):
     return LinkGraph.train(train, SPECS, FAST)
 
 
+@pytest.fixture(scope="module")
+def untrained(data):
+    """The same graph before training (seeded weights): enough to save, load, serve and refuse."""
+    train, _ = data
+    return LinkGraph.create(SPECS, {"words": Vocabulary.build(SPECS["words"].check(train["words"], "words"))},
+                            FAST)
+
+
 def baseline(spec, train, test):
     """The best constant prediction: the majority class, the mean, the most common sequence."""
     if spec.is_sequence:
@@ -74,6 +82,7 @@ def baseline(spec, train, test):
     return performance(spec, np.repeat(constant[None], len(test), axis=0), test)
 
 
+@pytest.mark.slow  # trains twelve links and four ensembles (the graph fixture)
 @pytest.mark.parametrize(("source", "target"), [("counts", "speech"), ("words", "counts"),
                                                 ("counts", "words"), ("words", "boxes"), ("counts", "boxes")])
 def test_every_link_type_beats_the_best_constant(graph, data, source, target):
@@ -83,6 +92,7 @@ def test_every_link_type_beats_the_best_constant(graph, data, source, target):
     assert score >= 0.8
 
 
+@pytest.mark.slow  # the graph fixture
 def test_sequence_link_decodes_the_tokens_of_the_target_model(graph, data):
     _, test = data
     predicted = graph.links[("counts", "words")].predict(test["counts"][:40])
@@ -111,6 +121,7 @@ def test_a_prediction_does_not_depend_on_its_batch_mates(data, pair):
         np.testing.assert_allclose(together[0], alone[0], atol=1e-6)
 
 
+@pytest.mark.slow  # trains a sequence link 40 epochs
 def test_seq_to_seq_learns_a_token_mapping():
     rng = np.random.default_rng(3)
     sources = [tuple(rng.integers(1, 6, rng.integers(0, 5)).tolist()) for _ in range(400)]
@@ -121,6 +132,7 @@ def test_seq_to_seq_learns_a_token_mapping():
     assert score >= 0.8
 
 
+@pytest.mark.slow  # the graph fixture
 def test_ensemble_prior_keeps_a_weak_source_from_doing_worse_than_a_constant(graph, data):
     train, test = data
     for source, target in (("speech", "boxes"), ("speech", "counts"), ("counts", "speech")):
@@ -131,6 +143,7 @@ def test_ensemble_prior_keeps_a_weak_source_from_doing_worse_than_a_constant(gra
         assert score >= max(constant, link) - 0.03, (source, target, score, constant, link)
 
 
+@pytest.mark.slow  # trains two links and an ensemble 30 epochs
 def test_ensemble_of_complementary_sources_beats_each_of_them():
     rng = np.random.default_rng(5)
     a, b = rng.integers(0, 3, 600), rng.integers(0, 3, 600)
@@ -149,7 +162,8 @@ def test_ensemble_of_complementary_sources_beats_each_of_them():
     assert max(singles) <= 0.6 and both >= max(singles) + 0.25
 
 
-def test_ensemble_serves_any_subset_and_names_missing_links(graph, data):
+def test_ensemble_serves_any_subset_and_names_missing_links(untrained, data):
+    graph = untrained
     _, test = data
     for executed in (("counts",), ("speech",), ("counts", "speech"), ("words", "boxes")):
         predicted = graph.predict({name: test[name] for name in executed})
@@ -164,7 +178,8 @@ def test_ensemble_serves_any_subset_and_names_missing_links(graph, data):
         ensemble.predict({"words": test["words"]})
 
 
-def test_graph_saves_and_loads_with_identical_predictions(graph, data, tmp_path):
+def test_graph_saves_and_loads_with_identical_predictions(untrained, data, tmp_path):
+    graph = untrained
     _, test = data
     graph.save(tmp_path / "links")
     loaded = LinkGraph.load(tmp_path / "links")
@@ -173,8 +188,8 @@ def test_graph_saves_and_loads_with_identical_predictions(graph, data, tmp_path)
     assert before["words"] == after["words"]
 
 
-def test_tampered_graph_is_rejected(graph, tmp_path):
-    graph.save(tmp_path / "links")
+def test_tampered_graph_is_rejected(untrained, tmp_path):
+    untrained.save(tmp_path / "links")
     weights = tmp_path / "links" / "weights.safetensors"
     data = bytearray(weights.read_bytes())
     data[-5] ^= 0xFF
@@ -183,8 +198,8 @@ def test_tampered_graph_is_rejected(graph, tmp_path):
         LinkGraph.load(tmp_path / "links")
 
 
-def test_weights_of_the_wrong_shape_or_value_are_refused(graph):
-    link = graph.links[("counts", "speech")]
+def test_weights_of_the_wrong_shape_or_value_are_refused(untrained):
+    link = untrained.links[("counts", "speech")]
     weights = link.weights()
     name = next(iter(weights))
     with pytest.raises(LinkError, match="shape"):
@@ -235,7 +250,7 @@ def test_metrics_on_known_values():
     assert word_error_rates([(1, 2, 3), (), (4,)], [(1, 3), (), ()]).tolist() == [0.5, 0.0, 1.0]
     boxes = np.array([[0.1, 0.1, 0.2, 0.2], [0, 0, 0, 0], [0, 0, 0, 0]])
     truth = np.array([[0.2, 0.1, 0.2, 0.2], [0, 0, 0, 0], [0.5, 0.5, 0.1, 0.1]])
-    np.testing.assert_allclose(box_iou(boxes, truth), [1 / 3, 1.0, 0.0])
+    np.testing.assert_allclose(box_agreement(boxes, truth), [1 / 3, 1.0, 0.0])
     scores = np.array([[0.9], [0.8], [0.1], [0.7]])
     assert mean_average_precision(scores, np.array([[1], [0], [1], [0]])) == pytest.approx((1 + 2 / 4) / 2)
     regression = OutputSpec.regression(scale=2.0)

@@ -41,6 +41,7 @@ def world():
     return LinkGraph.train(train.outputs, SPECS, LinkOptions(epochs=25)), profile, stream
 
 
+@pytest.mark.slow  # trains links for four models (the world fixture)
 def test_serving_keeps_every_plan_in_budget_and_predicts_the_rest(world):
     graph, profile, stream = world
     runner = RecordedRunner(stream)
@@ -54,6 +55,7 @@ def test_serving_keeps_every_plan_in_budget_and_predicts_the_rest(world):
     assert result.model_cost / (sum(runner.costs.values()) * len(stream)) <= 0.3  # links' time is the bench's
 
 
+@pytest.mark.slow  # trains links for four models (the world fixture)
 def test_mlink_beats_standalone_random_and_reducto_at_the_same_budget(world):
     graph, profile, stream = world
     runner = RecordedRunner(stream)
@@ -83,6 +85,7 @@ def repeated(rows: int, run_length: int, seed: int) -> tuple[OutputTable, np.nda
     return stream, base.context["thumb"][index]
 
 
+@pytest.mark.slow  # trains links for four models (the world fixture)
 def test_serving_with_frame_changes_reuses_where_nothing_moved(world):
     graph, profile, _ = world
     stream, thumbs = repeated(60, 10, 5)
@@ -111,7 +114,9 @@ def drifting(count: int, seed: int, flipped: bool) -> tuple[np.ndarray, np.ndarr
     return np.eye(3, dtype=np.float32)[people], speaking.astype(np.float32)[:, None]
 
 
-@pytest.mark.parametrize("strategy", ["periodic", "uncertainty", "loss-prediction"])
+# loss-prediction also trains its loss network at each update: seconds more.
+@pytest.mark.parametrize("strategy", ["periodic", "uncertainty",
+                                      pytest.param("loss-prediction", marks=pytest.mark.slow)])
 def test_online_updates_recover_from_drift_that_ruins_the_offline_link(strategy):
     source, target = drifting(300, 0, flipped=False)
     stream_source, stream_target = drifting(600, 1, flipped=True)

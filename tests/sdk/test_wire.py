@@ -14,7 +14,15 @@ from hypothesis.extra import numpy as hnp
 from coinfer.sdk import wire
 from coinfer.sdk.errors import CoinferError
 
-FUZZ = settings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+#: Each fuzz test runs a quick pass of 100 examples in every run and a thorough one of 2000
+#: with the slow tests (drawing the examples, not the decoding, takes the time).
+FUZZ_PASSES = pytest.mark.parametrize("examples", [
+    pytest.param(100, id="quick"), pytest.param(2000, id="thorough", marks=pytest.mark.slow)])
+
+
+def fuzz(examples: int) -> settings:
+    return settings(max_examples=examples, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
 SMALL = wire.WireLimits(max_header_bytes=4 << 10, max_payload_bytes=64 << 10)
 FIXED = struct.Struct("<4sBBHIQ")
 
@@ -79,17 +87,25 @@ def decode_traced(data: bytes) -> int:
     return peak
 
 
-@FUZZ
-@given(messages)
-def test_round_trip(message):
-    assert_same(wire.decode(wire.encode(message)), message)
+@FUZZ_PASSES
+def test_round_trip(examples):
+    @fuzz(examples)
+    @given(messages)
+    def check(message):
+        assert_same(wire.decode(wire.encode(message)), message)
+
+    check()
 
 
-@FUZZ
-@given(st.binary(max_size=200))
-def test_random_bytes_raise_only_wire_error(data):
-    with pytest.raises(wire.WireError):
-        wire.decode(data)
+@FUZZ_PASSES
+def test_random_bytes_raise_only_wire_error(examples):
+    @fuzz(examples)
+    @given(st.binary(max_size=200))
+    def check(data):
+        with pytest.raises(wire.WireError):
+            wire.decode(data)
+
+    check()
 
 
 random_headers = st.recursive(
@@ -102,19 +118,23 @@ random_headers = st.recursive(
 )
 
 
-@FUZZ
-@given(
-    st.binary(max_size=64) | random_headers.map(lambda obj: msgpack.packb(obj, use_bin_type=True)),
-    st.binary(max_size=64),
-    st.sampled_from(wire.MessageType),
-)
-def test_random_bytes_behind_valid_prefix_raise_only_wire_error(header, payload, message_type):
-    try:
-        message = wire.decode(frame(header, payload, type_byte=message_type))
-    except wire.WireError:
-        return
-    assert message.type == message_type
-    assert sum(array.nbytes for array in message.arrays.values()) == len(payload)
+@FUZZ_PASSES
+def test_random_bytes_behind_valid_prefix_raise_only_wire_error(examples):
+    @fuzz(examples)
+    @given(
+        st.binary(max_size=64) | random_headers.map(lambda obj: msgpack.packb(obj, use_bin_type=True)),
+        st.binary(max_size=64),
+        st.sampled_from(wire.MessageType),
+    )
+    def check(header, payload, message_type):
+        try:
+            message = wire.decode(frame(header, payload, type_byte=message_type))
+        except wire.WireError:
+            return
+        assert message.type == message_type
+        assert sum(array.nbytes for array in message.arrays.values()) == len(payload)
+
+    check()
 
 
 @st.composite
@@ -150,10 +170,14 @@ def mutated_frames(draw) -> bytes:
     return bytes(data)
 
 
-@FUZZ
-@given(mutated_frames())
-def test_mutated_frames_raise_only_wire_error_within_memory_bound(data):
-    assert decode_traced(data) < SMALL.max_payload_bytes + (64 << 10)
+@FUZZ_PASSES
+def test_mutated_frames_raise_only_wire_error_within_memory_bound(examples):
+    @fuzz(examples)
+    @given(mutated_frames())
+    def check(data):
+        assert decode_traced(data) < SMALL.max_payload_bytes + (64 << 10)
+
+    check()
 
 
 def test_declared_sizes_are_not_allocated():
@@ -331,20 +355,24 @@ def test_encode_output_at_limits_is_accepted_by_decode():
     assert wire.decode(wire.encode(message, SMALL), SMALL).arrays["x"].nbytes == SMALL.max_payload_bytes
 
 
-@FUZZ
-@given(st.lists(messages, min_size=1, max_size=3), st.lists(st.integers(0, 10_000), max_size=8))
-def test_frame_decoder_reassembles_any_chunking(sent, cuts):
-    stream = b"".join(wire.encode(message) for message in sent)
-    bounds = [0, *sorted(cut % (len(stream) + 1) for cut in cuts), len(stream)]
-    decoder = wire.FrameDecoder()
-    received = []
-    for start, end in itertools.pairwise(bounds):
-        received += decoder.feed(memoryview(stream)[start:end])
-    assert decoder.buffered == 0
-    decoder.close()
-    assert len(received) == len(sent)
-    for got, expected in zip(received, sent, strict=True):
-        assert_same(got, expected)
+@FUZZ_PASSES
+def test_frame_decoder_reassembles_any_chunking(examples):
+    @fuzz(examples)
+    @given(st.lists(messages, min_size=1, max_size=3), st.lists(st.integers(0, 10_000), max_size=8))
+    def check(sent, cuts):
+        stream = b"".join(wire.encode(message) for message in sent)
+        bounds = [0, *sorted(cut % (len(stream) + 1) for cut in cuts), len(stream)]
+        decoder = wire.FrameDecoder()
+        received = []
+        for start, end in itertools.pairwise(bounds):
+            received += decoder.feed(memoryview(stream)[start:end])
+        assert decoder.buffered == 0
+        decoder.close()
+        assert len(received) == len(sent)
+        for got, expected in zip(received, sent, strict=True):
+            assert_same(got, expected)
+
+    check()
 
 
 def test_frame_decoder_rejects_oversized_frame_after_20_bytes():

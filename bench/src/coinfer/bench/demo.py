@@ -20,6 +20,7 @@ from typing import Any
 
 from coinfer.bench.machine import machine_description
 from coinfer.sdk._version import __version__
+from coinfer.sdk.cli.flags import output_file, work_directory
 from coinfer.sdk.fsutil import atomic_write_json
 
 Metrics = dict[str, Any]
@@ -152,8 +153,8 @@ STAGES: dict[str, tuple[str, Callable[[Path], Metrics]]] = {
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--json", type=Path, metavar="PATH", help="write the metrics as JSON")
-    parser.add_argument("--out", type=Path, metavar="DIR",
+    parser.add_argument("--json", type=output_file, metavar="PATH", help="write the metrics as JSON")
+    parser.add_argument("--out", type=work_directory, metavar="DIR",
                         help="keep the exported artifacts here (default: a temporary directory)")
     parser.add_argument("--stages", default=",".join(STAGES),
                         help=f"comma-separated subset of {','.join(STAGES)}")
@@ -169,7 +170,8 @@ def run(args: argparse.Namespace) -> int:
     selected = [name.strip() for name in args.stages.split(",") if name.strip()]
     unknown = [name for name in selected if name not in STAGES]
     if unknown or not selected:
-        raise CoinferError(f"unknown stage(s) {unknown}; choose from {', '.join(STAGES)}")
+        problem = f"unknown stage(s) {unknown}" if unknown else f"no stage in --stages {args.stages!r}"
+        raise CoinferError(f"{problem}; choose from {', '.join(STAGES)}")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     console = Console(stderr=True)

@@ -26,7 +26,7 @@ when a new one needs their slot.
 
 Example::
 
-    coinfer edge gateway --port 8100 --tasks faces   # token from COINFER_TOKEN or --token-file
+    coinfer gate serve --port 8100 --tasks faces   # token from COINFER_TOKEN or --token-file
 
     app = create_gateway_app(GatewayOptions(plugin=DetectorPlugin(("faces",))), token)
 """
@@ -48,7 +48,7 @@ from fastapi.concurrency import run_in_threadpool
 from coinfer.edge.gate.decoding import StreamDecoder, capture_decoder_errors, frame_array, frame_key
 from coinfer.edge.gate.inference import InferencePlugin
 from coinfer.sdk import wire
-from coinfer.sdk.errors import CoinferError
+from coinfer.sdk.errors import CoinferError, InvalidArgumentError
 from coinfer.sdk.gate.packet import PacketInfo
 from coinfer.sdk.gate.protocol import (
     FRAMES_PATH,
@@ -61,7 +61,7 @@ from coinfer.sdk.gate.protocol import (
     parse_body,
 )
 from coinfer.sdk.gate.redundancy import REDUNDANCY, create_measure
-from coinfer.sdk.service import ServiceError, ThreadedServer, read_limited_body, refuse_with
+from coinfer.sdk.service import ServiceError, ThreadedServer, evict_idle, read_limited_body, refuse_with
 
 STATUS_PATH = "/v1/gate/streams/{stream_id}"
 #: Packets fed to a decoder whose picture has not come out yet; more means the stream is broken.
@@ -99,11 +99,8 @@ class GatewayOptions:
         for name in ("max_request_bytes", "max_streams", "max_frames_per_request", "max_packets_per_frame",
                      "results_kept"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        unknown = sorted(set(self.redundancy.values()) - set(REDUNDANCY))
-        if unknown:
-            raise ValueError(f"unknown redundancy measure(s) {', '.join(unknown)}; choose from "
-                             f"{', '.join(REDUNDANCY)}")
+                raise InvalidArgumentError(f"{name} must be >= 1, got {getattr(self, name)}")
+        REDUNDANCY.check(self.redundancy.values())
 
     @property
     def limits(self) -> wire.WireLimits:
@@ -130,7 +127,7 @@ class _Stream:
     #: Errors and corrupt pictures of decoders this stream already replaced.
     retired_errors: int = 0
     retired_corrupt: int = 0
-    last_seen: float = field(default_factory=time.monotonic)
+    last_active: float = field(default_factory=time.monotonic)
 
 
 class EdgeGateway:
@@ -166,7 +163,7 @@ class EdgeGateway:
         reply: dict[str, Any] = {"stream": stream_id, "accepted": 0, "dropped": 0, "duplicates": 0,
                                  "frames": 0, "decode_errors": 0, "results": [], "resync": False}
         with state.lock:
-            state.last_seen = time.monotonic()
+            state.last_active = time.monotonic()
             state.counters["requests"] += 1
             state.counters["bytes_received"] += len(body)
             errors_before = _errors(state)
@@ -215,11 +212,7 @@ class EdgeGateway:
                     raise GatewayError(f"no stream {stream_id!r}", status=404)
                 return state
             if len(self._streams) >= self.options.max_streams:
-                now = time.monotonic()
-                idle = [sid for sid, s in self._streams.items()
-                        if now - s.last_seen > self.options.stream_idle_seconds]
-                for sid in idle:
-                    del self._streams[sid]
+                evict_idle(self._streams, self.options.stream_idle_seconds)
                 if len(self._streams) >= self.options.max_streams:
                     raise GatewayError(f"all {self.options.max_streams} stream slots are in use", status=429)
             state = self._streams[stream_id] = _Stream(results=deque(maxlen=self.options.results_kept))

@@ -5,14 +5,35 @@ artifact. The manifest records what the model is (capability, kind), how to feed
 (inputs, outputs, preprocessing) and the sha256 of every file, so a device can refuse a
 model that was truncated in transit or tampered with. Nothing is ever unpickled.
 
-Example::
+Example (in a temporary directory):
 
-    from coinfer.sdk.artifact import Manifest, load_artifact, save_artifact
+>>> import tempfile
+>>> from pathlib import Path
+>>> from coinfer.sdk.artifact import ArtifactError, Manifest, load_artifact, save_artifact
+>>> work = tempfile.TemporaryDirectory()
+>>> root = Path(work.name) / "filter"
+>>> manifest = Manifest(capability="infi", kind="skip-filter", metadata={"threshold": 0.4})
+>>> saved = save_artifact(root, manifest, {"model.tflite": b"the model's bytes"})
+>>> sorted(path.name for path in root.iterdir())
+['manifest.json', 'model.tflite']
+>>> artifact = load_artifact(root, capability="infi")
+>>> artifact.manifest.kind, artifact.manifest.metadata
+('skip-filter', {'threshold': 0.4})
+>>> artifact.file("model.tflite").read_bytes()
+b"the model's bytes"
 
-    manifest = Manifest(capability="infi", kind="skip-filter", metadata={"threshold": 0.4})
-    save_artifact("out/filter", manifest, {"model.tflite": tflite_bytes})
-    artifact = load_artifact("out/filter", capability="infi")
-    model_path = artifact.file("model.tflite")
+A modified file, or a model of another capability, is refused:
+
+>>> _ = (root / "model.tflite").write_bytes(b"tampered")
+>>> load_artifact(root)
+Traceback (most recent call last):
+    ...
+coinfer.sdk.artifact.ArtifactError: .../model.tflite: sha256 mismatch (...); the file was modified ...
+>>> load_artifact(root, capability="gate", verify=False)
+Traceback (most recent call last):
+    ...
+coinfer.sdk.artifact.ArtifactError: .../manifest.json: capability is 'infi', expected 'gate'
+>>> work.cleanup()
 """
 
 from __future__ import annotations

@@ -2,6 +2,37 @@
 
 A Ctrl-C or crash in the middle of writing leaves the previous file (or nothing) at the
 destination, never a half-written one.
+
+Example (in a temporary directory):
+
+>>> import tempfile
+>>> from pathlib import Path
+>>> import numpy as np
+>>> from coinfer.sdk.fsutil import atomic_directory, atomic_write_json
+>>> work = tempfile.TemporaryDirectory()
+>>> root = Path(work.name)
+>>> atomic_write_json(root / "metrics.json", {"accuracy": np.float32(0.5), "counts": np.arange(2)})
+>>> print((root / "metrics.json").read_text())
+{
+  "accuracy": 0.5,
+  "counts": [
+    0,
+    1
+  ]
+}
+>>> with atomic_directory(root / "model") as staging:
+...     _ = (staging / "weights.bin").write_bytes(b"...")
+...     print((root / "model").exists())        # nothing at the destination until the end
+False
+>>> sorted(path.name for path in (root / "model").iterdir())
+['weights.bin']
+>>> try:
+...     with atomic_directory(root / "model"):
+...         pass
+... except FileExistsError as error:
+...     print(error.args[0].replace(work.name, "TMP"))
+TMP/model already exists (pass overwrite=True to replace it)
+>>> work.cleanup()
 """
 
 from __future__ import annotations
@@ -15,13 +46,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from coinfer.sdk.errors import OutputExistsError
+
 
 @contextlib.contextmanager
 def atomic_directory(destination: str | os.PathLike, *, overwrite: bool = False) -> Iterator[Path]:
     """Yield an empty temporary directory that replaces ``destination`` on success."""
     destination = Path(destination)
     if destination.exists() and not overwrite:
-        raise FileExistsError(f"{destination} already exists (pass overwrite=True to replace it)")
+        raise OutputExistsError(f"{destination} already exists (pass overwrite=True to replace it)")
     destination.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", dir=destination.parent))
     try:

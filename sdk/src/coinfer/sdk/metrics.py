@@ -8,6 +8,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from coinfer.sdk.errors import InvalidArgumentError
+
 
 def max_abs_error(reference: np.ndarray, candidate: np.ndarray) -> float:
     """Largest absolute difference; shapes must match."""
@@ -37,7 +39,7 @@ def cosine_similarity(reference: np.ndarray, candidate: np.ndarray) -> np.ndarra
 def _same_shape(reference: np.ndarray, candidate: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     reference, candidate = np.asarray(reference), np.asarray(candidate)
     if reference.shape != candidate.shape:
-        raise ValueError(f"shapes differ: reference {reference.shape}, candidate {candidate.shape}")
+        raise InvalidArgumentError(f"shapes differ: reference {reference.shape}, candidate {candidate.shape}")
     return reference, candidate
 
 

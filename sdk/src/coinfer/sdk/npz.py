@@ -5,10 +5,32 @@ code. :func:`read_arrays` reads each member's header first, refuses object and r
 dtypes, checks that the declared size matches the bytes present (a truncated file is
 named as such) and that the total stays under ``max_bytes``, and only then reads.
 
-Example::
+Example (in a temporary directory):
 
-    write_arrays("out/table.npz", {"x": np.zeros((3, 2), np.float32)})
-    arrays = read_arrays("out/table.npz", required=("x",), max_bytes=1 << 20)
+>>> import tempfile
+>>> from pathlib import Path
+>>> import numpy as np
+>>> from coinfer.sdk.npz import NpzError, read_arrays, write_arrays
+>>> work = tempfile.TemporaryDirectory()
+>>> path = write_arrays(Path(work.name) / "table.npz", {"x": np.zeros((3, 2), np.float32),
+...                                                    "names": np.array(["a", "b"])})
+>>> arrays = read_arrays(path, required=("x",), max_bytes=1 << 20)
+>>> sorted(arrays), arrays["x"].shape, arrays["names"].tolist()
+(['names', 'x'], (3, 2), ['a', 'b'])
+>>> read_arrays(path, required=("y",), max_bytes=1 << 20)
+Traceback (most recent call last):
+    ...
+coinfer.sdk.npz.NpzError: .../table.npz: missing array(s) 'y' (it holds ['names', 'x'])
+>>> read_arrays(path, max_bytes=16)
+Traceback (most recent call last):
+    ...
+coinfer.sdk.npz.NpzError: .../table.npz: the arrays need more than 16 bytes (the limit)
+>>> np.savez(Path(work.name) / "objects.npz", x=np.array([{"run": "code"}], dtype=object))
+>>> read_arrays(Path(work.name) / "objects.npz", max_bytes=1 << 20)
+Traceback (most recent call last):
+    ...
+coinfer.sdk.npz.NpzError: .../objects.npz: 'x' has dtype object (objects or records); ...never unpickled
+>>> work.cleanup()
 """
 
 from __future__ import annotations

@@ -1,17 +1,59 @@
 """Scene sets on disk: camera videos with per-frame results, verified on load.
 
-A scene set is a directory of camera videos, one ``.npz`` of per-frame arrays per camera
-(detections of each task as CSR boxes, and in a generated set the generative truth, the
-clock and light, and an aligned audio track) and ``scenes.json``, the index holding the
-format, version and the sha256 of every file. ``coinfer data scenes`` (coinfer-bench)
-generates them; the edge trains and replays on them. Only numpy and the standard library
-are needed to read one.
+A scene set is what a decode-all video-analytics system records: per camera, a video and
+what the real detectors found on each of its decoded frames. It comes from one of two
+sources, read by the same loader:
+
+- generated: ``coinfer data scenes`` (coinfer-bench) draws the videos into the set and also
+  stores what only a generator knows: the generative truth (the actors' boxes, kinds,
+  identities and visible fractions), the clock and light, and optionally an audio track;
+- recorded from real video: ``coinfer gate train --videos DIR`` (:mod:`coinfer.edge.recorder`)
+  decodes the user's own files, which stay where they are, and stores the detections plus
+  the decode-all packet log, so a later run trains again without decoding. Nothing
+  generative exists for such a set: its accessors (:attr:`SceneCamera.clock_hours`,
+  :meth:`SceneCamera.truth`, ...) raise :class:`NoTruthError` naming what is missing.
+
+The edge trains and replays on both. Only numpy and the standard library are needed to
+read one. Format (version 1), a directory holding::
+
+    scenes.json   {"format": "coinfer-scenes", "version": 1, "tasks": [task, ...],
+                   "cameras": [{"id", "video", "results", ...}, ...],
+                   "files": {file name in the set: sha256}}
+        generated: also "frames" (every camera's), "fps", "width", "height", "codec", "gop",
+                   "actor_kinds" (what truth.kinds index), the options it was drawn with
+                   and, with audio, "audio" (see coinfer.bench.data.scenes); "video" and
+                   "results" are files of the set
+        recorded:  also "videos": {"directory": absolute path, "files": {video name: sha256}},
+                   checked on load (a video changed since it was recorded is refused); each
+                   camera's "video" is a name in it and the camera entry adds "frames",
+                   "fps", "width", "height", "codec", "time_base", "frame_rate",
+                   "parse_errors" and "decode_errors"
+    RESULTS.npz   one per camera (:func:`write_npz`), N = the camera's display frames:
+        pts              int64 [N]        the decoder's timestamp of display frame d (a raw
+                                          stream without timestamps: its packet's decode index)
+        TASK.offsets     int64 [N + 1]    frame d's detections are boxes[offsets[d]:offsets[d + 1]]
+        TASK.boxes       float32 [K, 4]   x, y, w, h in frame pixels
+      generated only:
+        clock_hours float32 [N], night bool [N], activity float32 [N]
+        truth.offsets int64 [N + 1], truth.boxes float32 [T, 4], truth.kinds int16 [T],
+        truth.ids int32 [T], truth.visible float32 [T]
+        audio int16 [N * S], audio.speech bool [N]            (a set generated with audio)
+      recorded only, the decode-all packet log (P packets in decode order):
+        packets.pts, packets.dts      int64 [P]   NO_TIMESTAMP (FFmpeg's AV_NOPTS_VALUE) if none
+        packets.size int64 [P], packets.keyframe bool [P]
+        packets.picture int8 [P]      the parsed coinfer.sdk.gate.packet.PictureType
+        packets.reference, packets.random_access, packets.show   bool [P]  (parsed header)
+        packets.frame int64 [P]       display index of the packet's picture
+        packets.decoded_picture int8 [P]         the picture type the decoder reported
+        packets.decode_seconds float64 [P]       the time decoding the packet took
 
 Example::
 
-    scenes = SceneSet.load("data/campus")
+    scenes = SceneSet.load("data/campus")          # or the logs of `coinfer gate train --videos`
     for camera in scenes.cameras:
         print(camera.id, camera.video_path, camera.counts("faces").mean())
+    if scenes.has_truth:
+        print(scenes.cameras[0].truth_counts("face").mean())
 """
 
 from __future__ import annotations
@@ -37,10 +79,35 @@ PRESENCE_KINDS = ("face", "person")
 PRESENCE_VISIBLE = 0.3
 NO_AUDIO_HINT = ("the set was generated without audio; regenerate it with `coinfer data scenes --audio` "
                  "(SceneOptions(audio=True))")
+#: Why a set recorded from real video has no clock, light or actors.
+NO_TRUTH = "recorded from real video: no generative truth"
+#: A packet without a timestamp (raw Annex-B streams), as FFmpeg's AV_NOPTS_VALUE.
+NO_TIMESTAMP = np.iinfo(np.int64).min
+#: The decode-all packet log of a recorded set: array name -> dtype (one row per packet).
+PACKET_ARRAYS: dict[str, Any] = {
+    "packets.pts": np.int64, "packets.dts": np.int64, "packets.size": np.int64,
+    "packets.keyframe": np.bool_, "packets.picture": np.int8, "packets.reference": np.bool_,
+    "packets.random_access": np.bool_, "packets.show": np.bool_, "packets.frame": np.int64,
+    "packets.decoded_picture": np.int8, "packets.decode_seconds": np.float64,
+}
 
 
 class SceneFormatError(CoinferError):
     """A scene set on disk is missing, tampered with, or of another format or version."""
+
+
+class NoTruthError(CoinferError):
+    """What only a generator knows was asked of a set recorded from real video."""
+
+
+def boxes_csr(rows: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-frame detections (float32 [K, 4] each) as the ``TASK.offsets`` and ``TASK.boxes``
+    arrays of a results file; :meth:`SceneCamera.boxes` reads them back."""
+    offsets = np.zeros(len(rows) + 1, np.int64)
+    offsets[1:] = np.cumsum([len(row) for row in rows])
+    boxes = np.concatenate([np.asarray(row, np.float32).reshape(-1, 4) for row in rows]) if rows \
+        else np.zeros((0, 4), np.float32)
+    return offsets, boxes
 
 
 def presence(offsets: np.ndarray, kinds: np.ndarray, visible: np.ndarray,
@@ -85,14 +152,17 @@ def sha256_of(path: Path) -> str:
 
 class SceneCamera:
     """One camera of a loaded scene set: its video file, per-frame arrays and, in a set made
-    with ``audio=True``, its audio track (``audio_info``: the set's ``"audio"`` facts)."""
+    with ``audio=True``, its audio track (``audio_info``: the set's ``"audio"`` facts).
+
+    ``video_dir`` is where the video lives when it is not in the set (a set recorded from
+    real video keeps the user's files where they are)."""
 
     def __init__(self, root: Path, entry: dict[str, Any], arrays: dict[str, np.ndarray],
                  tasks: Sequence[str], kinds: Sequence[str],
-                 audio_info: dict[str, Any] | None = None) -> None:
+                 audio_info: dict[str, Any] | None = None, *, video_dir: Path | None = None) -> None:
         self.entry = entry
         self.id: str = entry["id"]
-        self.video_path = root / entry["video"]
+        self.video_path = (root if video_dir is None else video_dir) / entry["video"]
         self.results_path = root / entry["results"]
         self.tasks = tuple(tasks)
         self.kinds = tuple(kinds)
@@ -108,16 +178,31 @@ class SceneCamera:
         return self.arrays["pts"]
 
     @property
+    def has_truth(self) -> bool:
+        """Whether the generator's truth, clock and light are here (False for real video)."""
+        return "truth.offsets" in self.arrays
+
+    @property
+    def has_packet_log(self) -> bool:
+        """Whether the decode-all packet log was recorded (sets recorded from real video)."""
+        return "packets.size" in self.arrays
+
+    def _generative(self, name: str) -> np.ndarray:
+        if name not in self.arrays:
+            raise NoTruthError(f"camera {self.id} of {self.results_path.parent} has no {name}: {NO_TRUTH}")
+        return self.arrays[name]
+
+    @property
     def clock_hours(self) -> np.ndarray:
-        return self.arrays["clock_hours"]
+        return self._generative("clock_hours")
 
     @property
     def night(self) -> np.ndarray:
-        return self.arrays["night"]
+        return self._generative("night")
 
     @property
     def activity(self) -> np.ndarray:
-        return self.arrays["activity"]
+        return self._generative("activity")
 
     @property
     def has_audio(self) -> bool:
@@ -157,7 +242,8 @@ class SceneCamera:
     def people_present(self) -> np.ndarray:
         """bool per frame: someone who could be talking is in view (see :func:`presence`)."""
         arrays = self.arrays
-        return presence(arrays["truth.offsets"], arrays["truth.kinds"], arrays["truth.visible"], self.kinds)
+        return presence(self._generative("truth.offsets"), arrays["truth.kinds"], arrays["truth.visible"],
+                        self.kinds)
 
     def _rows(self, prefix: str, name: str) -> list[np.ndarray]:
         offsets, values = self.arrays[f"{prefix}.offsets"], self.arrays[f"{prefix}.{name}"]
@@ -180,6 +266,7 @@ class SceneCamera:
 
     def truth(self, kind: str | None = None) -> list[dict[str, np.ndarray]]:
         """Truth rows per frame (boxes, kinds, ids, visible), optionally of one kind."""
+        self._generative("truth.offsets")
         rows = {name: self._rows("truth", name) for name in ("boxes", "kinds", "ids", "visible")}
         code = self._kind_code(kind) if kind is not None else None
         out = []
@@ -189,6 +276,7 @@ class SceneCamera:
         return out
 
     def _kind_code(self, kind: str) -> int:
+        self._generative("truth.offsets")
         if kind not in self.kinds:
             raise CoinferError(f"unknown actor kind {kind!r}; choose from {', '.join(self.kinds)}")
         return self.kinds.index(kind)
@@ -202,7 +290,8 @@ class SceneCamera:
 
 
 class SceneSet:
-    """A generated scene set, verified on load (format, version, sha256 of every file)."""
+    """A generated or recorded scene set, verified on load (format, version, sha256 of every
+    file, and of a recorded set's source videos)."""
 
     def __init__(self, root: Path, index: dict[str, Any], cameras: list[SceneCamera]) -> None:
         self.root = root
@@ -210,12 +299,29 @@ class SceneSet:
         self.cameras = cameras
 
     @property
+    def recorded(self) -> bool:
+        """Whether the set was recorded from real video (see the module doc), not generated."""
+        return "videos" in self.index
+
+    @property
+    def has_truth(self) -> bool:
+        """Whether the generator's truth, clock and light are here."""
+        return not self.recorded
+
+    def _set_wide(self, key: str) -> Any:
+        """A fact every camera of a generated set shares; a recorded set's videos each have their own."""
+        if key not in self.index:
+            raise CoinferError(f"{self.root} was recorded from real video, whose files differ: it has no "
+                               f"set-wide {key!r} (each camera's entry has its own)")
+        return self.index[key]
+
+    @property
     def fps(self) -> int:
-        return int(self.index["fps"])
+        return int(self._set_wide("fps"))
 
     @property
     def frames(self) -> int:
-        return int(self.index["frames"])
+        return int(self._set_wide("frames"))
 
     @property
     def tasks(self) -> tuple[str, ...]:
@@ -223,11 +329,13 @@ class SceneSet:
 
     @property
     def actor_kinds(self) -> tuple[str, ...]:
+        if "actor_kinds" not in self.index:
+            raise NoTruthError(f"{self.root} has no actor kinds: {NO_TRUTH}")
         return tuple(self.index["actor_kinds"])
 
     @property
     def gop(self) -> int:
-        return int(self.index["gop"])
+        return int(self._set_wide("gop"))
 
     @property
     def has_audio(self) -> bool:
@@ -251,7 +359,8 @@ class SceneSet:
         index_path = root / INDEX_FILE
         if not index_path.is_file():
             raise SceneFormatError(f"{index_path} is missing: not a scene set (generate one with "
-                                   "`coinfer data scenes`)")
+                                   "`coinfer data scenes`, or record your videos with "
+                                   "`coinfer gate train --videos`)")
         try:
             index = json.loads(index_path.read_text(encoding="utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as error:
@@ -262,10 +371,12 @@ class SceneSet:
         if index.get("version") != VERSION:
             raise SceneFormatError(f"{index_path}: version {index.get('version')!r} is not supported "
                                    f"(this coinfer reads version {VERSION})")
-        for key in ("frames", "tasks", "actor_kinds", "cameras", "files"):
+        recorded = "videos" in index
+        for key in ("tasks", "cameras", "files", *(() if recorded else ("frames", "actor_kinds"))):
             if key not in index:
                 raise SceneFormatError(f"{index_path} has no {key!r} entry")
         files = index["files"]
+        video_dir = _check_videos(root, index) if recorded else None
         for name, expected in files.items():
             path = root / name
             if Path(name).name != name:
@@ -280,13 +391,40 @@ class SceneSet:
             _check_audio_index(index_path, index)
         cameras = []
         for entry in index["cameras"]:
-            for key in ("video", "results"):
-                if entry.get(key) not in files:
+            videos = index["videos"]["files"] if recorded else files
+            for key, listed in (("video", videos), ("results", files)):
+                if entry.get(key) not in listed:
                     raise SceneFormatError(f"{index_path}: camera {entry.get('id')!r} {key} file "
                                            f"{entry.get(key)!r} is not listed with a sha256")
-            arrays = _load_results(root / entry["results"], index)
-            cameras.append(SceneCamera(root, entry, arrays, index["tasks"], index["actor_kinds"], audio))
+            frames = entry.get("frames") if recorded else index["frames"]
+            if not isinstance(frames, int) or frames < 0:
+                raise SceneFormatError(f"{index_path}: camera {entry.get('id')!r} has no valid frame count "
+                                       f"({frames!r})")
+            arrays = _load_results(root / entry["results"], index, frames, recorded)
+            cameras.append(SceneCamera(root, entry, arrays, index["tasks"], index.get("actor_kinds", ()),
+                                       audio, video_dir=video_dir))
         return cls(root, index, cameras)
+
+
+def _check_videos(root: Path, index: dict[str, Any]) -> Path:
+    """A recorded set's source videos must be where they were and unchanged: the detections
+    and packet log describe those bytes. Returns their directory."""
+    videos = index["videos"]
+    if not isinstance(videos, dict) or not isinstance(videos.get("directory"), str) \
+            or not isinstance(videos.get("files"), dict):
+        raise SceneFormatError(f"{root / INDEX_FILE}: 'videos' must hold a 'directory' and its 'files'")
+    directory = Path(videos["directory"])
+    for name, expected in videos["files"].items():
+        path = directory / name
+        if Path(name).name != name:
+            raise SceneFormatError(f"{root / INDEX_FILE} lists video {name!r}, not a plain file name")
+        if not path.is_file():
+            raise SceneFormatError(f"{path}, the video {root} was recorded from, is missing; record the "
+                                   "videos again where they are now")
+        if sha256_of(path) != expected:
+            raise SceneFormatError(f"{path} changed since {root} was recorded from it (its sha256 differs); "
+                                   "record the videos again")
+    return directory
 
 
 def _check_audio_index(index_path: Path, index: dict[str, Any]) -> None:
@@ -299,9 +437,9 @@ def _check_audio_index(index_path: Path, index: dict[str, Any]) -> None:
                                f"do not fit fps {index.get('fps')!r}")
 
 
-def _load_results(path: Path, index: dict[str, Any]) -> dict[str, np.ndarray]:
-    """Read a camera's npz and check every array's presence, dtype and shape."""
-    frames = int(index["frames"])
+def _load_results(path: Path, index: dict[str, Any], frames: int, recorded: bool) -> dict[str, np.ndarray]:
+    """Read a camera's npz and check every array's presence, dtype and shape: a generated
+    camera's truth, clock and light, a recorded one's packet log."""
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {name: archive[name] for name in archive.files}
@@ -319,11 +457,19 @@ def _load_results(path: Path, index: dict[str, Any]) -> dict[str, np.ndarray]:
         return array
 
     need("pts", np.int64, (frames,))
-    need("clock_hours", np.float32, (frames,))
-    need("night", np.bool_, (frames,))
-    need("activity", np.float32, (frames,))
+    if recorded:
+        packets = len(need("packets.size", np.int64, (None,)))
+        for name, dtype in PACKET_ARRAYS.items():
+            need(name, dtype, (packets,))
+        shown = arrays["packets.frame"]
+        if packets and (shown.min() < 0 or shown.max() >= frames):
+            raise SceneFormatError(f"{path}: packets.frame must index the {frames} frames")
+    else:
+        need("clock_hours", np.float32, (frames,))
+        need("night", np.bool_, (frames,))
+        need("activity", np.float32, (frames,))
     for prefix, extra in [*((task, ()) for task in index["tasks"]),
-                          ("truth", ("kinds", "ids", "visible"))]:
+                          *(() if recorded else [("truth", ("kinds", "ids", "visible"))])]:
         offsets = need(f"{prefix}.offsets", np.int64, (frames + 1,))
         boxes = need(f"{prefix}.boxes", np.float32, (None, 4))
         if offsets[0] != 0 or offsets[-1] != len(boxes) or np.any(np.diff(offsets) < 0):

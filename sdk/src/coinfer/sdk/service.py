@@ -20,19 +20,38 @@ import secrets
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
-from coinfer.sdk.errors import CoinferError
+from coinfer.sdk.errors import CoinferError, InputNotFoundError
 
-__all__ = ["TOKEN_ENV", "ServiceError", "ThreadedServer", "bearer_matches", "client_token",
-           "read_limited_body", "refuse_with", "resolve_token"]
+__all__ = ["TOKEN_ENV", "IdleSlot", "ServiceError", "ThreadedServer", "bearer_matches", "client_token",
+           "evict_idle", "read_limited_body", "refuse_with", "resolve_token"]
 
 #: The environment variable services and clients read the bearer token from.
 TOKEN_ENV = "COINFER_TOKEN"
 
 _Server = TypeVar("_Server", bound="ThreadedServer")
+
+
+class IdleSlot(Protocol):
+    """What a service holds for one client (a KV-cache session, a camera stream): the
+    ``time.monotonic()`` of the request that last used it."""
+
+    last_active: float
+
+
+_Slot = TypeVar("_Slot", bound=IdleSlot)
+
+
+def evict_idle(slots: MutableMapping[str, _Slot], idle_seconds: float) -> None:
+    """Free the slots no request used for more than ``idle_seconds``, so a client that went
+    away without closing its session or stream does not hold a slot for good. Call it with
+    the lock that guards ``slots`` held."""
+    now = time.monotonic()
+    for key in [key for key, slot in slots.items() if now - slot.last_active > idle_seconds]:
+        del slots[key]
 
 
 class ServiceError(CoinferError):
@@ -52,8 +71,11 @@ def _given_token(token_file: Path | None, env: str) -> str:
     if token_file is None:
         return os.environ.get(env, "")
     if not token_file.is_file():
-        raise CoinferError(f"{token_file}: no such token file")
-    return token_file.read_text().strip()
+        raise InputNotFoundError(f"{token_file}: no such token file")
+    try:
+        return token_file.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as error:
+        raise CoinferError(f"{token_file}: unreadable token file: {error}") from error
 
 
 def resolve_token(token_file: Path | None, env: str = TOKEN_ENV) -> str:

@@ -32,20 +32,33 @@ Decoders check the fixed header (magic, version, type, flags, H and P against
 so a hostile peer cannot make a receiver buffer or allocate more than its limits.
 Every malformed input raises :class:`WireError`.
 
-Example::
+Example:
 
-    import numpy as np
-    from coinfer.sdk import wire
+>>> import numpy as np
+>>> from coinfer.sdk import wire
+>>> frame = wire.encode(wire.Message(wire.MessageType.TENSORS, {"step": 3},
+...                                  {"x": np.arange(6, dtype=np.float32).reshape(2, 3)}))
+>>> frame[:4], len(frame), wire.frame_length(frame[:20])
+(b'CNFR', 67, 67)
+>>> message = wire.decode(frame)
+>>> message.type, message.header
+(<MessageType.TENSORS: 1>, {'step': 3})
+>>> message.arrays["x"]
+array([[0., 1., 2.],
+       [3., 4., 5.]], dtype=float32)
+>>> wire.decode(frame[:-1])
+Traceback (most recent call last):
+    ...
+coinfer.sdk.wire.WireError: truncated frame: 66 of 67 bytes
 
-    frame = wire.encode(wire.Message(wire.MessageType.TENSORS, {"step": 3},
-                                     {"x": np.arange(6, dtype=np.float32).reshape(2, 3)}))
-    message = wire.decode(frame)
-    assert message.header == {"step": 3} and message.arrays["x"].shape == (2, 3)
+A :class:`FrameDecoder` reads frames from a byte stream (a socket, a pipe) in any chunking:
 
-    decoder = wire.FrameDecoder()              # for byte streams (sockets, pipes)
-    for message in decoder.feed(frame[:7]) + decoder.feed(frame[7:]):
-        ...
-    decoder.close()                            # raises if the stream stopped mid-frame
+>>> decoder = wire.FrameDecoder()
+>>> decoder.feed(frame[:7]), decoder.buffered
+([], 7)
+>>> [m.header for m in decoder.feed(frame[7:] + frame)]
+[{'step': 3}, {'step': 3}]
+>>> decoder.close()                 # raises WireError if the stream stopped mid-frame
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ from typing import Any
 
 from coinfer.edge.gate.decoding import StreamDecoder
 from coinfer.edge.gate.traces import CameraTrace
+from coinfer.sdk.errors import InvalidArgumentError
 from coinfer.sdk.gate.costs import DecodeCostModel
 from coinfer.sdk.gate.policies import Policy
 from coinfer.sdk.gate.redundancy import RedundancyMeasure
@@ -71,7 +72,8 @@ def verify_gated_decoding(cameras: Sequence[CameraTrace], policy: Policy, costs:
     """Replay the gate over ``cameras`` while really decoding its plans; count mismatches."""
     missing = [camera.name for camera in cameras if len(camera.data) != len(camera.trace.packets)]
     if missing:
-        raise ValueError(f"cameras {missing} were loaded without their packet data (keep_data=True)")
+        raise InvalidArgumentError(f"cameras {missing} were loaded without their packet data "
+                                   f"(load them with keep_data=True)")
     references = [reference_digests(camera) for camera in cameras]
     decoders = [_DigestDecoder(camera) for camera in cameras]
 

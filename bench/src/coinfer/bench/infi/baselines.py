@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from coinfer.sdk.frame_change import pixel_change
 from coinfer.sdk.infi.curves import FilterCurve, optimal_rate
 from coinfer.sdk.infi.modalities import MODALITIES, InputError, log_mel_spectrogram
 from coinfer.sdk.infi.reuse import REPLACEMENTS, ReuseCurve, repeated_fraction
@@ -202,7 +203,8 @@ def frame_differences(frames: np.ndarray, features: Sequence[str] = FRAME_FEATUR
                       area_threshold: float = 0.1) -> dict[str, np.ndarray]:
     """Reducto's low-level change of each frame against the previous one, per feature, (n,) each.
 
-    - ``pixel``: mean absolute grey-level difference;
+    - ``pixel``: mean absolute grey-level difference (:func:`~coinfer.sdk.frame_change.pixel_change`,
+      the measure MLink's reuse gate uses);
     - ``edge``: fraction of pixels whose Canny edge map (thresholds 100/200) changed;
     - ``corner``: fraction of pixels whose Harris corner map (response above 1% of the
       frame's strongest corner and above 1e-4, so flat frames have none) changed;
@@ -215,10 +217,9 @@ def frame_differences(frames: np.ndarray, features: Sequence[str] = FRAME_FEATUR
         raise InputError(f"frame features must be a non-empty subset of {FRAME_FEATURES}, "
                          f"got {tuple(features)}")
     grey = _grey(_check_batch(frames, "image"))
-    change = np.abs(np.diff(grey, axis=0))
     maps: dict[str, Callable[[], np.ndarray]] = {
-        "pixel": lambda: change.mean(axis=(1, 2)),
-        "area": lambda: (change > area_threshold).mean(axis=(1, 2)),
+        "pixel": lambda: pixel_change(grey[1:], grey[:-1]),
+        "area": lambda: (np.abs(np.diff(grey, axis=0)) > area_threshold).mean(axis=(1, 2)),
         "edge": lambda: _map_changes(_edge_maps(grey)),
         "corner": lambda: _map_changes(_corner_maps(grey)),
     }

@@ -40,8 +40,7 @@ import numpy as np
 
 from coinfer.bench.infi.tasks import FilterTask
 from coinfer.converters.filters import export_filter
-from coinfer.sdk.cli.flags import add_bench, add_seed
-from coinfer.sdk.errors import CoinferError
+from coinfer.sdk.cli.flags import add_bench, add_seed, positive
 
 
 @dataclass(frozen=True)
@@ -78,7 +77,7 @@ HEADLINE_IMAGE_TASK = "text"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_bench(parser, "the small configuration")
     add_seed(parser, "the generated workload")
-    parser.add_argument("--epochs", type=int, metavar="N",
+    parser.add_argument("--epochs", type=positive(int), metavar="N",
                         help="training epochs of the skip filters (default: the configuration's)")
 
 
@@ -91,8 +90,6 @@ def run(args: argparse.Namespace) -> int:
 
     scale = QUICK if args.quick else FULL
     if args.epochs is not None:
-        if args.epochs < 1:
-            raise CoinferError(f"--epochs must be >= 1, got {args.epochs}")
         scale = replace(scale, epochs=args.epochs)
     with tempfile.TemporaryDirectory(prefix="coinfer-infi-bench-") as scratch:
         workdir = args.workdir or Path(scratch)

@@ -52,7 +52,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from coinfer.edge.infi.service import DETECT_PATH, JPEG_TYPE, DetectionOptions, DetectionServer
-from coinfer.sdk.errors import CoinferError
+from coinfer.sdk.errors import CoinferError, InvalidArgumentError
 
 #: OpenCV's JPEG quality (0-100) for offloaded frames; 80 is a common camera default.
 JPEG_QUALITY = 80
@@ -65,7 +65,7 @@ def encode_jpeg(frame: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:
     import cv2
 
     if not 0 <= quality <= 100:
-        raise ValueError(f"JPEG quality must be in [0, 100], got {quality}")
+        raise InvalidArgumentError(f"JPEG quality must be in [0, 100], got {quality}")
     bgr = cv2.cvtColor(frame, cv2.COLOR_RGB2BGR)
     ok, data = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, quality])
     if not ok:
@@ -151,7 +151,7 @@ def _paired_passes(frames_small: np.ndarray, skip_filter: Any, repeats: int,
     runs ``repeats`` times (``reset`` before each); the seconds are the medians of the totals.
     """
     if repeats < 1:
-        raise ValueError(f"repeats must be >= 1, got {repeats}")
+        raise InvalidArgumentError(f"repeats must be >= 1, got {repeats}")
     count = len(frames_small)
     skipped = np.zeros(count, dtype=bool)
     found_all = np.full(count, -1, dtype=np.int64)
@@ -186,8 +186,8 @@ def _accuracy(skipped: np.ndarray, found: np.ndarray, reference: np.ndarray) -> 
 
 def _check_frames(frames_small: np.ndarray, frames_full: np.ndarray) -> int:
     if len(frames_small) != len(frames_full) or len(frames_full) == 0:
-        raise ValueError(f"need as many small frames as full ones, at least one; got {len(frames_small)} "
-                         f"and {len(frames_full)}")
+        raise InvalidArgumentError(f"need as many small frames as full ones, at least one; got "
+                                   f"{len(frames_small)} and {len(frames_full)}")
     return len(frames_full)
 
 

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from coinfer.bench.infi.tasks import SPLIT_BLOCK, SceneFrames, check_split
+from coinfer.sdk.splits import stream_positions
 
 
 @dataclass(frozen=True)
@@ -35,10 +36,7 @@ class DriftOptions:
 
 def stream_order(frames: SceneFrames, rows: np.ndarray) -> np.ndarray:
     """``rows`` ordered by time, cameras interleaved."""
-    position = np.zeros(len(frames.camera), dtype=np.int64)
-    for camera in np.unique(frames.camera):
-        mine = np.flatnonzero(frames.camera == camera)
-        position[mine] = np.arange(mine.size)
+    position = stream_positions(frames.camera)
     return rows[np.lexsort((frames.camera[rows], position[rows]))]
 
 

@@ -28,6 +28,7 @@ import numpy as np
 
 from coinfer.bench.infi.tasks import SPLIT_BLOCK, FilterTask, SceneFrames, check_split, median_ms
 from coinfer.bench.models.ocr_split import DetectorSplit
+from coinfer.sdk.errors import InvalidArgumentError
 from coinfer.sdk.infi.measurements import create_measurement
 from coinfer.sdk.infi.modalities import ModalitySpec
 
@@ -43,8 +44,8 @@ _BATCH = 8
 
 def _text_boxes(frames: SceneFrames) -> list[np.ndarray]:
     if TEXT not in frames.boxes:
-        raise ValueError(f"the scene set has no {TEXT!r} detections (tasks: {', '.join(frames.boxes)}); "
-                         f"generate it with tasks including {TEXT!r}")
+        raise InvalidArgumentError(f"the scene set has no {TEXT!r} detections (tasks: "
+                                   f"{', '.join(frames.boxes)}); generate it with tasks including {TEXT!r}")
     return frames.boxes[TEXT]
 
 
@@ -97,7 +98,7 @@ def _pool(maps: np.ndarray, factor: int) -> np.ndarray:
     """(N, C, H, W) -> (N, H / factor, W / factor, C) by average pooling (sides must divide)."""
     n, channels, height, width = maps.shape
     if factor < 1 or height % factor or width % factor:
-        raise ValueError(f"pool factor {factor} does not divide the {height}x{width} feature map")
+        raise InvalidArgumentError(f"pool factor {factor} does not divide the {height}x{width} feature map")
     blocks = maps.reshape(n, channels, height // factor, factor, width // factor, factor)
     return blocks.mean(axis=(3, 5)).transpose(0, 2, 3, 1).astype(np.float32)
 
@@ -116,7 +117,7 @@ def text_featuremap_task(frames: SceneFrames, train: np.ndarray, split: Detector
     from coinfer.edge.models import ocr
 
     if modality not in FEATUREMAP_MODALITIES:
-        raise ValueError(f"modality must be one of {FEATUREMAP_MODALITIES}, got {modality!r}")
+        raise InvalidArgumentError(f"modality must be one of {FEATUREMAP_MODALITIES}, got {modality!r}")
     boxes = _text_boxes(frames)
     train = check_split(frames, train)
     detector = SplitTextDetector(split)
@@ -165,11 +166,11 @@ def partition_report(task: FilterTask, skip_decisions: np.ndarray, filter_ms: fl
     The device runs the head (and the filter, ``filter_ms``) on every frame either way.
     """
     if "feature_bytes" not in task.extra:
-        raise ValueError(f"task {task.name!r} is not a partition task (no extra['feature_bytes'])")
+        raise InvalidArgumentError(f"task {task.name!r} is not a partition task (no extra['feature_bytes'])")
     skip = np.asarray(skip_decisions)
     if skip.shape != (len(task.test_y),) or skip.dtype.kind not in "biu":
-        raise ValueError(f"need one bool skip decision per test frame ({len(task.test_y)}), got "
-                         f"{skip.dtype} of shape {skip.shape}")
+        raise InvalidArgumentError(f"need one bool skip decision per test frame ({len(task.test_y)}), got "
+                                   f"{skip.dtype} of shape {skip.shape}")
     skip = skip.astype(bool)
     redundant = task.redundant(task.test_y)
     frames, sent = skip.size, int((~skip).sum())

@@ -27,8 +27,11 @@ from typing import Any
 
 import numpy as np
 
+from coinfer.sdk.errors import InvalidArgumentError
 from coinfer.sdk.infi.measurements import Measurement, create_measurement
 from coinfer.sdk.infi.modalities import ModalitySpec, log_mel_spectrogram
+from coinfer.sdk.scenes import SceneFormatError
+from coinfer.sdk.splits import block_split
 
 #: The topics the text application acts on (the rest is redundant).
 KEPT_TOPICS = ("sports", "finance")
@@ -101,8 +104,8 @@ def decode_scene_frames(directory: str | Path, size: tuple[int, int]) -> SceneFr
         with av.open(str(cam.video_path)) as container:
             frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
         if len(frames) != cam.frame_count:
-            raise ValueError(f"{cam.video_path}: decoded {len(frames)} frames, the index says "
-                             f"{cam.frame_count}")
+            raise SceneFormatError(f"{cam.video_path}: decoded {len(frames)} frames, the index says "
+                                   f"{cam.frame_count}")
         full.extend(frames)
         small.extend(cv2.resize(f, (width, height), interpolation=cv2.INTER_AREA) for f in frames)
         camera.extend([index] * len(frames))
@@ -120,26 +123,21 @@ SPLIT_EVERY = 3
 
 def time_split(frames: SceneFrames, block: int = SPLIT_BLOCK, every: int = SPLIT_EVERY) -> np.ndarray:
     """Training mask: every ``every``-th block of ``block`` consecutive frames of each camera
-    is held out for testing, the rest trains.
+    is held out for testing, the rest trains (:func:`~coinfer.sdk.splits.block_split`).
 
     An edge trains the filters of the cameras it serves (the paper's setting), so the test
-    frames come from the same cameras at other moments; holding out whole blocks keeps the
-    near-identical neighbours of a test frame out of training."""
-    position = np.zeros(len(frames.camera), dtype=np.int64)
-    for camera in np.unique(frames.camera):
-        mine = np.flatnonzero(frames.camera == camera)
-        position[mine] = np.arange(mine.size)
-    return check_split(frames, (position // block) % every != every - 1)
+    frames come from the same cameras at other moments."""
+    return check_split(frames, block_split(frames.camera, block, every))
 
 
 def check_split(frames: SceneFrames, train: np.ndarray) -> np.ndarray:
     """``train`` as one bool per frame, with frames on both sides."""
     train = np.asarray(train, dtype=bool)
     if train.shape != (len(frames.camera),):
-        raise ValueError(f"the split needs one bool per frame ({len(frames.camera)}), "
-                         f"got shape {train.shape}")
+        raise InvalidArgumentError(f"the split needs one bool per frame ({len(frames.camera)}), "
+                                   f"got shape {train.shape}")
     if train.all() or not train.any():
-        raise ValueError(f"the split leaves no {'test' if train.all() else 'training'} frames")
+        raise InvalidArgumentError(f"the split leaves no {'test' if train.all() else 'training'} frames")
     return train
 
 

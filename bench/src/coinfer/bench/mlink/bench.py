@@ -55,8 +55,9 @@ from coinfer.bench.mlink.experiments import (
     memory_report,
     online_report,
 )
-from coinfer.sdk.cli.flags import add_bench, add_seed
+from coinfer.sdk.cli.flags import add_bench, add_seed, positive
 from coinfer.sdk.cli.report import print_metrics
+from coinfer.sdk.splits import block_split
 
 #: Share of the all-models time per step the budgeted experiment may spend.
 HALF_BUDGET = 0.5
@@ -99,7 +100,8 @@ FULL = BenchScale(cameras=12, seconds=60.0, epochs=100, period=200, profile_frac
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_bench(parser, "the small configuration (6 cameras x 12 s)")
     add_seed(parser, "the generated workload")
-    parser.add_argument("--epochs", type=int, help="override the configuration's link training epochs")
+    parser.add_argument("--epochs", type=positive(int),
+                        help="override the configuration's link training epochs")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -139,17 +141,6 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def block_split(cameras: np.ndarray, block: int = SPLIT_BLOCK, every: int = SPLIT_EVERY) -> np.ndarray:
-    """True for training rows: each camera's steps in blocks of ``block``, every ``every``-th
-    block held out."""
-    train = np.ones(len(cameras), bool)
-    for camera in np.unique(cameras):
-        rows = np.flatnonzero(cameras == camera)
-        held = (np.arange(rows.size) // block) % every == every - 1
-        train[rows[held]] = False
-    return train
-
-
 def thumbnails(scene_dir: Path) -> np.ndarray:
     """A 32x18 grey thumbnail per step, what the Reducto-style baseline compares."""
     import cv2
@@ -177,7 +168,7 @@ def run_configuration(scale: BenchScale, workdir: Path, seed: int) -> dict[str, 
     thumbs = thumbnails(workdir / SCENES_DIR)
     timings["workload"] = time.perf_counter() - start
     cameras = table.context["camera"]
-    train = block_split(cameras)
+    train = block_split(cameras, SPLIT_BLOCK, SPLIT_EVERY)
     options = LinkOptions(epochs=scale.epochs, seed=seed)
     mark = time.perf_counter()
     graph = LinkGraph.train(table.take(train).outputs, table.specs, options)

@@ -1,6 +1,6 @@
 """``coinfer mlink serve``: the federated aggregation service for link graphs (FedAvg rounds).
 
-    coinfer mlink serve --links out/links --min-clients 3 [--state-dir out/links-rounds] [--port 8100]
+    coinfer mlink serve --links out/links --min-clients 3 [--state-dir out/links-rounds] [--port 8300]
 
 (``coinfer cloud serve mlink --graph ...`` is the old spelling, accepted for one release.)
 The bearer token comes from ``COINFER_TOKEN`` or ``--token-file``; without either, a fresh
@@ -13,7 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from coinfer.sdk.cli.flags import add_renamed, add_service, positive
+from coinfer.sdk.cli.flags import add_renamed, add_service, positive, work_directory
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -21,8 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="link graph artifact: the initial global links")
     add_renamed(parser, "--links", "--graph")
     parser.add_argument("--min-clients", type=positive(int), required=True, help="updates that close a round")
-    add_service(parser, port=8100)
-    parser.add_argument("--state-dir", type=Path, metavar="DIR",
+    add_service(parser, port=8300)
+    parser.add_argument("--state-dir", type=work_directory, metavar="DIR",
                         help="where each round's global links are saved and resumed from "
                              "(default: LINKS-rounds next to --links)")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from coinfer.sdk.cli.flags import positive
+from coinfer.sdk.cli.flags import check_output, positive
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,6 +26,7 @@ def run(args: argparse.Namespace) -> int:
 
     from coinfer.cloud.stip.publish import publish
 
+    check_output(args)  # before minutes of keying and transforming
     with Console(stderr=True).status("keying and transforming the model..."):
         instances = publish(args.model, args.out, instances=args.instances, overwrite=args.overwrite,
                             gguf_file=args.gguf)

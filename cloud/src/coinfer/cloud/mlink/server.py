@@ -27,7 +27,7 @@ round always agree), removes the older ones, and a restarted service resumes fro
 
 Example::
 
-    coinfer cloud serve mlink --graph out/links --min-clients 3 --state-dir out/fed   # COINFER_TOKEN
+    coinfer mlink serve --links out/links --min-clients 3 --state-dir out/fed   # COINFER_TOKEN
 
     # or in process, with two edge clients (``outputs_*``: aligned {model: outputs} per edge):
     from coinfer.cloud.mlink.server import LinkAggregator, create_app

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from coinfer.sdk.artifact import Artifact, Manifest, load_artifact, save_artifact
-from coinfer.sdk.errors import CoinferError
+from coinfer.sdk.errors import CoinferError, InvalidArgumentError, one_line
 from coinfer.sdk.stip import ModelLayout, generate_keys, transform_model
 from coinfer.sdk.stip.architectures import architecture_for
 from coinfer.sdk.stip.transform import strip_device_side
@@ -26,6 +26,11 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 USER_KEYS = "user.keys.npz"
 EMBEDDINGS = "embeddings.npy"
 PIXEL_EMBEDDING = "pixel_embedding.npz"
+
+
+class ModelLoadError(CoinferError):
+    """A model directory or server bundle that cannot be loaded: no or an unreadable
+    configuration, missing weights, or weights that do not fit the model class."""
 
 
 @dataclass(frozen=True)
@@ -41,15 +46,23 @@ def load_pretrained(model_dir: str | os.PathLike, gguf_file: str | None = None) 
 
     model_dir = Path(model_dir)
     if gguf_file is None and not (model_dir / "config.json").is_file():
-        raise CoinferError(f"{model_dir}: no config.json; expected a Hugging Face model directory")
+        raise ModelLoadError(f"{model_dir}: no config.json; expected a Hugging Face model directory")
     if gguf_file is not None and not (model_dir / gguf_file).is_file():
-        raise CoinferError(f"{model_dir / gguf_file}: no such GGUF file")
-    config = transformers.AutoConfig.from_pretrained(model_dir, gguf_file=gguf_file, local_files_only=True)
+        raise ModelLoadError(f"{model_dir / gguf_file}: no such GGUF file")
+    source = model_dir / (gguf_file or "config.json")
+    try:
+        config = transformers.AutoConfig.from_pretrained(model_dir, gguf_file=gguf_file,
+                                                         local_files_only=True)
+    except (OSError, ValueError) as error:  # transformers' errors for unreadable or unknown configs
+        raise ModelLoadError(f"{source}: not a readable model configuration: {one_line(error)}") from error
     architecture_for(config)  # refuse unsupported model types before loading weights
     names = getattr(config, "architectures", None) or []
     model_class = next((getattr(transformers, name) for name in names if hasattr(transformers, name)),
                        transformers.AutoModelForCausalLM if gguf_file else transformers.AutoModel)
-    return model_class.from_pretrained(model_dir, gguf_file=gguf_file, local_files_only=True).eval()
+    try:
+        return model_class.from_pretrained(model_dir, gguf_file=gguf_file, local_files_only=True).eval()
+    except (OSError, ValueError) as error:  # no weights file, or one that does not fit the config
+        raise ModelLoadError(f"{model_dir}: cannot load the model's weights: {one_line(error)}") from error
 
 
 def output_kind(model: Any) -> tuple[str, int]:
@@ -67,7 +80,7 @@ def publish(model_dir: str | os.PathLike, out: str | os.PathLike, *, instances: 
             overwrite: bool = False, gguf_file: str | None = None) -> list[PublishedInstance]:
     """Publish ``instances`` independently keyed copies of the model in ``model_dir``."""
     if instances < 1:
-        raise CoinferError(f"instances must be >= 1, got {instances}")
+        raise InvalidArgumentError(f"instances must be >= 1, got {instances}")
     model = load_pretrained(model_dir, gguf_file)
     out = Path(out)
     roots = [out] if instances == 1 else [out / f"instance-{k}" for k in range(instances)]
@@ -134,17 +147,18 @@ def load_cloud_model(artifact: Artifact | str | os.PathLike) -> tuple[Any, dict[
     with tempfile.TemporaryDirectory() as scratch:
         shutil.copyfile(artifact.file("config.json"), Path(scratch) / "config.json")
         config = transformers.AutoConfig.from_pretrained(scratch, local_files_only=True)
-    model_class = getattr(transformers, info["model_class"], None)
+    model_class = getattr(transformers, str(info.get("model_class")), None)
     if model_class is None:
-        raise CoinferError(f"{artifact.path}: unknown model class {info['model_class']!r}")
+        raise ModelLoadError(f"{artifact.path}: unknown model class {info.get('model_class')!r} in the "
+                             f"manifest")
     arch = architecture_for(config)
     model = model_class(config).eval()
     missing, unexpected = model.load_state_dict(load_file(str(artifact.file("model.safetensors"))),
                                                 strict=False)
     missing = [name for name in missing if not arch.is_device_side(name)]
     if missing or unexpected:
-        raise CoinferError(f"{artifact.path}: weights do not fit {info['model_class']} "
-                           f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
+        raise ModelLoadError(f"{artifact.path}: weights do not fit {info['model_class']} "
+                             f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
     strip_device_side(model)
     return model, info
 

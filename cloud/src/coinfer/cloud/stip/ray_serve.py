@@ -1,7 +1,7 @@
 """Scale the STIP model server out on Ray Serve.
 
 Each replica loads the server artifact itself and runs the same FastAPI application as
-``coinfer cloud serve stip`` (token, limits, endpoints), so behaviour does not depend on
+``coinfer stip serve`` (token, limits, endpoints), so behaviour does not depend on
 the deployment. Ray is imported only here, when a Ray address or ``--ray`` is given.
 Note: Ray binds its internal ports on all interfaces even when Serve's HTTP proxy is on
 127.0.0.1; firewall them on shared hosts.

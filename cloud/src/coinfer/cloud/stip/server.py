@@ -13,7 +13,7 @@ returns is permuted. Endpoints (all need ``Authorization: Bearer <token>``):
 
 Example::
 
-    coinfer cloud serve stip --artifact out/server --port 8000   # token from COINFER_TOKEN
+    coinfer stip serve --bundle out/server --port 8000   # token from COINFER_TOKEN
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from fastapi.responses import Response
 
 from coinfer.sdk import wire
 from coinfer.sdk.errors import CoinferError
-from coinfer.sdk.service import ServiceError, ThreadedServer, read_limited_body, refuse_with
+from coinfer.sdk.service import ServiceError, ThreadedServer, evict_idle, read_limited_body, refuse_with
 from coinfer.sdk.stip import protocol
 from coinfer.sdk.stip.transform import cloud_forward
 
@@ -57,7 +57,7 @@ class ServerOptions:
 class _Session:
     cache: Any = None
     tokens: int = 0
-    last_used: float = field(default_factory=time.monotonic)
+    last_active: float = field(default_factory=time.monotonic)
 
 
 class StipModelServer:
@@ -85,12 +85,8 @@ class StipModelServer:
         return _primary(outputs)
 
     def open_session(self) -> str:
-        now = time.monotonic()
         with self._sessions_lock:
-            idle = [sid for sid, s in self._sessions.items()
-                    if now - s.last_used > self.options.session_idle_seconds]
-            for sid in idle:
-                del self._sessions[sid]
+            evict_idle(self._sessions, self.options.session_idle_seconds)
             if len(self._sessions) >= self.options.max_sessions:
                 raise RequestError(f"all {self.options.max_sessions} sessions are in use", status=429)
             session_id = secrets.token_urlsafe(16)
@@ -126,7 +122,7 @@ class StipModelServer:
             outputs = self.model(**inputs, past_key_values=session.cache, use_cache=True)
         session.cache = outputs.past_key_values
         session.tokens += count
-        session.last_used = time.monotonic()
+        session.last_active = time.monotonic()
         return _primary(outputs)[:, -1, :]
 
     def close_session(self, session_id: str) -> None:

@@ -11,7 +11,7 @@ import numpy as np
 
 from coinfer.converters.export import ExportOptions, ExportResult, ParityLimits
 from coinfer.sdk.cli.flags import add_output
-from coinfer.sdk.errors import CoinferError
+from coinfer.sdk.errors import CoinferError, InputNotFoundError
 
 
 def add_common(parser: argparse.ArgumentParser) -> None:
@@ -33,7 +33,7 @@ def export_options(args: argparse.Namespace, metadata: dict[str, Any]) -> Export
 def load_arrays(path: Path) -> list[np.ndarray]:
     """Arrays from .npy (one input) or .npz (one array per input, in file order); no pickle."""
     if not path.is_file():
-        raise CoinferError(f"{path}: no such file")
+        raise InputNotFoundError(f"{path}: no such file")
     try:
         loaded = np.load(path, allow_pickle=False)
     except (ValueError, OSError) as error:

@@ -20,7 +20,7 @@ import numpy as np
 from coinfer.converters.cli.common import add_common, export_options, load_arrays, print_result
 from coinfer.converters.export import ExportResult
 from coinfer.sdk.cli.flags import check_output
-from coinfer.sdk.errors import CoinferError
+from coinfer.sdk.errors import CoinferError, InputNotFoundError, one_line
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -50,19 +50,23 @@ def run(args: argparse.Namespace) -> int:
 
 
 def export_torch(args: argparse.Namespace) -> ExportResult:
-    model = _load_factory(args.model)()
+    """Check the inputs, then build the model (importing PyTorch) and export it."""
+    shapes = [_parse_shape(text) for text in args.input_shape]
+    dtype = _parse_dtype(args.input_dtype)
+    samples = load_arrays(args.samples) if args.samples else None
+    if args.weights and not args.weights.is_file():
+        raise InputNotFoundError(f"{args.weights}: no such weights file")
+    model = _build_model(args.model)
     if args.weights:
         from safetensors.torch import load_file
 
         try:
             model.load_state_dict(load_file(str(args.weights)), strict=True)
         except Exception as error:  # missing/unexpected keys, shape mismatches, bad file
-            raise CoinferError(f"{args.weights}: cannot load weights into the model: {error}") from error
+            raise CoinferError(f"{args.weights}: cannot load weights into the model: "
+                               f"{one_line(error)}") from error
     rng = np.random.default_rng(0)
-    examples = [
-        rng.standard_normal(_parse_shape(text)).astype(args.input_dtype) for text in args.input_shape
-    ]
-    samples = load_arrays(args.samples) if args.samples else None
+    examples = [rng.standard_normal(shape).astype(dtype) for shape in shapes]
     options = export_options(args, {"factory": args.model})
     if args.to == "tflite":
         from coinfer.converters.torch_tflite import torch_to_tflite
@@ -80,6 +84,21 @@ def export_torch(args: argparse.Namespace) -> ExportResult:
     )
 
 
+def _build_model(reference: str) -> Any:
+    """The ``torch.nn.Module`` the factory ``reference`` returns when called without arguments."""
+    factory = _load_factory(reference)
+    try:
+        model = factory()
+    except TypeError as error:  # a factory that needs arguments
+        raise CoinferError(f"--model {reference}: the factory must be callable without arguments: "
+                           f"{one_line(error)}") from error
+    import torch
+
+    if not isinstance(model, torch.nn.Module):
+        raise CoinferError(f"--model {reference} returned a {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
 def _load_factory(reference: str) -> Callable[[], Any]:
     module_name, _, attribute = reference.partition(":")
     if not module_name or not attribute:
@@ -89,19 +108,29 @@ def _load_factory(reference: str) -> Callable[[], Any]:
     if module_name.endswith(".py"):
         path = Path(module_name)
         if not path.is_file():
-            raise CoinferError(f"{path}: no such Python file")
+            raise InputNotFoundError(f"{path}: no such Python file")
         spec = importlib.util.spec_from_file_location(path.stem, path)
         module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+        try:
+            spec.loader.exec_module(module)
+        except (SyntaxError, ImportError) as error:
+            raise CoinferError(f"{path}: cannot load it: {one_line(error)}") from error
     else:
         try:
             module = importlib.import_module(module_name)
-        except ImportError as error:
-            raise CoinferError(f"cannot import {module_name}: {error}") from error
+        except (ImportError, TypeError) as error:  # TypeError: a relative name such as '.nets'
+            raise CoinferError(f"cannot import {module_name}: {one_line(error)}") from error
     factory = getattr(module, attribute, None)
     if not callable(factory):
         raise CoinferError(f"{module_name} has no callable '{attribute}'")
     return factory
+
+
+def _parse_dtype(text: str) -> np.dtype:
+    try:
+        return np.dtype(text)
+    except TypeError as error:
+        raise CoinferError(f"bad --input-dtype {text!r}: not a numpy dtype (e.g. float32, int64)") from error
 
 
 def _parse_shape(text: str) -> tuple[int, ...]:

@@ -2,7 +2,7 @@
 
     coinfer export verify out/m-int8 out/net
 
-Exits 1 when any artifact fails, after checking them all.
+Exits 1 when any artifact fails, after checking them all, with a one-line count on stderr.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ def run(args: argparse.Namespace) -> int:
 
 def verify(paths: list[Path]) -> int:
     from coinfer.sdk.artifact import ArtifactError, load_artifact
+    from coinfer.sdk.errors import CoinferError
 
     failures = 0
     for path in paths:
@@ -34,4 +35,6 @@ def verify(paths: list[Path]) -> int:
         manifest = artifact.manifest
         summary = {"capability": manifest.capability, "kind": manifest.kind, "files": len(manifest.files)}
         print(f"ok   {path} {json.dumps(summary)}")
-    return 1 if failures else 0
+    if failures:
+        raise CoinferError(f"{failures} of {len(paths)} artifact(s) failed verification (see above)")
+    return 0

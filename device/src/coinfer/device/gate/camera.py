@@ -60,7 +60,7 @@ from typing import Any
 import numpy as np
 
 from coinfer.device.gate.source import SourcePacket
-from coinfer.sdk.errors import CoinferError
+from coinfer.sdk.errors import CoinferError, InvalidArgumentError
 from coinfer.sdk.gate.dependencies import DependencyTracker
 from coinfer.sdk.gate.estimator import SlidingWindowUCB
 from coinfer.sdk.gate.features import SizeWindows
@@ -122,7 +122,7 @@ class GatewayUploader:
     def __init__(self, url: str, stream: str, token: str, *, timeout: float = 10.0, retries: int = 3,
                  backoff_s: float = 0.2, max_reply_bytes: int = 1 << 20) -> None:
         if retries < 0 or backoff_s < 0:
-            raise ValueError(f"retries and backoff_s must be >= 0, got {retries}, {backoff_s}")
+            raise InvalidArgumentError(f"retries and backoff_s must be >= 0, got {retries}, {backoff_s}")
         self.url = url.rstrip("/") + frames_path(stream)
         self.timeout, self.retries, self.backoff_s = timeout, retries, backoff_s
         self.max_reply_bytes = max_reply_bytes
@@ -191,12 +191,13 @@ class CameraGateOptions:
 
     def __post_init__(self) -> None:
         if not self.uplink_bytes_per_s > 0 or not self.burst_seconds > 0:
-            raise ValueError(f"uplink_bytes_per_s and burst_seconds must be > 0, got "
-                             f"{self.uplink_bytes_per_s}, {self.burst_seconds}")
+            raise InvalidArgumentError(f"uplink_bytes_per_s and burst_seconds must be > 0, got "
+                                       f"{self.uplink_bytes_per_s}, {self.burst_seconds}")
         if self.burst_bytes is not None and not self.burst_bytes > 0:
-            raise ValueError(f"burst_bytes must be > 0, got {self.burst_bytes}")
+            raise InvalidArgumentError(f"burst_bytes must be > 0, got {self.burst_bytes}")
         if self.max_packets_per_frame < 1 or self.max_pending_bytes < 1:
-            raise ValueError("max_packets_per_frame and max_pending_bytes must be >= 1")
+            raise InvalidArgumentError(f"max_packets_per_frame and max_pending_bytes must be >= 1, got "
+                                       f"{self.max_packets_per_frame} and {self.max_pending_bytes}")
 
 
 @dataclass(frozen=True)

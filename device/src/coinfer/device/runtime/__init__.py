@@ -9,7 +9,23 @@ Example::
 
 TFLite runs on LiteRT (``ai_edge_litert``), falling back to ``tflite_runtime`` and then
 ``tensorflow.lite``; ONNX runs on ONNX Runtime. Both are imported only when a model of
-that kind is loaded.
+that kind is loaded. What is not a model is refused before any runtime is imported:
+
+>>> import tempfile
+>>> from coinfer.device.runtime import create_runner
+>>> from coinfer.sdk.artifact import Manifest, save_artifact
+>>> create_runner("digits.h5")
+Traceback (most recent call last):
+    ...
+coinfer.device.runtime.base.RunnerError: digits.h5: unknown model format (expected one of .tflite, .onnx)
+>>> work = tempfile.TemporaryDirectory()
+>>> links = save_artifact(f"{work.name}/links", Manifest(capability="mlink", kind="link-graph"),
+...                       {"weights.npz": b"..."})
+>>> create_runner(links)
+Traceback (most recent call last):
+    ...
+coinfer.sdk.artifact.ArtifactError: .../links: expected exactly one model file ending in ..., found none
+>>> work.cleanup()
 """
 
 from __future__ import annotations

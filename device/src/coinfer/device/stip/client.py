@@ -14,6 +14,7 @@ import json
 import os
 import urllib.error
 import urllib.request
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,19 @@ PIXEL_EMBEDDING = "pixel_embedding.npz"
 
 
 class StipClientError(CoinferError):
-    """The server refused a request or could not be reached."""
+    """The server refused a request or could not be reached, or the user bundle is unreadable."""
+
+
+def _load_arrays(path: Path) -> Any:
+    """A bundle's ``.npy`` array, or its ``.npz`` arrays by name; never unpickled."""
+    try:
+        loaded = np.load(path, allow_pickle=False)
+        if isinstance(loaded, np.ndarray):
+            return loaded
+        with loaded:
+            return {name: loaded[name] for name in loaded.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as error:
+        raise StipClientError(f"{path}: not a readable numpy file: {error}") from error
 
 
 class STIPClient:
@@ -70,11 +83,8 @@ class STIPClient:
         if not isinstance(bundle, Artifact):
             bundle = load_artifact(bundle, capability="stip", kind="user-bundle")
         files = bundle.manifest.files
-        embeddings = np.load(bundle.file(EMBEDDINGS), allow_pickle=False) if EMBEDDINGS in files else None
-        pixel_embedding = None
-        if PIXEL_EMBEDDING in files:
-            with np.load(bundle.file(PIXEL_EMBEDDING), allow_pickle=False) as data:
-                pixel_embedding = {name: data[name] for name in data.files}
+        embeddings = _load_arrays(bundle.file(EMBEDDINGS)) if EMBEDDINGS in files else None
+        pixel_embedding = _load_arrays(bundle.file(PIXEL_EMBEDDING)) if PIXEL_EMBEDDING in files else None
         tokenizer = bundle.path / "tokenizer.json" if "tokenizer.json" in files else None
         return cls(embeddings, UserKeys.load(bundle.file(USER_KEYS)), url, token,
                    info=dict(bundle.manifest.metadata), tokenizer_file=tokenizer, timeout=timeout,

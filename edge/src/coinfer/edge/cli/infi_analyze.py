@@ -11,7 +11,6 @@ import json
 
 from coinfer.edge.cli.infi_arguments import add_measurement_arguments, measurement_from_args
 from coinfer.sdk.cli.flags import add_json
-from coinfer.sdk.errors import CoinferError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,11 +29,8 @@ def run(args: argparse.Namespace) -> int:
     from coinfer.sdk.infi import analyze
 
     measurement = measurement_from_args(args)
-    try:
-        report = analyze(measurement, filter_ms=args.filter_ms, model_ms=args.model_ms,
-                         filtered_ms=args.filtered_ms, filter_rate=args.filter_rate)
-    except ValueError as error:
-        raise CoinferError(str(error)) from error
+    report = analyze(measurement, filter_ms=args.filter_ms, model_ms=args.model_ms,
+                     filtered_ms=args.filtered_ms, filter_rate=args.filter_rate)
     data = report.to_dict()
     print_metrics("coinfer infi analyze", {key: value for key, value in data.items() if key != "reason"})
     print(f"why: {report.reason}")

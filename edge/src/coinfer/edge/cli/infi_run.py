@@ -39,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
     from coinfer.sdk.artifact import ArtifactError, load_artifact
     from coinfer.sdk.infi import MeasurementError, Records, measurements_from_description
 
+    records = Records.load(args.records, require_outputs=False)
     artifact = load_artifact(args.filter, capability="infi")
     kind = EXPORTED.get(artifact.manifest.kind)
     if kind is None:
@@ -50,7 +51,6 @@ def run(args: argparse.Namespace) -> int:
     except MeasurementError as error:
         raise ArtifactError(f"{args.filter}: {error}") from error
     measurement = next(iter(measurements.values())) if len(measurements) == 1 else None
-    records = Records.load(args.records, require_outputs=False)
     metrics: dict[str, Any] = {"filter": kind, "records": len(records)}
     if kind == "skip":
         metrics.update(_run_skip(load_skip_filter(args.filter), records, measurement))

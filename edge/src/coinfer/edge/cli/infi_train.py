@@ -60,11 +60,8 @@ def run(args: argparse.Namespace) -> int:
         raise CoinferError(f"a {kind} filter needs a {kind} measurement ({', '.join(fitting)}); "
                            f"{measurement.name!r} is a {measurement.kind} measurement")
     check_output(args)
-    try:
-        options = FilterOptions(epochs=args.epochs, seed=args.seed, target_accuracy=args.target_accuracy,
-                                progress=True)
-    except ValueError as error:
-        raise CoinferError(str(error)) from error
+    options = FilterOptions(epochs=args.epochs, seed=args.seed, target_accuracy=args.target_accuracy,
+                            progress=True)
     records = Records.load(args.records)
     try:
         spec = records.spec(args.modality, args.vocabulary)

@@ -1,10 +1,10 @@
 """``coinfer mlink federate``: one edge server's part in federated link training.
 
     COINFER_TOKEN=s3cret coinfer mlink federate --server http://127.0.0.1:8100 --name edge-1 \\
-        --table outputs.npz --rounds 3 --epochs 5 --out links/
+        --records outputs.npz --rounds 3 --epochs 5 --out links/
 
-Each round the edge fetches the global links from the aggregator (``coinfer cloud serve
-mlink``), fits them on its own recorded outputs, uploads the weight change, and waits
+Each round the edge fetches the global links from the aggregator (``coinfer mlink
+serve``), fits them on its own recorded outputs, uploads the weight change, and waits
 until every client of the round has sent theirs. Its outputs never leave the machine.
 With ``--out`` the final global links are saved as a link graph artifact.
 """
@@ -14,10 +14,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from coinfer.edge.cli.mlink_arguments import load_table
+from coinfer.edge.cli.mlink_arguments import check_models
 from coinfer.sdk.cli.flags import add_json, add_records, add_renamed
 from coinfer.sdk.cli.report import report
-from coinfer.sdk.errors import CoinferError
+from coinfer.sdk.errors import CoinferError, OutputExistsError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,15 +37,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from coinfer.edge.mlink.federated_client import FederatedClient
+    from coinfer.sdk.mlink.table import OutputTable
     from coinfer.sdk.service import client_token
 
     if args.rounds < 1 or args.epochs < 1:
         raise CoinferError(f"--rounds and --epochs must be at least 1, got {args.rounds} and {args.epochs}")
     if args.out is not None and args.out.exists():
-        raise CoinferError(f"{args.out} already exists; choose another --out")
-    client = FederatedClient(args.server, client_token(args.token_file), args.name)
+        raise OutputExistsError(f"{args.out} already exists; choose another --out")
+    token = client_token(args.token_file)
+    table = OutputTable.load(args.records)  # a bad table is refused before the aggregator is contacted
+    client = FederatedClient(args.server, token, args.name)
     graph = client.fetch_graph()
-    table = load_table(args.records, graph.models)
+    check_models(table, graph.models, args.records)
     outputs = {name: table.outputs[name] for name in graph.models}
     sent = received = 0
     for _ in range(args.rounds):

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from coinfer.edge.cli.mlink_arguments import add_budget_arguments, budget_from_args, load_table
-from coinfer.sdk.cli.flags import add_json, add_records, add_renamed
+from coinfer.sdk.cli.flags import add_json, add_records, add_renamed, fraction
 from coinfer.sdk.cli.report import report
 from coinfer.sdk.errors import CoinferError
 
@@ -41,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_renamed(parser, "--records", "--table")
     add_budget_arguments(parser)
     parser.add_argument("--period", type=int, default=100, help="steps between re-selections (default 100)")
-    parser.add_argument("--profile-fraction", type=float, default=0.01,
+    parser.add_argument("--profile-fraction", type=fraction, default=0.01,
                         help="fraction of each period on which every model runs (default 0.01)")
     parser.add_argument("--scenes", type=Path, metavar="DIR",
                         help="run the models live on this scene set (the one the table was recorded on)")

@@ -70,6 +70,8 @@ class RuntimeOptions:
     ``redundancy`` maps a task to its measure (``count``, ``iou``, ``label``,
     ``class-subset``; default ``count``). ``costs`` fixes the decode cost model instead of
     calibrating one per (codec, size) at start-up. ``max_rounds`` stops live runs.
+    ``source_timeout_s`` is how long a live source may stay silent before it is reported as
+    failed (default :data:`~coinfer.device.gate.source.LIVE_TIMEOUT_S`).
     """
 
     budget_s: float | None = None
@@ -82,6 +84,7 @@ class RuntimeOptions:
     round_timeout_s: float = 1.0
     max_rounds: int | None = None
     worker_timeout_s: float = 60.0
+    source_timeout_s: float | None = None
     queue_packets: int = 256
     seed: int = 0
     costs: DecodeCostModel | None = None
@@ -99,10 +102,7 @@ class RuntimeOptions:
             raise CoinferError("the packetgame policy needs a trained predictor (--predictor DIR)")
         if self.predictor is not None and self.policy_name != "packetgame":
             raise CoinferError(f"a predictor is only used by the packetgame policy, not {self.policy!r}")
-        unknown = sorted(set(self.redundancy.values()) - set(REDUNDANCY))
-        if unknown:
-            raise CoinferError(f"unknown redundancy measure(s) {', '.join(unknown)}; choose from "
-                               f"{', '.join(REDUNDANCY)}")
+        REDUNDANCY.check(self.redundancy.values())
         for name in ("workers", "queue_packets"):
             if getattr(self, name) < 1:
                 raise CoinferError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -110,6 +110,8 @@ class RuntimeOptions:
             raise CoinferError(f"max_rounds must be >= 1, got {self.max_rounds}")
         if self.round_timeout_s <= 0 or self.worker_timeout_s <= 0:
             raise CoinferError("round_timeout_s and worker_timeout_s must be positive")
+        if self.source_timeout_s is not None and self.source_timeout_s <= 0:
+            raise CoinferError(f"source_timeout_s must be positive, got {self.source_timeout_s}")
 
     @property
     def policy_name(self) -> str:
@@ -357,10 +359,11 @@ class GateRuntime:
         self.plugin = plugin
         self._measures = {task: self.options.measure(task) for task in plugin.tasks}
         try:
+            policy = self._policy()  # loads the predictor: a bad one is refused before any source opens
             parameters = self._open_sources()
             self.cost_model = self.options.costs or _calibrate(parameters.values())
             # Set per round; positive from the start so the gate banks enough for its dearest picture.
-            self.gate = PacketGate(len(self.urls), self.cost_model, self._policy(),
+            self.gate = PacketGate(len(self.urls), self.cost_model, policy,
                                    self._budget(len(parameters) * self.cost_model.i_seconds))
             self.pool = DecoderPool(self.options.workers, plugin, timeout_s=self.options.worker_timeout_s,
                                     audit=self.audit)
@@ -374,7 +377,8 @@ class GateRuntime:
     def _open_sources(self) -> dict[int, StreamParameters]:
         def open_one(stream: int) -> PacketSource | str:
             try:
-                return PacketSource.open(self.urls[stream], stream_id=stream)
+                return PacketSource.open(self.urls[stream], stream_id=stream,
+                                         timeout_s=self.options.source_timeout_s)
             except PacketSourceError as error:
                 return str(error)
 
@@ -390,8 +394,8 @@ class GateRuntime:
             local = _is_local(self.urls[stream])
             self._feeds.append(_FileFeed(source) if local else _LiveFeed(source, self.options.queue_packets))
         if not parameters:
-            raise CoinferError("no video source could be opened:\n" +
-                               "\n".join(f"  {report.error}" for report in self.streams))
+            raise CoinferError("no video source could be opened: " +
+                               "; ".join(str(report.error) for report in self.streams))
         return parameters
 
     def _policy(self) -> policies.Policy:

@@ -40,7 +40,7 @@ import numpy as np
 
 from coinfer.edge.gate.decoding import StreamDecoder, capture_decoder_errors, frame_array
 from coinfer.edge.gate.inference import InferencePlugin
-from coinfer.sdk.errors import CoinferError
+from coinfer.sdk.errors import CoinferError, InvalidArgumentError
 from coinfer.sdk.gate.packet import PacketInfo
 
 if TYPE_CHECKING:
@@ -52,6 +52,9 @@ if TYPE_CHECKING:
 MAX_OUTSTANDING = 32
 #: Seconds a worker gets to finish its round and exit before it is terminated.
 STOP_GRACE_S = 5.0
+#: Longest wait for a worker that was signalled, or whose pipe closed, to exit; the wait ends
+#: as soon as it has, so only a process stuck in the kernel ever takes this long.
+EXIT_WAIT_S = 30.0
 
 
 class DecoderPoolError(CoinferError):
@@ -108,19 +111,25 @@ class StreamOutcome:
 class DecoderPool:
     """``workers`` decoder processes running ``plugin``; stream ``s`` lives on worker ``s % workers``.
 
-    ``timeout_s`` bounds every wait for a worker (start-up, each round); ``audit`` makes
-    workers return every decoded picture, to check gated decoding against decode-all.
+    ``timeout_s`` bounds the wait for a worker's answer to each round; ``start_timeout_s``
+    (default: ``timeout_s``) the wait for start-up (spawning, loading the plug-in's models)
+    and for opening streams, which a loaded machine may make much slower than a round.
+    ``audit`` makes workers return every decoded picture, to check gated decoding against
+    decode-all.
     """
 
     def __init__(self, workers: int, plugin: InferencePlugin, *, timeout_s: float = 60.0,
-                 audit: bool = False) -> None:
+                 start_timeout_s: float | None = None, audit: bool = False) -> None:
         if workers < 1:
-            raise ValueError(f"workers must be >= 1, got {workers}")
+            raise InvalidArgumentError(f"workers must be >= 1, got {workers}")
         if timeout_s <= 0:
-            raise ValueError(f"timeout_s must be positive, got {timeout_s}")
+            raise InvalidArgumentError(f"timeout_s must be positive, got {timeout_s}")
+        if start_timeout_s is not None and start_timeout_s <= 0:
+            raise InvalidArgumentError(f"start_timeout_s must be positive, got {start_timeout_s}")
         self.workers = workers
         self.plugin = plugin
         self.timeout_s = timeout_s
+        self.start_timeout_s = timeout_s if start_timeout_s is None else start_timeout_s
         self.audit = audit
         self._processes: list[multiprocessing.process.BaseProcess] = []
         self._connections: list[Connection] = []
@@ -149,7 +158,7 @@ class DecoderPool:
             self._processes.append(process)
             self._connections.append(parent)
         try:
-            self._collect(range(self.workers), "start")
+            self._collect(range(self.workers), "start", self.start_timeout_s)
         except BaseException:
             self.close()
             raise
@@ -163,16 +172,19 @@ class DecoderPool:
             self._owned[self.owner(stream)].append(stream)
         for worker, streams in requests.items():
             self._send(worker, ("open", streams))
-        self._collect(requests, "opening streams")
+        self._collect(requests, "opening streams", self.start_timeout_s)
 
     def run(self, work: Sequence[StreamWork]) -> list[StreamOutcome]:
         """Decode and infer one round; outcomes are in the order of ``work``."""
+        unopened = sorted({item.stream for item in work} - set().union(*self._owned.values()))
+        if unopened:
+            raise DecoderPoolError(f"stream(s) {unopened} were never opened: call open_streams first")
         shares: dict[int, list[StreamWork]] = {}
         for item in work:
             shares.setdefault(self.owner(item.stream), []).append(item)
         for worker, items in shares.items():
             self._send(worker, ("round", items))
-        replies = self._collect(shares, "decoding a round")
+        replies = self._collect(shares, "decoding a round", self.timeout_s)
         by_stream = {outcome.stream: outcome for outcomes in replies.values() for outcome in outcomes}
         return [by_stream[item.stream] for item in work]
 
@@ -187,10 +199,10 @@ class DecoderPool:
             process.join(max(0.0, deadline - time.monotonic()))
             if process.is_alive():
                 process.terminate()
-                process.join(1.0)
+                process.join(STOP_GRACE_S)
             if process.is_alive():
                 process.kill()
-                process.join(1.0)
+                process.join(EXIT_WAIT_S)
         for connection in self._connections:
             connection.close()
         self._processes, self._connections = [], []
@@ -218,33 +230,33 @@ class DecoderPool:
 
     def _crashed(self, worker: int, what: str) -> DecoderPoolError:
         process = self._processes[worker]
-        process.join(0.5)
+        process.join(EXIT_WAIT_S)  # its pipe closed or it died: it has exited or is exiting
         code = process.exitcode
         status = f"; exit code {code}" if code is not None else ""
         if code is not None and code < 0:
             status = f"; killed by signal {-code}"
         return DecoderPoolError(f"{self._describe(worker)} {what}{status}")
 
-    def _collect(self, workers: Iterable[int], doing: str) -> dict[int, Any]:
-        """Wait for one reply from each of ``workers``, within the pool's timeout."""
+    def _collect(self, workers: Iterable[int], doing: str, timeout_s: float) -> dict[int, Any]:
+        """Wait for one reply from each of ``workers``, within ``timeout_s``."""
         try:
-            return self._replies(workers, doing)
+            return self._replies(workers, doing, timeout_s)
         except BaseException:  # crashed, timed out or interrupted: workers may be stuck mid-round
             self._failed = True
             raise
 
-    def _replies(self, workers: Iterable[int], doing: str) -> dict[int, Any]:
+    def _replies(self, workers: Iterable[int], doing: str, timeout_s: float) -> dict[int, Any]:
         pending = {self._connections[worker]: worker for worker in workers}
         sentinels = {self._processes[worker].sentinel: worker for worker in pending.values()}
         replies: dict[int, Any] = {}
-        deadline = time.monotonic() + self.timeout_s
+        deadline = time.monotonic() + timeout_s
         while pending:
             remaining = deadline - time.monotonic()
             ready = wait([*pending, *sentinels], timeout=max(0.0, remaining)) if remaining > 0 else []
             if not ready:
                 late = sorted(pending.values())
                 raise DecoderPoolError(f"{', '.join(self._describe(w) for w in late)} did not answer within "
-                                       f"{self.timeout_s:g} s while {doing}")
+                                       f"{timeout_s:g} s while {doing}")
             for handle in ready:
                 worker = pending.get(handle) if isinstance(handle, Connection) else sentinels.get(handle)
                 if worker is None or worker in replies:
@@ -288,12 +300,12 @@ class _Worker:
             return len(self.streams)
         if message[0] == "round":
             return [self.process(item) for item in message[1]]
-        raise ValueError(f"unknown request {message[0]!r}")
+        raise DecoderPoolError(f"decoder worker {self.index}: unknown request {message[0]!r}")
 
     def process(self, work: StreamWork) -> StreamOutcome:
         state = self.streams.get(work.stream)
         if state is None:
-            raise KeyError(f"stream {work.stream} was never opened on worker {self.index}")
+            raise DecoderPoolError(f"stream {work.stream} was never opened on decoder worker {self.index}")
         decoder = state.decoder
         before = (decoder.packets, decoder.frames, decoder.seconds, decoder.errors, decoder.corrupt)
         frames = decoder.decode(work.plan)

@@ -34,7 +34,7 @@ import numpy as np
 from fastapi import Depends, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 
-from coinfer.sdk.errors import CoinferError
+from coinfer.sdk.errors import CoinferError, InvalidArgumentError
 from coinfer.sdk.service import ServiceError, ThreadedServer, read_limited_body, refuse_with
 
 DETECT_PATH = "/v1/infi/detect"
@@ -62,7 +62,7 @@ class DetectionOptions:
     def __post_init__(self) -> None:
         for name in ("max_request_bytes", "max_width", "max_height"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise InvalidArgumentError(f"{name} must be >= 1, got {getattr(self, name)}")
 
 
 def jpeg_size(data: bytes) -> tuple[int, int]:

@@ -1,10 +1,16 @@
-"""Record what the MLink model zoo outputs on every step of a scene set, with its costs.
+"""Record what the MLink model zoo outputs on every step of your videos or a scene set, with its costs.
 
 A step is one decoded frame and the audio the camera heard during it
-(:func:`iterate_steps`). :func:`record_outputs` runs the zoo (:mod:`coinfer.edge.mlink.zoo`)
-on every step, cameras in order, and keeps the aligned outputs in an
-:class:`~coinfer.sdk.mlink.table.OutputTable` with the per-step context (camera, index,
-night, truth people count, truth speech, clock) and each model's costs:
+(:func:`iterate_steps`). The steps come from a generated scene set with audio, or from a
+folder of your own video files (:class:`VideoFolder`): each video is a camera, its audio
+track is decoded with PyAV and resampled to 16 kHz mono, and frame ``k`` gets the samples
+from its time on for one frame interval; a video without an audio track gets silence.
+:func:`record_outputs` runs the zoo (:mod:`coinfer.edge.mlink.zoo`) on every step, cameras
+in order, and keeps the aligned outputs in an :class:`~coinfer.sdk.mlink.table.OutputTable`
+with the per-step context and each model's costs. The context is ``camera`` and ``index``
+(the frame's number in its video) for every source; only a generated scene set adds what
+its generator knows (night, truth people count, truth speech, clock), which a table of
+real videos leaves out rather than invent. The costs are:
 
 - ``ms``: the median wall time of the model's call per step, measured while recording, on
   one thread (OpenCV set to one thread, every onnxruntime session built with one);
@@ -28,6 +34,7 @@ Example::
 
     table = record_outputs("data/scenes", create_zoo("models/crowd"))
     print(table.costs["words"], nonempty_fraction(table)["words"])
+    mine = record_outputs(VideoFolder("videos/"), create_zoo("models/crowd"))   # your own videos
 """
 
 from __future__ import annotations
@@ -53,6 +60,7 @@ from coinfer.edge.models.crowd import (
     PEOPLE_KINDS,
 )
 from coinfer.edge.models.detectors import single_threaded
+from coinfer.edge.recorder import AUDIO_RATE, VideoInfo, decode_audio, decode_video, find_videos, probe_video
 from coinfer.sdk.errors import CoinferError
 from coinfer.sdk.fsutil import atomic_write_json
 from coinfer.sdk.mlink.outputs import OutputSpec
@@ -85,15 +93,65 @@ def decode_camera(camera: SceneCamera) -> Iterator[np.ndarray]:
 
 def _load(scenes: str | os.PathLike | SceneSet) -> SceneSet:
     scene_set = scenes if isinstance(scenes, SceneSet) else SceneSet.load(scenes)
+    if scene_set.recorded:
+        raise CoinferError(f"{scene_set.root} holds detections recorded from real video, not the frames "
+                           f"and audio the zoo needs: run it on the videos themselves with "
+                           f"`coinfer mlink record --videos {scene_set.index['videos']['directory']}`")
     if not scene_set.has_audio:
         raise CoinferError(f"scene set {scene_set.root} has no audio track, which the zoo's speech "
                            f"model needs: {NO_AUDIO_HINT}")
     return scene_set
 
 
-def iterate_steps(scenes: str | os.PathLike | SceneSet) -> Iterator[Step]:
-    """Every step of a scene set with audio: cameras in order, frame ``k`` of a camera
-    (decoded with PyAV) paired with the audio window ``k`` it owns."""
+class VideoFolder:
+    """A folder of your own video files as MLink steps: each video (sorted by name) is a
+    camera, each decoded frame a step, paired with :data:`AUDIO_RATE` mono samples of the
+    video's audio from the frame's time on for one frame interval (zeros past the track's
+    ends). A video without an audio track gets silence; :attr:`silent` names those, so a
+    command can say so. Every file is opened once here, so a bad one fails before any work."""
+
+    def __init__(self, directory: str | os.PathLike) -> None:
+        self.root = Path(directory)
+        self.videos: list[VideoInfo] = [probe_video(path) for path in find_videos(directory)]
+        self.silent = [video.path for video in self.videos if not video.has_audio]
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """The first video's (width, height), what the peak-memory cache is keyed by."""
+        return self.videos[0].width, self.videos[0].height
+
+    @property
+    def frames(self) -> int | None:
+        """Frames of all videos as their containers state them, None if one does not say."""
+        return sum(video.frames for video in self.videos) if all(video.frames for video in self.videos) \
+            else None
+
+    def steps(self) -> Iterator[Step]:
+        for number, video in enumerate(self.videos):
+            track = decode_audio(video.path, AUDIO_RATE)
+            samples, start = track if track is not None else (np.zeros(0, np.float32), 0.0)
+            window = max(1, round(AUDIO_RATE / video.fps))
+            for index, (seconds, frame) in enumerate(decode_video(video.path)):
+                yield Step(frame, audio_window(samples, start, seconds, window), number, index)
+
+
+def audio_window(samples: np.ndarray, start: float, seconds: float, length: int) -> np.ndarray:
+    """``length`` samples at :data:`AUDIO_RATE` of a track whose first sample is at time
+    ``start``, from time ``seconds`` on; zeros where the track does not reach."""
+    window = np.zeros(length, np.float32)
+    first = round((seconds - start) * AUDIO_RATE)
+    low, high = max(first, 0), min(first + length, len(samples))
+    if high > low:
+        window[low - first:high - first] = samples[low:high]
+    return window
+
+
+def iterate_steps(scenes: str | os.PathLike | SceneSet | VideoFolder) -> Iterator[Step]:
+    """Every step of a scene set with audio (frame ``k`` of a camera, decoded with PyAV,
+    paired with the audio window ``k`` it owns) or of a :class:`VideoFolder`: cameras in order."""
+    if isinstance(scenes, VideoFolder):
+        yield from scenes.steps()
+        return
     scene_set = _load(scenes)
     for number, camera in enumerate(scene_set.cameras):
         for index, frame in enumerate(decode_camera(camera)):
@@ -189,7 +247,8 @@ def _spread(rows: np.ndarray, count: int) -> np.ndarray:
     return rows[np.linspace(0, len(rows) - 1, min(count, len(rows))).round().astype(int)]
 
 
-def _memory_steps(scene_set: SceneSet, found: Mapping[str, np.ndarray], count: int) -> dict[str, list[Step]]:
+def _memory_steps(source: SceneSet | VideoFolder, found: Mapping[str, np.ndarray],
+                  count: int) -> dict[str, list[Step]]:
     """``count`` steps per model, spread over the recording: those where the model found
     something first, then others."""
     chosen: dict[str, np.ndarray] = {}
@@ -197,11 +256,27 @@ def _memory_steps(scene_set: SceneSet, found: Mapping[str, np.ndarray], count: i
         hits = _spread(np.flatnonzero(mask), count)
         chosen[name] = np.concatenate([hits, _spread(np.flatnonzero(~mask), count - len(hits))])
     wanted = set(np.concatenate(list(chosen.values())).tolist())
-    steps = {row: step for row, step in enumerate(iterate_steps(scene_set)) if row in wanted}
+    steps: dict[int, Step] = {}
+    for row, step in enumerate(iterate_steps(source)):
+        if row in wanted:
+            steps[row] = step
+            if len(steps) == len(wanted):  # the rest need not be decoded
+                break
     return {name: [steps[int(row)] for row in rows] for name, rows in chosen.items()}
 
 
-def measure_peak_memory(scene_set: SceneSet, zoo: Mapping[str, ZooModel],
+def _frame_size(source: SceneSet | VideoFolder) -> tuple[int, int]:
+    return source.size if isinstance(source, VideoFolder) else (int(source.index["width"]),
+                                                                 int(source.index["height"]))
+
+
+def _step_count(source: SceneSet | VideoFolder) -> int:
+    if isinstance(source, VideoFolder):
+        return sum(1 for _ in iterate_steps(source))
+    return sum(camera.frame_count for camera in source.cameras)
+
+
+def measure_peak_memory(scene_set: SceneSet | VideoFolder, zoo: Mapping[str, ZooModel],
                         found: Mapping[str, np.ndarray] | None = None, steps: int = MEMORY_STEPS,
                         cache: str | os.PathLike | None = None, progress: bool = True) -> dict[str, float]:
     """Each model's peak memory increase in MiB (see the module doc), from ``cache`` where it
@@ -215,14 +290,16 @@ def measure_peak_memory(scene_set: SceneSet, zoo: Mapping[str, ZooModel],
         raise CoinferError(f"peak memory is measured by rebuilding each model in a child process, which "
                            f"only the zoo's models ({', '.join(MODEL_NAMES)}) can do; got {unknown}")
     crowd_onnx = _crowd_onnx(zoo)
-    size = (int(scene_set.index["width"]), int(scene_set.index["height"]))
-    keys = {name: _memory_key(name, size, crowd_onnx) for name in zoo}
+    keys = {name: _memory_key(name, _frame_size(scene_set), crowd_onnx) for name in zoo}
     cached = _read_memory_cache(Path(cache)) if cache is not None else {}
     result = {name: cached[key] for name, key in keys.items() if key in cached}
     missing = [name for name in zoo if name not in result]
     if missing:
-        nothing = np.zeros(sum(camera.frame_count for camera in scene_set.cameras), bool)
-        runs = _memory_steps(scene_set, {name: (found or {}).get(name, nothing) for name in missing}, steps)
+        hits = dict(found or {})
+        if not set(missing) <= set(hits):  # without hits, the runs are spread over every step
+            nothing = np.zeros(_step_count(scene_set), bool)
+            hits.update({name: nothing for name in missing if name not in hits})
+        runs = _memory_steps(scene_set, {name: hits[name] for name in missing}, steps)
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(min(MEMORY_WORKERS, len(missing)), mp_context=context,
                                  max_tasks_per_child=1) as pool:
@@ -241,30 +318,32 @@ def _read_memory_cache(path: Path) -> dict[str, float]:
         return {}
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        if data.get("format") != MEMORY_FORMAT or data.get("version") != 1:
-            raise ValueError(f"not a version-1 {MEMORY_FORMAT} file")
-        return {str(key): float(value) for key, value in data["mib"].items()}
+        if data.get("format") == MEMORY_FORMAT and data.get("version") == 1:
+            return {str(key): float(value) for key, value in data["mib"].items()}
+        problem = f"not a version-1 {MEMORY_FORMAT} file"
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as error:
-        raise CoinferError(f"{path}: unreadable peak-memory cache ({error}); delete it to measure "
-                           f"again") from None
+        problem = str(error)
+    raise CoinferError(f"{path}: unreadable peak-memory cache ({problem}); delete it to measure again")
 
 
-def record_outputs(scene_dir: str | os.PathLike | SceneSet, zoo: Mapping[str, ZooModel],
+def record_outputs(scene_dir: str | os.PathLike | SceneSet | VideoFolder, zoo: Mapping[str, ZooModel],
                    progress: bool = True, *, memory_cache: str | os.PathLike | None = None,
                    memory_steps: int = MEMORY_STEPS) -> OutputTable:
     """Run every model on every step (cameras in order, ``reset()`` at each camera's start)
-    and return the aligned outputs with their context and costs (see the module doc)."""
+    of a scene set with audio or a :class:`VideoFolder`, and return the aligned outputs with
+    their context and costs (see the module doc)."""
     from tqdm import tqdm
 
     if not zoo:
         raise CoinferError("the zoo is empty: give at least one model")
-    scene_set = _load(scene_dir)
+    source = scene_dir if isinstance(scene_dir, VideoFolder) else _load(scene_dir)
     outputs: dict[str, list[Any]] = {name: [] for name in zoo}
     seconds: dict[str, list[float]] = {name: [] for name in zoo}
-    total = sum(camera.frame_count for camera in scene_set.cameras)
+    total = source.frames if isinstance(source, VideoFolder) else _step_count(source)
     camera = None
+    where: dict[str, list[int]] = {"camera": [], "index": []}
     with single_threaded(), tqdm(total=total, desc="mlink record", unit="step", disable=not progress) as bar:
-        for step in iterate_steps(scene_set):
+        for step in iterate_steps(source):
             if step.camera != camera:
                 for model in zoo.values():
                     model.reset()
@@ -273,13 +352,19 @@ def record_outputs(scene_dir: str | os.PathLike | SceneSet, zoo: Mapping[str, Zo
                 start = time.perf_counter()
                 outputs[name].append(model(step))
                 seconds[name].append(time.perf_counter() - start)
+            where["camera"].append(step.camera)
+            where["index"].append(step.index)
             bar.update()
+    if not where["camera"]:
+        raise CoinferError(f"{source.root} gave no steps: its videos hold no frames")
     specs = {name: model.spec for name, model in zoo.items()}
     found = {name: nonempty(specs[name], specs[name].check(outputs[name], name)) for name in zoo}
-    mib = measure_peak_memory(scene_set, zoo, found, steps=memory_steps, cache=memory_cache,
+    mib = measure_peak_memory(source, zoo, found, steps=memory_steps, cache=memory_cache,
                               progress=progress)
     costs = {name: {"ms": float(np.median(seconds[name]) * 1e3),
                     "ms_mean": float(np.mean(seconds[name]) * 1e3), "mib": mib[name]} for name in zoo}
-    return OutputTable(specs, outputs, scene_context(scene_set), costs)
+    context = scene_context(source) if isinstance(source, SceneSet) else \
+        {key: np.asarray(values, np.int32) for key, values in where.items()}
+    return OutputTable(specs, outputs, context, costs)
 
 

@@ -265,5 +265,7 @@ def create_model(name: str, crowd_model: CrowdSource | None = None) -> ZooModel:
 
 
 def create_zoo(crowd_model: CrowdSource) -> dict[str, ZooModel]:
-    """Every model of the zoo, by name, in :data:`MODEL_NAMES` order."""
-    return {name: create_model(name, crowd_model) for name in MODEL_NAMES}
+    """Every model of the zoo, by name, in :data:`MODEL_NAMES` order; the crowd CNN is loaded
+    first, so a bad ``crowd_model`` is refused before the packaged models take seconds to load."""
+    crowd = create_model("crowd", crowd_model)
+    return {name: crowd if name == "crowd" else create_model(name) for name in MODEL_NAMES}

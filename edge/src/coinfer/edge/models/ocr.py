@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from coinfer.sdk.boxes import box_iou
 from coinfer.sdk.errors import CoinferError
 from coinfer.sdk.packaged import packaged_file
 
@@ -67,13 +68,14 @@ class TextBox:
     def area(self) -> int:
         return max(0, self.x1 - self.x0) * max(0, self.y1 - self.y0)
 
+    @property
+    def xywh(self) -> tuple[int, int, int, int]:
+        """Corner and size, the box form :func:`~coinfer.sdk.boxes.box_iou` takes."""
+        return self.x0, self.y0, self.x1 - self.x0, self.y1 - self.y0
+
     def iou(self, other: TextBox) -> float:
         """Intersection over union, the usual criterion for matching a detection to truth."""
-        width = min(self.x1, other.x1) - max(self.x0, other.x0)
-        height = min(self.y1, other.y1) - max(self.y0, other.y0)
-        inter = max(0, width) * max(0, height)
-        union = self.area + other.area - inter
-        return inter / union if union > 0 else 0.0
+        return float(box_iou(np.array(self.xywh), np.array(other.xywh)))
 
 
 @dataclass(frozen=True)

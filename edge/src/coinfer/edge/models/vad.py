@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from coinfer.sdk.errors import CoinferError
+from coinfer.sdk.errors import CoinferError, InputNotFoundError
 from coinfer.sdk.packaged import packaged_file
 
 PACKAGE = "silero_vad"
@@ -203,18 +203,21 @@ def read_audio(path: str | os.PathLike, sample_rate: int = 16000) -> np.ndarray:
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist or is not a file")
-    with av.open(str(path)) as container:
-        if not container.streams.audio:
-            raise AudioInputError(f"{path} has no audio stream")
-        stream = container.streams.audio[0]
-        # Planar float in the source layout, averaged here: FFmpeg's own downmix adds the
-        # channels at -3 dB each, which lifts a stereo recording of one source by 3 dB.
-        resampler = av.AudioResampler(format="fltp", rate=int(sample_rate))
-        parts = []
-        for frame in container.decode(stream):
-            parts.extend(out.to_ndarray().mean(axis=0) for out in resampler.resample(frame))
-        parts.extend(out.to_ndarray().mean(axis=0) for out in resampler.resample(None))
+        raise InputNotFoundError(f"{path} does not exist or is not a file")
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.audio:
+                raise AudioInputError(f"{path} has no audio stream")
+            stream = container.streams.audio[0]
+            # Planar float in the source layout, averaged here: FFmpeg's own downmix adds the
+            # channels at -3 dB each, which lifts a stereo recording of one source by 3 dB.
+            resampler = av.AudioResampler(format="fltp", rate=int(sample_rate))
+            parts = []
+            for frame in container.decode(stream):
+                parts.extend(out.to_ndarray().mean(axis=0) for out in resampler.resample(frame))
+            parts.extend(out.to_ndarray().mean(axis=0) for out in resampler.resample(None))
+    except av.FFmpegError as error:
+        raise AudioInputError(f"{path}: not a readable audio file: {error}") from error
     if not parts:
         return np.zeros(0, np.float32)
     return np.concatenate(parts).astype(np.float32, copy=False)

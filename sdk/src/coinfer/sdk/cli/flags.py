@@ -17,12 +17,13 @@ PosixPath('steps.npz')
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
-from coinfer.sdk.errors import CoinferError
+from coinfer.sdk.errors import OutputExistsError
 
 
 class _HelpFormatter(argparse.HelpFormatter):
@@ -32,8 +33,8 @@ class _HelpFormatter(argparse.HelpFormatter):
         renamed = getattr(action, "renamed", ())
         if not renamed:
             return super()._format_action_invocation(action)
-        shown = argparse.Action([s for s in action.option_strings if s not in renamed], action.dest,
-                                nargs=action.nargs, metavar=action.metavar)
+        shown = copy.copy(action)
+        shown.option_strings = [s for s in action.option_strings if s not in renamed]
         return super()._format_action_invocation(shown)
 
 
@@ -92,9 +93,31 @@ def fraction(text: str) -> float:
     return value
 
 
+def output_file(text: str) -> Path:
+    """An argparse ``type`` for a file a command writes when it is done: a path that can never
+    be written (a directory, or below a file) is refused at once, not after the work."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a directory; give the path of a file to write")
+    below = next((parent for parent in path.parents if parent.exists()), Path("."))
+    if not below.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} cannot be written: {below} is a file, not a directory")
+    return path
+
+
+def work_directory(text: str) -> Path:
+    """An argparse ``type`` for a directory a command creates or reuses: refused at once when
+    the path, or a folder above it, is a file."""
+    path = Path(text)
+    below = next((candidate for candidate in (path, *path.parents) if candidate.exists()), Path("."))
+    if not below.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} cannot be a directory: {below} is a file")
+    return path
+
+
 def add_json(parser: argparse.ArgumentParser, what: str = "the metrics") -> None:
     """``--json PATH``: also write ``what`` there (atomically)."""
-    parser.add_argument("--json", type=Path, metavar="PATH", help=f"also write {what} here as JSON")
+    parser.add_argument("--json", type=output_file, metavar="PATH", help=f"also write {what} here as JSON")
 
 
 def add_output(parser: argparse.ArgumentParser, what: str, *, metavar: str = "DIR") -> None:
@@ -106,7 +129,7 @@ def add_output(parser: argparse.ArgumentParser, what: str, *, metavar: str = "DI
 def check_output(args: argparse.Namespace) -> None:
     """Fail before the work, not after it, when ``--out`` exists and may not be replaced."""
     if args.out.exists() and not args.overwrite:
-        raise CoinferError(f"{args.out} already exists (pass --overwrite to replace it)")
+        raise OutputExistsError(f"{args.out} already exists (pass --overwrite to replace it)")
 
 
 def add_records(parser: argparse.ArgumentParser, what: str, *, required: bool = True) -> None:
@@ -143,14 +166,22 @@ def add_bench(parser: argparse.ArgumentParser, quick: str) -> None:
     """``--quick``, ``--json`` and ``--workdir``: what every ``coinfer <capability> bench`` takes."""
     parser.add_argument("--quick", action="store_true", help=quick)
     add_json(parser)
-    parser.add_argument("--workdir", type=Path, metavar="DIR",
+    parser.add_argument("--workdir", type=work_directory, metavar="DIR",
                         help="keep generated data here and reuse it (default: a temporary directory)")
+
+
+def port_number(text: str) -> int:
+    """An argparse ``type`` for a TCP port (0 lets the system choose one)."""
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a TCP port in [0, 65535], got {text}")
+    return value
 
 
 def add_service(parser: argparse.ArgumentParser, port: int) -> None:
     """Where a service listens and how it authenticates: every ``coinfer <capability> serve``."""
     parser.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
-    parser.add_argument("--port", type=int, default=port, help=f"(default {port})")
+    parser.add_argument("--port", type=port_number, default=port, help=f"(default {port})")
     parser.add_argument("--token-file", type=Path, metavar="FILE",
                         help="file holding the bearer token (default: $COINFER_TOKEN, else a fresh one "
                              "printed once)")

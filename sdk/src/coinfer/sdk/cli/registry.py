@@ -72,6 +72,7 @@ GROUPS: tuple[Group, ...] = (
         Action("run", "run an exported filter over records with LiteRT and score its decisions", EDGE),
         Action("analyze", "the filterability verdict of a redundancy measurement and whether a filter "
                           "pays off", EDGE),
+        Action("serve", "the edge detection service: cameras post the frames their skip filter kept", EDGE),
         Action("bench", "InFi filters against the optimum and the baselines on real models", BENCH),
     )),
     Group("stip", "STIP: three-party secure transformer inference", (

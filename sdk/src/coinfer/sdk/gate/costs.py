@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from coinfer.sdk.errors import InvalidArgumentError
 from coinfer.sdk.gate.packet import PictureType
 
 
@@ -38,7 +39,7 @@ class DecodeCostModel:
         for name in ("i_seconds", "p_seconds", "b_seconds"):
             value = getattr(self, name)
             if not np.isfinite(value) or value <= 0:
-                raise ValueError(f"{name} must be a positive number of seconds, got {value}")
+                raise InvalidArgumentError(f"{name} must be a positive number of seconds, got {value}")
 
     @property
     def table(self) -> np.ndarray:
@@ -56,7 +57,8 @@ class DecodeCostModel:
         pictures = np.asarray(pictures)
         seconds = np.asarray(seconds, dtype=np.float64)
         if pictures.shape != seconds.shape or pictures.size == 0:
-            raise ValueError("pictures and seconds must be non-empty and of equal shape")
+            raise InvalidArgumentError(f"pictures and seconds must be non-empty and of equal shape, got "
+                                       f"{pictures.shape} and {seconds.shape}")
         medians = {}
         for kind in (PictureType.I, PictureType.P, PictureType.B):
             chosen = seconds[pictures == kind]
@@ -85,7 +87,7 @@ def calibrate_decode_costs(codec: str, width: int, height: int, *, frames: int =
     import av
 
     if codec not in _ENCODERS:
-        raise ValueError(f"cannot calibrate codec {codec!r}; known: {sorted(_ENCODERS)}")
+        raise InvalidArgumentError(f"cannot calibrate codec {codec!r}; known: {sorted(_ENCODERS)}")
     encoder = av.CodecContext.create(_ENCODERS[codec], "w")
     encoder.width, encoder.height = width, height
     encoder.pix_fmt = "yuvj420p" if codec == "mjpeg" else "yuv420p"

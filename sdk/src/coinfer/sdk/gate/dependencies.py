@@ -29,6 +29,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from coinfer.sdk.errors import InvalidArgumentError
+from coinfer.sdk.gate.errors import GateError
 from coinfer.sdk.gate.packet import PacketInfo, PictureType
 
 
@@ -73,7 +75,7 @@ class DependencyTracker:
 
     def __init__(self, streams: int) -> None:
         if streams < 1:
-            raise ValueError(f"streams must be >= 1, got {streams}")
+            raise InvalidArgumentError(f"streams must be >= 1, got {streams}")
         self.streams = streams
         self._pending_cost = np.zeros(streams)
         self._pending_from = np.zeros(streams, dtype=np.int64)  # first round that may hold a pending ref
@@ -96,11 +98,11 @@ class DependencyTracker:
         if not isinstance(batch, PacketBatch):
             batch = PacketBatch.from_packets(batch)
         if batch.present.shape != (self.streams,):
-            raise ValueError(f"expected {self.streams} packets (None for absent), "
-                             f"got {batch.present.shape[0]}")
+            raise GateError(f"expected {self.streams} packets (None for absent), "
+                            f"got {batch.present.shape[0]}")
         own = np.asarray(own_costs, dtype=np.float64)
         if own.shape != (self.streams,):
-            raise ValueError(f"own_costs must have shape ({self.streams},), got {own.shape}")
+            raise GateError(f"own_costs must have shape ({self.streams},), got {own.shape}")
         self._retire_undecoded()
         self._round += 1
         fresh = batch.random_access
@@ -121,7 +123,7 @@ class DependencyTracker:
         mask = np.asarray(selected, dtype=bool)
         bad = mask & ~self._decodable
         if bad.any():
-            raise ValueError(f"stream {int(np.flatnonzero(bad)[0])} has no decodable packet this round")
+            raise GateError(f"stream {int(np.flatnonzero(bad)[0])} has no decodable packet this round")
         plans: list[list[PacketInfo]] = [[] for _ in range(self.streams)]
         current = self._history[-1]
         for i in np.flatnonzero(mask):

@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import numpy as np
 
+from coinfer.sdk.errors import InvalidArgumentError
+
 
 class SlidingWindowUCB:
     """Vectorised over streams; O(streams) per round."""
 
     def __init__(self, streams: int, window: int = 30, *, unseen_bonus: float = 2.0) -> None:
         if streams < 1 or window < 1:
-            raise ValueError(f"streams and window must be >= 1, got {streams} and {window}")
+            raise InvalidArgumentError(f"streams and window must be >= 1, got {streams} and {window}")
         self.streams, self.window = streams, window
         self.unseen_bonus = unseen_bonus
         self._selected = np.zeros((window, streams), dtype=np.float64)

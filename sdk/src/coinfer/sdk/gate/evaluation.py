@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from coinfer.sdk.gate.costs import DecodeCostModel
+from coinfer.sdk.gate.errors import GateError
 from coinfer.sdk.gate.policies import Policy, TemporalPolicy
 from coinfer.sdk.gate.predictor import (
     ContextualPredictor,
@@ -120,6 +121,6 @@ def train_on_traces(traces: Sequence[StreamTrace], costs: DecodeCostModel,
                     measures: Mapping[str, RedundancyMeasure], options: PredictorOptions,
                     gate_options: GateOptions | None = None) -> ContextualPredictor:
     if tuple(measures) != options.tasks:
-        raise ValueError(f"predictor tasks {options.tasks} differ from the measured tasks {tuple(measures)}")
+        raise GateError(f"predictor tasks {options.tasks} differ from the measured tasks {tuple(measures)}")
     rows = training_rows(traces, costs, measures, options=gate_options)
     return train_predictor(rows, options)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from coinfer.sdk.errors import InvalidArgumentError
 from coinfer.sdk.gate.packet import PictureType
 
 CHANNELS = 4
@@ -43,10 +44,10 @@ class SizeWindows:
     def __init__(self, streams: int, window: int = 5, *, smoothing: float = 0.05,
                  level_smoothing: float = 0.3) -> None:
         if streams < 1 or window < 1:
-            raise ValueError(f"streams and window must be >= 1, got {streams} and {window}")
+            raise InvalidArgumentError(f"streams and window must be >= 1, got {streams} and {window}")
         for name, value in (("smoothing", smoothing), ("level_smoothing", level_smoothing)):
             if not 0.0 < value <= 1.0:
-                raise ValueError(f"{name} must be in (0, 1], got {value}")
+                raise InvalidArgumentError(f"{name} must be in (0, 1], got {value}")
         self.streams, self.window = streams, window
         self._rates = np.array([smoothing, smoothing, level_smoothing])
         self._views = np.zeros((2, streams, window, CHANNELS), dtype=np.float32)

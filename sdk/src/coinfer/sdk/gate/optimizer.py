@@ -6,10 +6,17 @@ references of the next-best packet, which makes it cheaper next round. This gree
 solution of the "approximately fractional" knapsack is within 1 - c/B of the optimum
 (c: the dearest single packet, B: the budget). One argsort: O(m log m).
 
-Example::
+Example: four streams' next packets, the first an I-picture four times as dear as the rest.
+The two best per second fit the budget; what is left goes to the references of the next
+best (stream 0), which makes it cheaper next round:
 
-    choice = DecodeBudgetOptimizer().select(values, costs, budget=0.004)
-    decode_now = np.flatnonzero(choice.selected)
+>>> import numpy as np
+>>> from coinfer.sdk.gate.optimizer import DecodeBudgetOptimizer
+>>> values = np.array([0.9, 0.2, 0.8, 0.5])         # predicted necessity
+>>> costs = np.array([0.004, 0.001, 0.001, 0.001])  # seconds to decode
+>>> choice = DecodeBudgetOptimizer().select(values, costs, budget=0.003)
+>>> np.flatnonzero(choice.selected), choice.spent, choice.next_best, choice.leftover
+(array([2, 3]), 0.002, 0, 0.001)
 """
 
 from __future__ import annotations
@@ -17,6 +24,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
+from coinfer.sdk.errors import InvalidArgumentError
 
 
 @dataclass(frozen=True)
@@ -36,9 +45,10 @@ class DecodeBudgetOptimizer:
         values = np.asarray(values, dtype=np.float64)
         costs = np.asarray(costs, dtype=np.float64)
         if values.shape != costs.shape or values.ndim != 1:
-            raise ValueError(f"values and costs must be 1-D of one shape, got {values.shape}, {costs.shape}")
+            raise InvalidArgumentError(f"values and costs must be 1-D of one shape, got {values.shape} and "
+                                       f"{costs.shape}")
         if budget < 0 or not np.isfinite(budget):
-            raise ValueError(f"budget must be a finite number >= 0, got {budget}")
+            raise InvalidArgumentError(f"budget must be a finite number >= 0, got {budget}")
         selected = np.zeros(values.shape, dtype=bool)
         decodable = np.flatnonzero(np.isfinite(costs) & (costs > 0))
         if decodable.size == 0:

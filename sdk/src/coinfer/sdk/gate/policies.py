@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from coinfer.sdk.gate.errors import GateError
 from coinfer.sdk.gate.predictor import ContextualPredictor
 
 
@@ -104,7 +105,7 @@ class OraclePolicy(RoundRobinPolicy):
 
     def values(self, context: RoundContext) -> np.ndarray:
         if context.oracle is None:
-            raise ValueError("the oracle policy needs the true necessity of every packet")
+            raise GateError("the oracle policy needs the true necessity of every packet")
         waiting = super().values(context)
         return context.oracle.astype(np.float64) + 1e-3 * waiting / (1.0 + waiting)
 

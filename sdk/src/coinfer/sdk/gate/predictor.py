@@ -11,11 +11,31 @@ with :class:`ContextualPredictor`, a numpy forward batched over every stream tha
 Keras within 1e-5, and devices run the TFLite export
 (:func:`coinfer.converters.filters.export_predictor`).
 
-Example::
+Example: ``train_predictor(dataset, options)`` trains one with TensorFlow (rows from
+:func:`coinfer.sdk.gate.replay.collect_training_rows`); here untrained weights show the
+forward, which needs numpy only:
 
-    predictor = train_predictor(dataset, PredictorOptions(tasks=("faces", "cats")))
-    predictor.save("out/predictor")
-    probabilities = ContextualPredictor.load("out/predictor").predict(i_view, p_view, mu)
+>>> import tempfile
+>>> import numpy as np
+>>> from coinfer.sdk.gate.predictor import ContextualPredictor, PredictorOptions
+>>> predictor = ContextualPredictor.untrained(PredictorOptions(tasks=("faces", "cats")))
+>>> rng = np.random.default_rng(0)
+>>> i_view, p_view = rng.random((2, 64, 5, 4), dtype=np.float32)  # 64 streams' size windows
+>>> mu = rng.random(64)                                            # their temporal estimates
+>>> probabilities = predictor.predict(i_view, p_view, mu)
+>>> probabilities.shape, bool(((0 < probabilities) & (probabilities < 1)).all())
+((64, 2), True)
+>>> work = tempfile.TemporaryDirectory()
+>>> loaded = ContextualPredictor.load(predictor.save(f"{work.name}/predictor"))
+>>> loaded.tasks, bool(np.array_equal(loaded.predict(i_view, p_view, mu), probabilities))
+(('faces', 'cats'), True)
+>>> work.cleanup()
+
+Live, a streaming forward recomputes only the window slots that changed since the last round:
+
+>>> forward = predictor.streaming(streams=64)
+>>> bool(np.allclose(forward.predict(i_view, p_view, mu), probabilities, atol=1e-6))
+True
 """
 
 from __future__ import annotations
@@ -29,6 +49,8 @@ from typing import Any
 import numpy as np
 
 from coinfer.sdk.artifact import ArtifactError, Manifest, load_artifact, save_artifact
+from coinfer.sdk.errors import InvalidArgumentError
+from coinfer.sdk.gate.errors import GateError
 from coinfer.sdk.gate.features import CHANNELS, FEEDBACK_CHANNELS
 
 KIND = "contextual-predictor"
@@ -56,10 +78,10 @@ class PredictorOptions:
 
     def __post_init__(self) -> None:
         if not self.tasks:
-            raise ValueError("at least one task is needed")
+            raise InvalidArgumentError("the predictor needs at least one task, got none")
         for name in ("window", "filters", "hidden", "epochs", "batch_size"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise InvalidArgumentError(f"{name} must be >= 1, got {getattr(self, name)}")
 
 
 @dataclass
@@ -76,11 +98,11 @@ class PredictorDataset:
         rows = self.labels.shape[0]
         for name in ("i_view", "p_view", "temporal"):
             if getattr(self, name).shape[0] != rows:
-                raise ValueError(f"{name} has {getattr(self, name).shape[0]} rows, labels have {rows}")
+                raise GateError(f"{name} has {getattr(self, name).shape[0]} rows, labels have {rows}")
         shape = self.i_view.shape
         if len(shape) != 3 or shape[2] != CHANNELS or shape != self.p_view.shape:
-            raise ValueError(f"size views must be (rows, window, {CHANNELS}), got {self.i_view.shape} "
-                             f"and {self.p_view.shape}")
+            raise GateError(f"size views must be (rows, window, {CHANNELS}), got {self.i_view.shape} "
+                            f"and {self.p_view.shape}")
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -153,7 +175,7 @@ class ContextualPredictor:
         shape = (self.options.window, CHANNELS)
         for name, view in (("i_view", i_view), ("p_view", p_view)):
             if view.ndim != 3 or view.shape[1:] != shape:
-                raise ValueError(f"{name} must be (streams, {shape[0]}, {shape[1]}), got {view.shape}")
+                raise GateError(f"{name} must be (streams, {shape[0]}, {shape[1]}), got {view.shape}")
 
     def _slots(self, view: int, cells: np.ndarray) -> np.ndarray:
         """Both 1x1 convolutions of one view on a batch of window slots, (n, CHANNELS) -> (n, filters)."""
@@ -234,8 +256,8 @@ class StreamingPredictor:
     def predict(self, i_view: np.ndarray, p_view: np.ndarray, temporal: np.ndarray) -> np.ndarray:
         self.predictor._check_views(i_view, p_view)
         if i_view.shape[0] != self.streams or p_view.shape[0] != self.streams:
-            raise ValueError(f"this forward serves {self.streams} streams, got views of "
-                             f"{i_view.shape[0]} and {p_view.shape[0]}")
+            raise GateError(f"this forward serves {self.streams} streams, got views of "
+                            f"{i_view.shape[0]} and {p_view.shape[0]}")
         for view, cells in enumerate((i_view, p_view)):
             cells = np.ascontiguousarray(cells, dtype=np.float32)
             if self._fresh:
@@ -304,8 +326,8 @@ def train_predictor(dataset: PredictorDataset, options: PredictorOptions, *,
 
     tf = import_tensorflow()
     if dataset.labels.ndim != 2 or dataset.labels.shape[1] != len(options.tasks):
-        raise ValueError(f"labels must be (rows, {len(options.tasks)}) for tasks {options.tasks}, "
-                         f"got {dataset.labels.shape}")
+        raise GateError(f"labels must be (rows, {len(options.tasks)}) for tasks {options.tasks}, "
+                        f"got {dataset.labels.shape}")
     tf.keras.utils.set_random_seed(options.seed)
     model = build_keras_model(options)
     optimizer = tf.keras.optimizers.RMSprop(options.learning_rate)

@@ -20,10 +20,14 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
+
+from coinfer.sdk.boxes import box_iou
+from coinfer.sdk.errors import InvalidArgumentError
+from coinfer.sdk.named_factories import NamedFactories
 
 
 class RedundancyMeasure:
@@ -69,19 +73,6 @@ def _counts(results: Sequence[Any]) -> np.ndarray:
     return np.array([result_count(result) for result in results])
 
 
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pairwise IoU of x, y, w, h boxes: shape (len(a), len(b))."""
-    a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
-    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
-    x1 = np.maximum(a[:, None, 0], b[None, :, 0])
-    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
-    x2 = np.minimum(a[:, None, 0] + a[:, None, 2], b[None, :, 0] + b[None, :, 2])
-    y2 = np.minimum(a[:, None, 1] + a[:, None, 3], b[None, :, 1] + b[None, :, 3])
-    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-    union = (a[:, 2] * a[:, 3])[:, None] + (b[:, 2] * b[:, 3])[None, :] - inter
-    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
-
-
 class BoxesMoved(RedundancyMeasure):
     """Detection: necessary unless every box pairs one-to-one with a box of IoU >= threshold."""
 
@@ -89,7 +80,7 @@ class BoxesMoved(RedundancyMeasure):
 
     def __init__(self, threshold: float = 0.5) -> None:
         if not 0.0 < threshold <= 1.0:
-            raise ValueError(f"IoU threshold must be in (0, 1], got {threshold}")
+            raise InvalidArgumentError(f"IoU threshold must be in (0, 1], got {threshold}")
         self.threshold = threshold
 
     def necessary(self, reported: Any, current: Any) -> bool:
@@ -99,7 +90,7 @@ class BoxesMoved(RedundancyMeasure):
             return True
         if len(a) == 0:
             return False
-        overlap = box_iou(a, b)
+        overlap = box_iou(a[:, None], b[None])
         used = np.zeros(len(b), dtype=bool)
         for row in np.argsort(-overlap.max(axis=1)):
             candidates = np.where(used, -1.0, overlap[row])
@@ -128,7 +119,7 @@ class ClassSubset(RedundancyMeasure):
     def __init__(self, redundant: Iterable[Any] = (0,)) -> None:
         self.redundant = frozenset(redundant)
         if not self.redundant:
-            raise ValueError("class-subset needs at least one redundant label")
+            raise InvalidArgumentError("class-subset needs at least one redundant label, got none")
 
     def necessary(self, reported: Any, current: Any) -> bool:
         return current not in self.redundant
@@ -137,17 +128,10 @@ class ClassSubset(RedundancyMeasure):
         return reported == truth or (reported in self.redundant and truth in self.redundant)
 
 
-REDUNDANCY: dict[str, Callable[..., RedundancyMeasure]] = {
-    CountChanged.name: CountChanged,
-    BoxesMoved.name: BoxesMoved,
-    LabelChanged.name: LabelChanged,
-    ClassSubset.name: ClassSubset,
-}
+REDUNDANCY: NamedFactories[RedundancyMeasure] = NamedFactories(
+    "redundancy measure", InvalidArgumentError, CountChanged, BoxesMoved, LabelChanged, ClassSubset)
 
 
 def create_measure(name: str, **options: Any) -> RedundancyMeasure:
-    try:
-        factory = REDUNDANCY[name]
-    except KeyError:
-        raise ValueError(f"unknown redundancy measure {name!r}; choose one of {sorted(REDUNDANCY)}") from None
-    return factory(**options)
+    """A built-in measure by name, e.g. ``create_measure("iou", threshold=0.7)``."""
+    return REDUNDANCY.create(name, **options)

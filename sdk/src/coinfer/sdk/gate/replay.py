@@ -22,6 +22,7 @@ import numpy as np
 
 from coinfer.sdk.gate.costs import DecodeCostModel
 from coinfer.sdk.gate.dependencies import PacketBatch
+from coinfer.sdk.gate.errors import GateError
 from coinfer.sdk.gate.packet import PacketInfo
 from coinfer.sdk.gate.policies import Policy
 from coinfer.sdk.gate.predictor import PredictorDataset
@@ -43,10 +44,10 @@ class StreamTrace:
 
     def __post_init__(self) -> None:
         if len(self.frames) != len(self.packets):
-            raise ValueError(f"{len(self.packets)} packets but {len(self.frames)} frame indices")
+            raise GateError(f"{len(self.packets)} packets but {len(self.frames)} frame indices")
         for task, results in self.results.items():
             if len(self.frames) and int(np.max(self.frames)) >= len(results):
-                raise ValueError(f"task {task!r}: {len(results)} results but frame {np.max(self.frames)}")
+                raise GateError(f"task {task!r}: {len(results)} results but frame {np.max(self.frames)}")
 
 
 @dataclass

@@ -4,14 +4,32 @@
 demuxed packets and hands the returned plans to decoders; the benchmark replays logged
 streams through the very same object.
 
-Example::
+Example: two streams under a budget of 5 ms of decoding a round (with a trained predictor,
+``PredictorPolicy(streams, ContextualPredictor.load(path))`` replaces the temporal policy):
 
-    gate = PacketGate(streams=64, costs=cost_model, policy=PredictorPolicy(64, predictor),
-                      budget=0.02)
-    decision = gate.step(packets)                 # one PacketInfo (or None) per stream
-    for stream in decision.inferred:
-        ...decode decision.plans[stream], run the model on the last frame...
-    gate.feedback(necessary)                      # result differed from the last reported one
+>>> import numpy as np
+>>> from coinfer.sdk.gate.costs import DecodeCostModel
+>>> from coinfer.sdk.gate.packet import PacketInfo, PictureInfo, PictureType
+>>> from coinfer.sdk.gate.policies import TemporalPolicy
+>>> from coinfer.sdk.gate.scheduler import PacketGate
+>>> def packet(stream, index, kind):        # a demuxed packet and its parsed header
+...     intra = kind == "I"
+...     return PacketInfo(stream, index, 4000 if intra else 300, index, index, intra,
+...                       PictureInfo(PictureType[kind], reference=True, random_access=intra))
+>>> costs = DecodeCostModel(i_seconds=0.004, p_seconds=0.001, b_seconds=0.001)
+>>> gate = PacketGate(streams=2, costs=costs, policy=TemporalPolicy(2), budget=0.005)
+>>> decision = gate.step([packet(0, 0, "I"), packet(1, 0, "I")])  # one packet (or None) per stream
+>>> decision.inferred, decision.spent     # one intra picture fits
+(array([0]), 0.004)
+>>> gate.feedback(np.array([True, False]))  # the inferred result differed from the last one
+
+Stream 1's P-picture now needs the intra picture it skipped: its plan decodes both.
+
+>>> decision = gate.step([packet(0, 1, "P"), packet(1, 1, "P")])
+>>> decision.costs, decision.inferred
+(array([0.001, 0.005]), array([0, 1]))
+>>> [[info.index for info in plan] for plan in decision.plans]
+[[1], [0, 1]]
 """
 
 from __future__ import annotations
@@ -21,8 +39,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from coinfer.sdk.errors import InvalidArgumentError
 from coinfer.sdk.gate.costs import DecodeCostModel
 from coinfer.sdk.gate.dependencies import DependencyTracker, PacketBatch
+from coinfer.sdk.gate.errors import GateError
 from coinfer.sdk.gate.estimator import SlidingWindowUCB
 from coinfer.sdk.gate.features import SizeWindows
 from coinfer.sdk.gate.optimizer import DecodeBudgetOptimizer, Selection
@@ -52,7 +72,7 @@ class GateOptions:
     def __post_init__(self) -> None:
         for name in ("size_window", "ucb_window", "carry_rounds"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise InvalidArgumentError(f"{name} must be >= 1, got {getattr(self, name)}")
 
 
 @dataclass
@@ -80,7 +100,7 @@ class PacketGate:
     def __init__(self, streams: int, costs: DecodeCostModel, policy: Policy, budget: float,
                  options: GateOptions | None = None) -> None:
         if policy.streams != streams:
-            raise ValueError(f"policy was built for {policy.streams} streams, the gate has {streams}")
+            raise GateError(f"policy was built for {policy.streams} streams, the gate has {streams}")
         self.streams = streams
         self.options = options or GateOptions()
         self.cost_model = costs

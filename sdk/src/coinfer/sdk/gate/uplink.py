@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import math
 
+from coinfer.sdk.errors import InvalidArgumentError
+
 __all__ = ["UplinkPrice"]
 
 
@@ -46,8 +48,9 @@ class UplinkPrice:
     def __init__(self, bytes_per_s: float, burst_bytes: float, round_bytes: float, step: float = 0.05,
                  full_step: float = 0.25) -> None:
         if not all(value > 0 for value in (bytes_per_s, burst_bytes, round_bytes, step, full_step)):
-            raise ValueError(f"bytes_per_s, burst_bytes, round_bytes, step and full_step must be > 0, got "
-                             f"{bytes_per_s}, {burst_bytes}, {round_bytes}, {step}, {full_step}")
+            raise InvalidArgumentError(f"bytes_per_s, burst_bytes, round_bytes, step and full_step "
+                                       f"must be > 0, got {bytes_per_s}, {burst_bytes}, {round_bytes}, "
+                                       f"{step}, {full_step}")
         self.rate, self.capacity, self.round_bytes = bytes_per_s, burst_bytes, round_bytes
         self.step, self.full_step = step, full_step
         self.tokens = float(burst_bytes)

@@ -44,6 +44,7 @@ from coinfer.sdk.infi.reuse import (
 )
 from coinfer.sdk.infi.skip import FilterStats, SkipFilter, trained_scorer
 from coinfer.sdk.infi.training import (
+    FilterError,
     FilterOptions,
     TrainedFilter,
     check_inputs,
@@ -60,6 +61,7 @@ __all__ = [
     "Analysis",
     "CacheOptions",
     "FilterCurve",
+    "FilterError",
     "FilterOptions",
     "FilterStats",
     "InputError",

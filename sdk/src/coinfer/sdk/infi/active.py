@@ -24,9 +24,10 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from coinfer.sdk.errors import InvalidArgumentError
 from coinfer.sdk.infi.curves import FilterCurve
 from coinfer.sdk.infi.skip import SkipFilter, trained_scorer
-from coinfer.sdk.infi.training import FilterOptions, Inputs, TrainedFilter, check_inputs
+from coinfer.sdk.infi.training import FilterError, FilterOptions, Inputs, TrainedFilter, check_inputs
 
 STRATEGIES = ("active", "periodic")
 
@@ -49,11 +50,12 @@ class ActiveOptions:
 
     def __post_init__(self) -> None:
         if self.period < 1 or self.epochs < 1 or self.buffer < 1:
-            raise ValueError("period, epochs and buffer must be >= 1")
+            raise InvalidArgumentError(f"period, epochs and buffer must be >= 1, got {self.period}, "
+                                       f"{self.epochs} and {self.buffer}")
         if not 0.0 < self.budget <= 1.0:
-            raise ValueError(f"budget must be in (0, 1], got {self.budget}")
+            raise InvalidArgumentError(f"budget must be in (0, 1], got {self.budget}")
         if self.strategy not in STRATEGIES:
-            raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+            raise InvalidArgumentError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
 
 
 class ActiveUpdater:
@@ -63,7 +65,7 @@ class ActiveUpdater:
                  label: Callable[[list[np.ndarray]], np.ndarray], options: ActiveOptions | None = None,
                  training: FilterOptions | None = None) -> None:
         if trained.kind != "skip":
-            raise ValueError(f"active update needs a skip filter, got a {trained.kind} filter")
+            raise FilterError(f"active update needs a skip filter, got a {trained.kind} filter")
         self.options = options or ActiveOptions()
         self.training = replace(training or FilterOptions(), epochs=self.options.epochs, progress=False)
         self.trained, self.skip, self._label = trained, skip, label

@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from coinfer.sdk.errors import InvalidArgumentError
 from coinfer.sdk.infi.measurements import Measurement
 
 
@@ -61,7 +62,7 @@ def break_even_rate(filter_ms: float, model_ms: float, filtered_ms: float = 0.0)
     """``C(g) / (C(h) - C(h_hat))``; infinity when filtering saves nothing per input."""
     for name, value in (("filter", filter_ms), ("model", model_ms), ("filtered-result", filtered_ms)):
         if value < 0:
-            raise ValueError(f"{name} cost must be >= 0, got {value}")
+            raise InvalidArgumentError(f"{name} cost must be >= 0, got {value}")
     saving = model_ms - filtered_ms
     return float("inf") if saving <= 0 else filter_ms / saving
 
@@ -70,9 +71,10 @@ def analyze(measurement: Measurement, *, filter_ms: float | None = None, model_m
             filtered_ms: float = 0.0, filter_rate: float | None = None) -> Analysis:
     """The verdict for a measurement and, when costs are given, whether a filter pays off."""
     if (filter_ms is None) != (model_ms is None):
-        raise ValueError("give both the filter's and the model's cost, or neither")
+        raise InvalidArgumentError(f"give both the filter's and the model's cost, or neither; got filter_ms "
+                                   f"{filter_ms} and model_ms {model_ms}")
     if filter_rate is not None and not 0.0 <= filter_rate <= 1.0:
-        raise ValueError(f"filter rate must be in [0, 1], got {filter_rate}")
+        raise InvalidArgumentError(f"filter rate must be in [0, 1], got {filter_rate}")
     rate = None
     if filter_ms is not None and model_ms is not None:
         rate = break_even_rate(filter_ms, model_ms, filtered_ms)

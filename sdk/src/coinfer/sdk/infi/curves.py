@@ -6,10 +6,20 @@ accuracy is ``1 - (non-redundant inputs skipped) / n``. A perfect filter skips e
 redundant input first: accuracy ``a = 1 - max(r - r_N, 0)`` with ``r_N`` the redundant
 fraction, so at target accuracy ``T`` it reaches ``r = r_N + (1 - T)`` (paper sec. 3.5).
 
-Example::
+Example: six inputs, three of them redundant, scored by a filter (P(redundant)) that ranks
+one necessary input above a redundant one:
 
-    curve = FilterCurve.from_scores(scores, redundant)     # scores: P(redundant)
-    curve.rate_at(0.9), curve.threshold_for(0.9), optimal_rate(redundant.mean(), 0.9)
+>>> import numpy as np
+>>> from coinfer.sdk.infi import FilterCurve, optimal_rate
+>>> scores = np.array([0.9, 0.8, 0.7, 0.4, 0.3, 0.1])
+>>> redundant = np.array([True, True, False, True, False, False])
+>>> curve = FilterCurve.from_scores(scores, redundant)
+>>> curve.rates[:5], curve.accuracies[:5]
+(array([0. , 0.167, 0.333, 0.5  , 0.667]), array([1.   , 1.   , 1.   , 0.833, 0.833]))
+>>> curve.rate_at(0.8), curve.threshold_for(0.8)        # skip inputs scored >= 0.4
+(0.667, 0.4)
+>>> optimal_rate(redundant.mean(), 0.8)                  # a perfect filter
+0.7
 """
 
 from __future__ import annotations
@@ -17,6 +27,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
+from coinfer.sdk.errors import InvalidArgumentError
 
 
 def optimal_rate(redundant_fraction: float, target: float = 0.9) -> float:
@@ -40,11 +52,11 @@ class FilterCurve:
         scores = np.asarray(scores, dtype=np.float64).reshape(-1)
         redundant = np.asarray(redundant, dtype=bool).reshape(-1)
         if scores.shape != redundant.shape:
-            raise ValueError(f"{scores.size} scores but {redundant.size} redundancy labels")
+            raise InvalidArgumentError(f"{scores.size} scores but {redundant.size} redundancy labels")
         if scores.size == 0:
-            raise ValueError("a filter curve needs at least one input")
+            raise InvalidArgumentError("a filter curve needs at least one input, got no scores")
         if not np.all(np.isfinite(scores)):
-            raise ValueError("filter scores contain NaN or infinite values")
+            raise InvalidArgumentError("the filter scores contain NaN or infinite values")
         order = np.argsort(-scores, kind="stable")
         ranked = scores[order]
         errors = np.cumsum(~redundant[order])
@@ -70,6 +82,6 @@ class FilterCurve:
 
     def _best(self, target: float) -> int:
         if not 0.0 < target <= 1.0:
-            raise ValueError(f"target accuracy must be in (0, 1], got {target}")
+            raise InvalidArgumentError(f"target accuracy must be in (0, 1], got {target}")
         ok = np.flatnonzero(self.accuracies >= target - 1e-12)
         return int(ok[np.argmax(self.rates[ok])])

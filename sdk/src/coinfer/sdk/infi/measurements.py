@@ -20,10 +20,22 @@ a bounded regression is a simpler function than the model, so it can be learned 
 "confidence below a threshold" needs the model's whole decision surface, so a filter is at
 least as complex as the model itself. ``coinfer infi analyze`` reports the verdict.
 
-Example::
+Example:
 
-    measurement = create_measurement("class-subset", keep=["sports", "finance"])
-    redundant = measurement.redundant_many(outputs)      # bool per output
+>>> import numpy as np
+>>> from coinfer.sdk.infi import create_measurement
+>>> topics = create_measurement("class-subset", keep=["sports", "finance"])
+>>> topics.kind, topics.filterable
+('skip', True)
+>>> topics.redundant_many(["sports", "weather", "finance", "health"])
+array([False,  True, False,  True])
+>>> create_measurement("empty").redundant_many([np.zeros((0, 4)), np.ones((2, 4)), 0, None])
+array([ True, False,  True,  True])
+>>> create_measurement("confidence-below", threshold=0.9).filterable   # no cheaper filter exists
+False
+>>> count = create_measurement("count")                 # reuse: two outputs are interchangeable
+>>> count.kind, count.same(np.ones((2, 4)), [7, 8]), count.key(np.ones((2, 4)))
+('reuse', True, 2)
 """
 
 from __future__ import annotations
@@ -35,6 +47,7 @@ import numpy as np
 
 from coinfer.sdk.errors import CoinferError
 from coinfer.sdk.gate.redundancy import CountChanged, LabelChanged, RedundancyMeasure, result_count
+from coinfer.sdk.named_factories import NamedFactories
 
 
 class MeasurementError(CoinferError, ValueError):
@@ -210,27 +223,14 @@ def _floats(output: Any) -> np.ndarray | None:
         return None
 
 
-MEASUREMENTS: dict[str, Callable[..., Measurement]] = {
-    Empty.name: Empty,
-    ClassSubset.name: ClassSubset,
-    ConfidenceBelow.name: ConfidenceBelow,
-    BoundedRegression.name: BoundedRegression,
-    CountUnchanged.name: CountUnchanged,
-    LabelUnchanged.name: LabelUnchanged,
-}
+MEASUREMENTS: NamedFactories[Measurement] = NamedFactories(
+    "measurement", MeasurementError,
+    Empty, ClassSubset, ConfidenceBelow, BoundedRegression, CountUnchanged, LabelUnchanged)
 
 
 def create_measurement(name: str, **options: Any) -> Measurement:
     """A built-in measurement by name, e.g. ``create_measurement("confidence-below", threshold=0.8)``."""
-    try:
-        factory = MEASUREMENTS[name]
-    except KeyError:
-        raise MeasurementError(
-            f"unknown measurement {name!r}; choose one of {', '.join(MEASUREMENTS)}") from None
-    try:
-        return factory(**options)
-    except TypeError as error:
-        raise MeasurementError(f"bad options for measurement {name!r}: {error}") from error
+    return MEASUREMENTS.create(name, **options)
 
 
 def describe_measurements(measurements: Mapping[str, Measurement]) -> dict[str, dict[str, Any]]:

@@ -12,10 +12,21 @@ is a hit (the majority result is reused); otherwise the model runs and its resul
 inserted, replacing the least frequently (``lfu``) or least recently (``lru``) used entry
 when the cache is full. Lookups start once the cache holds K entries.
 
-Example::
+Example: a trained reuse filter gives the embedder and the pair classifier (``trained.embed``
+and ``trained.pair_head()``, or :func:`coinfer.device.infi.load_reuse_cache`); here the
+inputs are their own 2-D embeddings and the distance grows with ``|e1 - e2|``:
 
-    cache = ReuseCache(embedder, weights, bias, CacheOptions(capacity=500, k=5))
-    outputs, hits = cache.run(frames, model=count_people, key=measurement.key)
+>>> import numpy as np
+>>> from coinfer.sdk.infi.reuse import CacheOptions, ReuseCache
+>>> cache = ReuseCache(lambda inputs: inputs, np.ones(2), -4.0, CacheOptions(capacity=4, k=2))
+>>> def model(x):                      # the expensive model: is anyone there?
+...     return int(x[0] > 5)
+>>> inputs = np.array([[0.0, 0.0], [0.1, 0.0], [10.0, 10.0], [0.05, 0.1], [10.1, 10.0]], np.float32)
+>>> outputs, hits = cache.run(inputs, model, key=int)
+>>> outputs, hits                      # the fourth input's two nearest neighbours agree: reused
+([0, 0, 1, 0, 1], array([False, False, False,  True, False]))
+>>> len(cache), cache.stats.filter_rate
+(4, 0.2)
 """
 
 from __future__ import annotations
@@ -27,7 +38,9 @@ from typing import Any
 
 import numpy as np
 
+from coinfer.sdk.errors import InvalidArgumentError
 from coinfer.sdk.infi.curves import optimal_rate
+from coinfer.sdk.infi.modalities import InputError
 from coinfer.sdk.infi.skip import FilterStats
 
 REPLACEMENTS = ("lfu", "lru")
@@ -44,13 +57,13 @@ class CacheOptions:
 
     def __post_init__(self) -> None:
         if self.capacity < 1 or self.k < 1:
-            raise ValueError(f"capacity and k must be >= 1, got {self.capacity} and {self.k}")
+            raise InvalidArgumentError(f"capacity and k must be >= 1, got {self.capacity} and {self.k}")
         if self.k > self.capacity:
-            raise ValueError(f"k ({self.k}) cannot exceed the capacity ({self.capacity})")
+            raise InvalidArgumentError(f"k ({self.k}) cannot exceed the capacity ({self.capacity})")
         if not 0.0 <= self.homogeneity <= 1.0:
-            raise ValueError(f"homogeneity must be in [0, 1], got {self.homogeneity}")
+            raise InvalidArgumentError(f"homogeneity must be in [0, 1], got {self.homogeneity}")
         if self.replacement not in REPLACEMENTS:
-            raise ValueError(f"replacement must be one of {REPLACEMENTS}, got {self.replacement!r}")
+            raise InvalidArgumentError(f"replacement must be one of {REPLACEMENTS}, got {self.replacement!r}")
 
 
 @dataclass(frozen=True)
@@ -168,9 +181,9 @@ class ReuseCache:
     def _check_embedding(self, embedding: np.ndarray) -> np.ndarray:
         embedding = np.asarray(embedding, dtype=np.float32).reshape(-1)
         if embedding.size != self._w.size:
-            raise ValueError(f"embedding has {embedding.size} values, the cache keys have {self._w.size}")
+            raise InputError(f"embedding has {embedding.size} values, the cache keys have {self._w.size}")
         if not np.all(np.isfinite(embedding)):
-            raise ValueError("embedding contains NaN or infinite values")
+            raise InputError("the embedding contains NaN or infinite values")
         return embedding
 
 

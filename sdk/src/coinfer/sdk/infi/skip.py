@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from coinfer.sdk.infi.modalities import ModalitySpec
-from coinfer.sdk.infi.training import Inputs, TrainedFilter, check_inputs
+from coinfer.sdk.infi.training import FilterError, Inputs, TrainedFilter, check_inputs
 
 Scorer = Callable[[list[np.ndarray]], np.ndarray]
 
@@ -48,7 +48,7 @@ class SkipFilter:
         self.inputs, self.tasks = dict(inputs), tuple(tasks)
         self.thresholds = np.asarray(thresholds, dtype=np.float64).reshape(-1)
         if self.thresholds.size != len(self.tasks):
-            raise ValueError(f"{self.thresholds.size} thresholds for {len(self.tasks)} tasks {self.tasks}")
+            raise FilterError(f"{self.thresholds.size} thresholds for {len(self.tasks)} tasks {self.tasks}")
         self._scorer = scorer
         self._lock = threading.Lock()
         self.stats = FilterStats()
@@ -58,7 +58,7 @@ class SkipFilter:
                             thresholds: Sequence[float] | None = None) -> SkipFilter:
         """The edge-side filter: the trained Keras network as the scorer."""
         if trained.kind != "skip":
-            raise ValueError(f"a SkipFilter needs a skip filter, got a {trained.kind} filter")
+            raise FilterError(f"a SkipFilter needs a skip filter, got a {trained.kind} filter")
         chosen = trained.thresholds if thresholds is None else thresholds
         return cls(trained_scorer(trained), trained.inputs, chosen, trained.tasks)
 
@@ -69,8 +69,8 @@ class SkipFilter:
             scorer = self._scorer
         scores = np.asarray(scorer(arrays), dtype=np.float64).reshape(arrays[0].shape[0], -1)
         if scores.shape[1] != len(self.tasks):
-            raise ValueError(f"the scorer returned {scores.shape[1]} scores per input for "
-                             f"{len(self.tasks)} tasks")
+            raise FilterError(f"the scorer returned {scores.shape[1]} scores per input for "
+                              f"{len(self.tasks)} tasks")
         return scores
 
     def skip(self, inputs: Inputs) -> np.ndarray:

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from coinfer.sdk.artifact import ArtifactError, Manifest, load_artifact, save_artifact
+from coinfer.sdk.errors import CoinferError, InvalidArgumentError
 from coinfer.sdk.infi import networks
 from coinfer.sdk.infi.curves import FilterCurve
 from coinfer.sdk.infi.measurements import (
@@ -43,6 +44,12 @@ KINDS = ("skip", "reuse")
 ARTIFACT_KIND = "infi-filter"
 WEIGHTS_FILE = "weights.npz"
 Inputs = np.ndarray | Mapping[str, np.ndarray]
+
+
+class FilterError(CoinferError, ValueError):
+    """A filter asked for what its kind cannot do (a reuse cache from a skip filter, active
+    updates of a reuse filter), or whose parts disagree (thresholds, tasks, scores per input).
+    Also a ``ValueError``, so callers that caught the builtin keep working."""
 
 
 @dataclass(frozen=True)
@@ -70,11 +77,11 @@ class FilterOptions:
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "pairs_per_input", "validation_block"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise InvalidArgumentError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.validation < 1.0:
-            raise ValueError(f"validation must be in [0, 1), got {self.validation}")
+            raise InvalidArgumentError(f"validation must be in [0, 1), got {self.validation}")
         if not 0.0 < self.target_accuracy <= 1.0:
-            raise ValueError(f"target_accuracy must be in (0, 1], got {self.target_accuracy}")
+            raise InvalidArgumentError(f"target_accuracy must be in (0, 1], got {self.target_accuracy}")
 
 
 def check_inputs(inputs: Inputs, specs: Mapping[str, ModalitySpec]) -> list[np.ndarray]:
@@ -198,7 +205,7 @@ class TrainedFilter:
         try:
             kind = meta["filter"]
             if kind not in KINDS:
-                raise ValueError(f"unknown filter kind {kind!r}")
+                raise ArtifactError(f"{artifact.path}: unknown filter kind {kind!r}; expected one of {KINDS}")
             inputs = {name: ModalitySpec.from_dict(spec) for name, spec in meta["inputs"].items()}
             tasks = tuple(str(task) for task in meta["tasks"])
             measurements = measurements_from_description(meta["measurements"])
@@ -250,7 +257,7 @@ class TrainedFilter:
 
     def _need(self, kind: str) -> None:
         if self.kind != kind:
-            raise ValueError(f"this is a {self.kind} filter; that needs a {kind} filter")
+            raise FilterError(f"this is a {self.kind} filter; that needs a {kind} filter")
 
 
 def train_skip_filter(inputs: Inputs, labels: np.ndarray, specs: Mapping[str, ModalitySpec],

@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from coinfer.sdk.mlink.outputs import OutputSpec
+from coinfer.sdk.boxes import box_iou
+from coinfer.sdk.mlink.outputs import OutputError, OutputSpec
 
 #: A predicted box smaller than this (fraction of the frame) means "nothing found".
 MIN_BOX_AREA = 1e-3
@@ -41,20 +42,14 @@ def mean_average_precision(predicted: np.ndarray, reference: np.ndarray) -> floa
     return float(np.mean(values)) if values else 1.0
 
 
-def box_iou(predicted: np.ndarray, reference: np.ndarray) -> np.ndarray:
-    """Per-row IoU of ``[x, y, w, h]`` boxes; two empty boxes agree (1), one empty scores 0."""
-    def corners(boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        w, h = np.clip(boxes[:, 2], 0, None), np.clip(boxes[:, 3], 0, None)
-        return boxes[:, 0], boxes[:, 1], boxes[:, 0] + w, boxes[:, 1] + h, w * h
+def box_agreement(predicted: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Per-row IoU of ``[x, y, w, h]`` boxes, except that a box under :data:`MIN_BOX_AREA`
+    means "nothing found": two such boxes agree (1), one alone scores 0."""
+    def area(boxes: np.ndarray) -> np.ndarray:
+        return np.clip(boxes[:, 2], 0, None) * np.clip(boxes[:, 3], 0, None)
 
-    px0, py0, px1, py1, parea = corners(predicted)
-    rx0, ry0, rx1, ry1, rarea = corners(reference)
-    inter = (np.clip(np.minimum(px1, rx1) - np.maximum(px0, rx0), 0, None)
-             * np.clip(np.minimum(py1, ry1) - np.maximum(py0, ry0), 0, None))
-    union = parea + rarea - inter
-    iou = np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
-    empty_p, empty_r = parea < MIN_BOX_AREA, rarea < MIN_BOX_AREA
-    return np.where(empty_p & empty_r, 1.0, np.where(empty_p | empty_r, 0.0, iou))
+    empty_p, empty_r = area(predicted) < MIN_BOX_AREA, area(reference) < MIN_BOX_AREA
+    return np.where(empty_p & empty_r, 1.0, np.where(empty_p | empty_r, 0.0, box_iou(predicted, reference)))
 
 
 def edit_distance(hypothesis: Sequence[int], reference: Sequence[int]) -> int:
@@ -90,14 +85,14 @@ def sample_performance(spec: OutputSpec, predicted: Any, reference: Any) -> np.n
     if spec.metric in ("accuracy", "map"):
         return np.mean((predicted >= 0.5) == (reference >= 0.5), axis=1)
     if spec.metric == "iou":
-        return box_iou(predicted, reference)
+        return box_agreement(predicted, reference)
     return np.clip(1.0 - np.mean(np.abs(predicted - reference), axis=1) / spec.scale, 0.0, 1.0)
 
 
 def performance(spec: OutputSpec, predicted: Any, reference: Any) -> float:
     """The target task's metric as a performance in [0, 1] (see the module docstring)."""
     if len(reference) == 0:
-        raise ValueError("performance of an empty set of outputs is undefined")
+        raise OutputError(f"performance of an empty set of {spec.task} outputs is undefined")
     if spec.metric == "map":
         return mean_average_precision(np.asarray(predicted, np.float64), np.asarray(reference, np.float64))
     return float(np.mean(sample_performance(spec, predicted, reference)))

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from coinfer.sdk.errors import CoinferError
+from coinfer.sdk.frame_change import pixel_change
 from coinfer.sdk.mlink import ExecutionMode, performance
 from coinfer.sdk.mlink.table import OutputTable, concat_rows, take_rows
 
@@ -56,7 +57,7 @@ def change_schedule(thumbnails: np.ndarray, cameras: np.ndarray, threshold: floa
     grey = thumbnails.astype(np.float32)
     last = {} if last is None else last
     for row, camera in enumerate(cameras.tolist()):
-        if camera not in last or float(np.mean(np.abs(grey[row] - last[camera]))) > threshold:
+        if camera not in last or float(pixel_change(grey[row:row + 1], last[camera][None])[0]) > threshold:
             run[row], last[camera] = True, grey[row]
     return run
 

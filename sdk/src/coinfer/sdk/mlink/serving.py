@@ -19,12 +19,34 @@ for some stream rows. :class:`RecordedRunner` replays the outputs a workload rec
 and charges each model its measured per-step cost, which is how the bench compares
 policies on the same real outputs.
 
-Example::
+Example: three made-up models whose outputs follow from how many people are in view (0, 1
+or 2+): a people counter (4 ms a step), a speech detector (1 ms) and a crowd detector (2 ms).
+Links trained on recorded outputs let the planner run only the two cheap ones at half the
+cost of running all three, and predict the counter's outputs from theirs:
 
-    runner = RecordedRunner(stream_table, cost="ms")
-    result = serve(graph, runner, ServingOptions(budget=0.5 * sum(runner.costs.values())),
-                   profile=validation_table)
-    print(result.accuracy(stream_table), result.time_saved(runner))
+>>> import numpy as np
+>>> from coinfer.sdk.mlink import LinkGraph, LinkOptions, OutputSpec
+>>> from coinfer.sdk.mlink.serving import RecordedRunner, ServingOptions, serve
+>>> from coinfer.sdk.mlink.table import OutputTable
+>>> specs = {"counts": OutputSpec.classes(3), "speech": OutputSpec.presence(),
+...          "crowd": OutputSpec.classes(2)}
+>>> def recorded(steps, seed):
+...     people = np.random.default_rng(seed).integers(0, 3, steps)
+...     outputs = {"counts": np.eye(3, dtype=np.float32)[people],
+...                "speech": (people > 0).astype(np.float32)[:, None],
+...                "crowd": np.eye(2, dtype=np.float32)[(people > 1).astype(int)]}
+...     costs = {"counts": {"ms": 4.0}, "speech": {"ms": 1.0}, "crowd": {"ms": 2.0}}
+...     return OutputTable(specs, outputs, costs=costs)
+>>> train, profile, stream = recorded(120, 0), recorded(50, 1), recorded(400, 2)
+>>> graph = LinkGraph.train(train.outputs, specs, LinkOptions(epochs=3, seed=0))
+>>> runner = RecordedRunner(stream, cost="ms")
+>>> result = serve(graph, runner, len(stream), ServingOptions(budget=3.5, period=100), profile)
+>>> [sorted(plan.active) for plan in result.plans]
+[['crowd', 'speech'], ['crowd', 'speech'], ['crowd', 'speech'], ['crowd', 'speech']]
+>>> result.runs                      # the counter only on the profiled steps (1%)
+{'counts': 4, 'speech': 400, 'crowd': 400}
+>>> bool(result.mean_accuracy(stream) > 0.9), bool(result.time_saved(runner.costs) > 0.4)
+(True, True)
 """
 
 from __future__ import annotations
@@ -37,6 +59,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from coinfer.sdk.errors import InvalidArgumentError
 from coinfer.sdk.mlink import (
     EVERY_STEP,
     LinkGraph,
@@ -92,6 +115,15 @@ class ServingOptions:
     history: int = 200
     seed: int = 0
     carry: bool = True
+
+    def __post_init__(self) -> None:
+        if not (np.isfinite(self.budget) and self.budget >= 0):
+            raise InvalidArgumentError(f"budget must be a finite number >= 0, got {self.budget}")
+        if self.period < 1 or self.history < 1:
+            raise InvalidArgumentError(f"period and history must be >= 1, got {self.period} and "
+                                       f"{self.history}")
+        if not 0 <= self.profile_fraction <= 1:
+            raise InvalidArgumentError(f"profile_fraction must be in [0, 1], got {self.profile_fraction}")
 
 
 @dataclass(frozen=True)

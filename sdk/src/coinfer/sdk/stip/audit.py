@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import numpy as np
 
+from coinfer.sdk.errors import InvalidArgumentError
+
 
 def distance_correlation(x: np.ndarray, y: np.ndarray, max_samples: int = 2000, seed: int = 0) -> float:
     """Sample distance correlation of two equally long vectors (subsampled to ``max_samples``)."""
     x = np.asarray(x, dtype=np.float64).reshape(-1)
     y = np.asarray(y, dtype=np.float64).reshape(-1)
     if x.shape != y.shape or x.size < 2:
-        raise ValueError(f"need two vectors of the same length >= 2, got {x.shape} and {y.shape}")
+        raise InvalidArgumentError(f"need two vectors of the same length >= 2, got {x.shape} and {y.shape}")
     if x.size > max_samples:
         keep = np.random.default_rng(seed).choice(x.size, max_samples, replace=False)
         x, y = x[keep], y[keep]
@@ -48,7 +50,8 @@ def known_plaintext_attack(plain: np.ndarray, permuted: np.ndarray) -> np.ndarra
     plain = np.asarray(plain, dtype=np.float64)
     permuted = np.asarray(permuted, dtype=np.float64)
     if plain.shape != permuted.shape or plain.ndim != 2:
-        raise ValueError(f"need two (samples, d) arrays of one shape, got {plain.shape} and {permuted.shape}")
+        raise InvalidArgumentError(f"need two (samples, d) arrays of one shape, got {plain.shape} and "
+                                   f"{permuted.shape}")
     # ||a - b||^2 = |a|^2 + |b|^2 - 2 a.b between every permuted column and every plain column.
     distances = ((permuted ** 2).sum(0)[:, None] + (plain ** 2).sum(0)[None, :] - 2 * permuted.T @ plain)
     return np.argmin(distances, axis=1)

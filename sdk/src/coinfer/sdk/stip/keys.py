@@ -14,11 +14,41 @@ or the transformed model would not compute the same function:
 ``UserKeys`` (pi over the hidden size, pi_c over the output classes or vocabulary) go to
 registered users; ``DeveloperKeys`` add the per-layer keys, which never leave the developer.
 
-Example::
+Example: ``ModelLayout.from_config(model.config)`` reads the layout of a Hugging Face model;
+here a tiny one with grouped-query attention (4 query heads over 2 key/value heads) and
+rotary embeddings on the first 2 of each head's 4 dimensions:
 
-    layout = ModelLayout.from_config(config)
-    keys = generate_keys(layout)                 # os.urandom-backed
-    keys.save("dev.keys.npz"); keys.user.save("user.keys.npz")   # files readable by owner only
+>>> import os
+>>> import tempfile
+>>> import numpy as np
+>>> from coinfer.sdk.stip.keys import DeveloperKeys, ModelLayout, UserKeys, generate_keys
+>>> layout = ModelLayout(hidden_size=8, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=4,
+...                      intermediate_size=16, output_size=10, rotary_dim=2)
+>>> keys = generate_keys(layout, seed=0)          # without a seed: drawn from os.urandom
+>>> sorted(keys.user.hidden.tolist()) == list(range(8)), len(keys.layers)
+(True, 2)
+>>> x = np.arange(8.0)
+>>> bool(np.array_equal(keys.user.unpermute_hidden(keys.user.permute_input(x)), x))
+True
+>>> layer = keys.layers[0]
+>>> layer.qk_within[:, :2]                        # the rotary dimensions stay in place
+array([[0, 1],
+       [0, 1]])
+>>> layer.q_out.shape, layer.k_out.shape, layer.mlp.shape
+((16,), (8,), (1, 16))
+
+Users get ``keys.user`` only; both files are readable by their owner alone:
+
+>>> work = tempfile.TemporaryDirectory()
+>>> keys.save(f"{work.name}/dev.keys.npz")
+>>> keys.user.save(f"{work.name}/user.keys.npz")
+>>> oct(os.stat(f"{work.name}/user.keys.npz").st_mode & 0o777)
+'0o600'
+>>> DeveloperKeys.load(f"{work.name}/dev.keys.npz").layout == layout
+True
+>>> bool(np.array_equal(UserKeys.load(f"{work.name}/user.keys.npz").output, keys.user.output))
+True
+>>> work.cleanup()
 """
 
 from __future__ import annotations
