@@ -165,6 +165,7 @@ def rewrite_results():
     import json
 
     from coinfer.sdk import scenes
+    from coinfer.sdk.datadir import sha256_file
 
     def rewrite(root, name: str, change) -> None:
         path = root / name
@@ -173,7 +174,7 @@ def rewrite_results():
         change(arrays)
         scenes.write_npz(path, arrays)
         index = json.loads((root / "scenes.json").read_text())
-        index["files"][name] = scenes.sha256_of(path)
+        index["files"][name] = sha256_file(path)
         (root / "scenes.json").write_text(json.dumps(index))
 
     return rewrite

@@ -42,11 +42,12 @@ from coinfer.device.gate.source import PacketSource
 from coinfer.edge.gate.decoding import StreamDecoder, frame_array, frame_key
 from coinfer.edge.gate.traces import CameraTrace, packet_log
 from coinfer.edge.models.detectors import DETECTORS, Detector, create_detector, single_threaded
+from coinfer.sdk.datadir import sha256_file
 from coinfer.sdk.errors import CoinferError
 from coinfer.sdk.fsutil import atomic_directory, atomic_write_json
 from coinfer.sdk.gate.packet import PacketInfo, PictureType
 from coinfer.sdk.gate.replay import StreamTrace
-from coinfer.sdk.scenes import FORMAT, INDEX_FILE, VERSION, SceneSet, boxes_csr, sha256_of, write_npz
+from coinfer.sdk.scenes import FORMAT, INDEX_FILE, VERSION, SceneSet, boxes_csr, write_npz
 
 #: File name endings read as videos (case-insensitive).
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".avi", ".webm", ".h264", ".hevc")
@@ -231,7 +232,7 @@ def record_videos(videos_dir: str | os.PathLike, tasks: Sequence[str], out_dir: 
     if out_dir.exists() and not overwrite:
         raise RecordingError(f"{out_dir} already exists; choose another folder for the logs")
     infos = [probe_video(path) for path in videos]  # a bad file fails now, not after the others
-    hashes = {path.name: sha256_of(path) for path in videos}
+    hashes = {path.name: sha256_file(path) for path in videos}
     total = sum(info.frames for info in infos) if all(info.frames for info in infos) else None
     detectors = {task: create_detector(task) for task in tasks}
     bar = tqdm(total=total, unit="frame", desc=f"decode+detect ({len(videos)} videos)", disable=not progress)
@@ -244,9 +245,9 @@ def record_videos(videos_dir: str | os.PathLike, tasks: Sequence[str], out_dir: 
                 arrays[f"{task}.offsets"], arrays[f"{task}.boxes"] = boxes_csr(rows)
             entry = _camera_entry(recorded, video)
             write_npz(staging / entry["results"], arrays)
-            files[entry["results"]] = sha256_of(staging / entry["results"])
+            files[entry["results"]] = sha256_file(staging / entry["results"])
             cameras.append(entry)
-        if any(sha256_of(video) != hashes[video.name] for video in videos):
+        if any(sha256_file(video) != hashes[video.name] for video in videos):
             raise RecordingError(f"a video in {videos_dir} changed while it was being recorded; record again")
         atomic_write_json(staging / INDEX_FILE, {
             "format": FORMAT, "version": VERSION, "tasks": list(tasks),

@@ -38,7 +38,6 @@ coinfer.sdk.artifact.ArtifactError: .../manifest.json: capability is 'infi', exp
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -49,6 +48,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from coinfer.sdk._version import __version__
+from coinfer.sdk.datadir import sha256_file
 from coinfer.sdk.errors import CoinferError
 from coinfer.sdk.fsutil import atomic_directory
 from coinfer.sdk.tensor import TensorSpec
@@ -58,7 +58,6 @@ MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
 #: A manifest is small; refuse to read anything larger before parsing it.
 MAX_MANIFEST_BYTES = 16 * 1024 * 1024
-_CHUNK = 1 << 20
 
 
 class ArtifactError(CoinferError):
@@ -159,14 +158,6 @@ class Artifact:
                 f"found {matches or 'none'}"
             )
         return self.path / matches[0]
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _check_member_name(name: str) -> None:

@@ -58,9 +58,7 @@ Example::
 
 from __future__ import annotations
 
-import hashlib
 import io
-import json
 import os
 import zipfile
 from collections.abc import Sequence
@@ -69,6 +67,7 @@ from typing import Any
 
 import numpy as np
 
+from coinfer.sdk.datadir import read_index, sha256_file
 from coinfer.sdk.errors import CoinferError
 
 FORMAT = "coinfer-scenes"
@@ -140,14 +139,6 @@ def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
             info.compress_type = zipfile.ZIP_DEFLATED
             info.external_attr = 0o644 << 16
             archive.writestr(info, buffer.getvalue())
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class SceneCamera:
@@ -357,20 +348,9 @@ class SceneSet:
     def load(cls, directory: str | os.PathLike) -> SceneSet:
         root = Path(directory)
         index_path = root / INDEX_FILE
-        if not index_path.is_file():
-            raise SceneFormatError(f"{index_path} is missing: not a scene set (generate one with "
-                                   "`coinfer data scenes`, or record your videos with "
-                                   "`coinfer gate train --videos`)")
-        try:
-            index = json.loads(index_path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise SceneFormatError(f"{index_path} is not valid JSON: {error}") from error
-        if not isinstance(index, dict) or index.get("format") != FORMAT:
-            found = index.get("format") if isinstance(index, dict) else None
-            raise SceneFormatError(f"{index_path}: format is {found!r}, expected {FORMAT!r}")
-        if index.get("version") != VERSION:
-            raise SceneFormatError(f"{index_path}: version {index.get('version')!r} is not supported "
-                                   f"(this coinfer reads version {VERSION})")
+        index = read_index(index_path, FORMAT, VERSION, SceneFormatError, "a scene set",
+                           "generate one with `coinfer data scenes`, or record your videos with "
+                           "`coinfer gate train --videos`")
         recorded = "videos" in index
         for key in ("tasks", "cameras", "files", *(() if recorded else ("frames", "actor_kinds"))):
             if key not in index:
@@ -383,7 +363,7 @@ class SceneSet:
                 raise SceneFormatError(f"{index_path} lists {name!r}, which is not a plain file name")
             if not path.is_file():
                 raise SceneFormatError(f"{path} is missing (listed in {INDEX_FILE})")
-            if sha256_of(path) != expected:
+            if sha256_file(path) != expected:
                 raise SceneFormatError(f"{path} does not match its sha256 in {INDEX_FILE}: "
                                        "the file was modified or truncated")
         audio = index.get("audio")
@@ -421,7 +401,7 @@ def _check_videos(root: Path, index: dict[str, Any]) -> Path:
         if not path.is_file():
             raise SceneFormatError(f"{path}, the video {root} was recorded from, is missing; record the "
                                    "videos again where they are now")
-        if sha256_of(path) != expected:
+        if sha256_file(path) != expected:
             raise SceneFormatError(f"{path} changed since {root} was recorded from it (its sha256 differs); "
                                    "record the videos again")
     return directory

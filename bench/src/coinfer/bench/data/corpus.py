@@ -52,6 +52,7 @@ from typing import Any
 import numpy as np
 
 from coinfer.bench.models.topics import TopicClassifier
+from coinfer.sdk.datadir import read_index
 from coinfer.sdk.errors import CoinferError
 from coinfer.sdk.fsutil import atomic_directory, atomic_write_json
 
@@ -748,19 +749,8 @@ class Corpus:
     def load(cls, directory: str | os.PathLike) -> Corpus:
         root = Path(directory)
         index_path = root / INDEX_FILE
-        if not index_path.is_file():
-            raise CorpusFormatError(f"{index_path} is missing: not a corpus (generate one with "
-                                    "`coinfer data corpus`)")
-        try:
-            index = json.loads(index_path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise CorpusFormatError(f"{index_path} is not valid JSON: {error}") from error
-        if not isinstance(index, dict) or index.get("format") != FORMAT:
-            found = index.get("format") if isinstance(index, dict) else None
-            raise CorpusFormatError(f"{index_path}: format is {found!r}, expected {FORMAT!r}")
-        if index.get("version") != VERSION:
-            raise CorpusFormatError(f"{index_path}: version {index.get('version')!r} is not supported "
-                                    f"(this coinfer reads version {VERSION})")
+        index = read_index(index_path, FORMAT, VERSION, CorpusFormatError, "a corpus",
+                           "generate one with `coinfer data corpus`")
         for key in ("messages", "classifier", "files"):
             if key not in index:
                 raise CorpusFormatError(f"{index_path} has no {key!r} entry")

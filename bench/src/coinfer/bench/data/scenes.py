@@ -58,6 +58,7 @@ from typing import Any
 import numpy as np
 
 from coinfer.bench.data.actors import BACKGROUNDS, KINDS, Sprite, background, sprite_library
+from coinfer.sdk.datadir import sha256_file
 from coinfer.sdk.errors import CoinferError
 from coinfer.sdk.fsutil import atomic_directory, atomic_write_json
 from coinfer.sdk.scenes import (
@@ -68,7 +69,6 @@ from coinfer.sdk.scenes import (
     VERSION,
     SceneSet,
     presence,
-    sha256_of,
     write_npz,
 )
 
@@ -874,7 +874,7 @@ def generate_camera(options: SceneOptions, index: int, directory: str | os.PathL
         "sunrise": round(plan.sunrise, 4), "sunset": round(plan.sunset, 4),
         "actors": len(renderer.actors), "bytes": video.stat().st_size,
         **({"audio": track.entry()} if track else {}),
-        "files": {video.name: sha256_of(video), results.name: sha256_of(results)},
+        "files": {video.name: sha256_file(video), results.name: sha256_file(results)},
     }
 
 

@@ -61,7 +61,6 @@ import contextlib
 import ctypes
 import importlib.metadata
 import importlib.util
-import json
 import os
 import platform
 import threading
@@ -73,6 +72,7 @@ from typing import Any
 
 import numpy as np
 
+from coinfer.sdk.datadir import read_index, sha256_file
 from coinfer.sdk.errors import CoinferError, ModelNotAvailableError
 from coinfer.sdk.scenes import as_float
 
@@ -740,7 +740,7 @@ class SpeechSet:
     def save(self, directory: str | os.PathLike, *, overwrite: bool = False) -> SpeechSet:
         """Write speech.json and speech.npz atomically (all of it or nothing)."""
         from coinfer.sdk.fsutil import atomic_directory, atomic_write_json
-        from coinfer.sdk.scenes import sha256_of, write_npz
+        from coinfer.sdk.scenes import write_npz
 
         directory = Path(directory)
         if directory.exists() and not overwrite:
@@ -748,35 +748,22 @@ class SpeechSet:
         with atomic_directory(directory, overwrite=overwrite) as staging:
             write_npz(staging / ARRAYS_FILE, self.arrays)
             atomic_write_json(staging / INDEX_FILE,
-                              {**self.index(), "files": {ARRAYS_FILE: sha256_of(staging / ARRAYS_FILE)}})
+                              {**self.index(), "files": {ARRAYS_FILE: sha256_file(staging / ARRAYS_FILE)}})
         self.root = directory
         return self
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> SpeechSet:
         """Read a saved set, checking format, version, sha256 and every array."""
-        from coinfer.sdk.scenes import sha256_of
-
         root = Path(directory)
         index_path = root / INDEX_FILE
-        if not index_path.is_file():
-            raise SpeechFormatError(f"{index_path} is missing: not a speech set (generate one with "
-                                    "`coinfer data speech`)")
-        try:
-            index = json.loads(index_path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise SpeechFormatError(f"{index_path} is not valid JSON: {error}") from error
-        if not isinstance(index, dict) or index.get("format") != FORMAT:
-            found = index.get("format") if isinstance(index, dict) else None
-            raise SpeechFormatError(f"{index_path}: format is {found!r}, expected {FORMAT!r}")
-        if index.get("version") != VERSION:
-            raise SpeechFormatError(f"{index_path}: version {index.get('version')!r} is not supported "
-                                    f"(this coinfer reads version {VERSION})")
+        index = read_index(index_path, FORMAT, VERSION, SpeechFormatError, "a speech set",
+                           "generate one with `coinfer data speech`")
         path = root / ARRAYS_FILE
         expected = index.get("files", {}).get(ARRAYS_FILE)
         if not path.is_file():
             raise SpeechFormatError(f"{path} is missing")
-        if sha256_of(path) != expected:
+        if sha256_file(path) != expected:
             raise SpeechFormatError(f"{path} does not match its sha256 in {INDEX_FILE}: the file was "
                                     "modified or truncated")
         try:
@@ -840,8 +827,6 @@ def speech_clips(options: SpeechOptions, *, progress: bool = False, detector: An
     from tqdm import tqdm
 
     from coinfer.edge.models.vad import SpeechDetector, SpeechDetectorOptions
-    from coinfer.sdk.scenes import sha256_of
-
     detector = detector or SpeechDetector(SpeechDetectorOptions(sample_rate=options.sample_rate))
     if detector.options.sample_rate != options.sample_rate:
         raise CoinferError(f"the detector runs at {detector.options.sample_rate} Hz but the clips are "
@@ -880,7 +865,7 @@ def speech_clips(options: SpeechOptions, *, progress: bool = False, detector: An
                    "version": package_version("espeakng-loader")},
         "vad": {"model": detector.path.name, "package": "silero-vad",
                 "version": package_version("silero-vad"),
-                "sha256": sha256_of(detector.path), "threshold": detector.options.threshold,
+                "sha256": sha256_file(detector.path), "threshold": detector.options.threshold,
                 "min_speech_seconds": detector.options.min_speech_seconds,
                 "window": detector.window()},
     }
