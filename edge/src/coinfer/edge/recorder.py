@@ -47,7 +47,7 @@ from coinfer.sdk.errors import CoinferError
 from coinfer.sdk.fsutil import atomic_directory, atomic_write_json
 from coinfer.sdk.gate.packet import PacketInfo, PictureType
 from coinfer.sdk.gate.replay import StreamTrace
-from coinfer.sdk.scenes import FORMAT, INDEX_FILE, VERSION, SceneSet, boxes_csr, write_npz
+from coinfer.sdk.scenes import FORMAT, INDEX_FILE, VERSION, SceneSet, ragged, write_npz
 
 #: File name endings read as videos (case-insensitive).
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".avi", ".webm", ".h264", ".hevc")
@@ -242,7 +242,7 @@ def record_videos(videos_dir: str | os.PathLike, tasks: Sequence[str], out_dir: 
             recorded = _record_video(video, detectors, bar)
             arrays: dict[str, np.ndarray] = {"pts": recorded.pts, **packet_log(recorded.camera)}
             for task, rows in recorded.camera.trace.results.items():
-                arrays[f"{task}.offsets"], arrays[f"{task}.boxes"] = boxes_csr(rows)
+                arrays[f"{task}.offsets"], arrays[f"{task}.boxes"] = ragged(rows, 4, np.float32)
             entry = _camera_entry(recorded, video)
             write_npz(staging / entry["results"], arrays)
             files[entry["results"]] = sha256_file(staging / entry["results"])

@@ -99,14 +99,20 @@ class NoTruthError(CoinferError):
     """What only a generator knows was asked of a set recorded from real video."""
 
 
-def boxes_csr(rows: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Per-frame detections (float32 [K, 4] each) as the ``TASK.offsets`` and ``TASK.boxes``
-    arrays of a results file; :meth:`SceneCamera.boxes` reads them back."""
+def ragged(rows: Sequence[np.ndarray], width: int, dtype: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Per-frame rows as a results file stores them: (offsets [N+1] int64, values [K, width],
+    or [K] when ``width`` is 0); frame d's rows are values[offsets[d]:offsets[d + 1]].
+
+    >>> offsets, boxes = ragged([np.zeros((2, 4)), np.zeros((0, 4))], 4, np.float32)
+    >>> offsets.tolist(), boxes.shape, boxes.dtype.name
+    ([0, 2, 2], (2, 4), 'float32')
+    """
     offsets = np.zeros(len(rows) + 1, np.int64)
-    offsets[1:] = np.cumsum([len(row) for row in rows])
-    boxes = np.concatenate([np.asarray(row, np.float32).reshape(-1, 4) for row in rows]) if rows \
-        else np.zeros((0, 4), np.float32)
-    return offsets, boxes
+    offsets[1:] = np.cumsum([len(r) for r in rows])
+    shape = (0, width) if width else (0,)
+    values = np.concatenate([np.asarray(r, dtype).reshape(-1, *shape[1:]) for r in rows]) if rows \
+        else np.zeros(shape, dtype)
+    return offsets, values.astype(dtype, copy=False)
 
 
 def presence(offsets: np.ndarray, kinds: np.ndarray, visible: np.ndarray,

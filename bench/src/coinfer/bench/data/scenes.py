@@ -49,7 +49,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -69,6 +69,7 @@ from coinfer.sdk.scenes import (
     VERSION,
     SceneSet,
     presence,
+    ragged,
     write_npz,
 )
 
@@ -798,16 +799,6 @@ def decode_frames(path: str | os.PathLike) -> Iterator[tuple[int, np.ndarray]]:
             yield int(frame.pts), rgb
 
 
-def _ragged(rows: Sequence[np.ndarray], width: int, dtype: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Per-frame rows -> (offsets [N+1] int64, values [K, width] or [K])."""
-    offsets = np.zeros(len(rows) + 1, np.int64)
-    offsets[1:] = np.cumsum([len(r) for r in rows])
-    shape = (0, width) if width else (0,)
-    values = np.concatenate([np.asarray(r, dtype).reshape(-1, *shape[1:]) for r in rows]) if rows \
-        else np.zeros(shape, dtype)
-    return offsets, values.astype(dtype, copy=False)
-
-
 _DETECTORS: dict[str, Any] = {}
 
 
@@ -854,10 +845,10 @@ def generate_camera(options: SceneOptions, index: int, directory: str | os.PathL
         "activity": renderer.activity,
     }
     for task in options.tasks:
-        arrays[f"{task}.offsets"], arrays[f"{task}.boxes"] = _ragged(detected[task], 4, np.float32)
-    arrays["truth.offsets"], arrays["truth.boxes"] = _ragged([t.boxes for t in truths], 4, np.float32)
+        arrays[f"{task}.offsets"], arrays[f"{task}.boxes"] = ragged(detected[task], 4, np.float32)
+    arrays["truth.offsets"], arrays["truth.boxes"] = ragged([t.boxes for t in truths], 4, np.float32)
     for name, dtype in (("kinds", np.int16), ("ids", np.int32), ("visible", np.float32)):
-        arrays[f"truth.{name}"] = _ragged([getattr(t, name) for t in truths], 0, dtype)[1]
+        arrays[f"truth.{name}"] = ragged([getattr(t, name) for t in truths], 0, dtype)[1]
     track = None
     if options.audio:
         present = presence(arrays["truth.offsets"], arrays["truth.kinds"], arrays["truth.visible"], KINDS)
