@@ -3,6 +3,7 @@ brings numpy, LiteRT, av and the sdk core, nothing heavy, and runs a TFLite filt
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 import venv
@@ -56,7 +57,10 @@ def test_the_root_is_no_importable_package():
 @pytest.mark.slow
 def test_wheels_hold_only_their_own_package(tmp_path):
     for folder, name in DISTRIBUTIONS.items():
-        subprocess.run([sys.executable, "-m", "pip", "wheel", str(ROOT / folder), "--no-deps",
+        # built from a copy: setuptools leaves build/ and *.egg-info next to the sources
+        source = shutil.copytree(ROOT / folder, tmp_path / "src" / folder,
+                                 ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
+        subprocess.run([sys.executable, "-m", "pip", "wheel", str(source), "--no-deps",
                         "--no-build-isolation", "-w", str(tmp_path), "-q"], check=True, capture_output=True)
         (wheel,) = tmp_path.glob(f"{name.replace('-', '_')}-*.whl")
         names = zipfile.ZipFile(wheel).namelist()
@@ -72,8 +76,11 @@ def test_a_device_install_brings_nothing_heavy_and_runs_a_tflite_filter(tmp_path
     env_dir = tmp_path / "venv"
     venv.EnvBuilder(with_pip=True).create(env_dir)
     python = env_dir / "bin" / "python"
-    subprocess.run([python, "-m", "pip", "install", "-q", "--disable-pip-version-check",
-                    str(ROOT / "sdk"), str(ROOT / "device")], check=True, capture_output=True)
+    sources = [shutil.copytree(ROOT / folder, tmp_path / "src" / folder,
+                               ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
+               for folder in ("sdk", "device")]
+    subprocess.run([python, "-m", "pip", "install", "-q", "--disable-pip-version-check", *map(str, sources)],
+                   check=True, capture_output=True)
     listed = subprocess.run([python, "-m", "pip", "list", "--format", "json"], check=True,
                             capture_output=True, text=True).stdout
     installed = {item["name"].lower() for item in json.loads(listed)}
