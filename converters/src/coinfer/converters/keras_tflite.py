@@ -63,6 +63,7 @@ def keras_to_tflite(
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_types = [tf.float16]
     elif quantization == "int8":
+        assert representative_data is not None  # int8 without it was rejected above
         calibration = as_sample_list(representative_data)
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = lambda: _calibration_batches(calibration)

@@ -44,6 +44,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from coinfer.sdk.errors import CoinferError
 from coinfer.sdk.fsutil import atomic_write_bytes
@@ -99,9 +100,10 @@ def _declared_bytes(archive: zipfile.ZipFile, member: zipfile.ZipInfo, path: Pat
     return size
 
 
-def write_arrays(path: str | os.PathLike, arrays: Mapping[str, np.ndarray]) -> Path:
+def write_arrays(path: str | os.PathLike, arrays: Mapping[str, ArrayLike]) -> Path:
     """Write ``arrays`` as ``.npz`` atomically (an interrupted save leaves no partial file)."""
     buffer = io.BytesIO()
-    np.savez(buffer, **{name: np.asarray(value) for name, value in arrays.items()})
+    # numpy's savez stub has allow_pickle: bool beside **kwds, and mypy lets a **dict fill it.
+    np.savez(buffer, **{name: np.asarray(value) for name, value in arrays.items()})  # type: ignore[arg-type]
     atomic_write_bytes(path, buffer.getvalue())
     return Path(path)

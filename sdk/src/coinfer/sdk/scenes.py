@@ -99,7 +99,8 @@ class NoTruthError(CoinferError):
     """What only a generator knows was asked of a set recorded from real video."""
 
 
-def ragged(rows: Sequence[np.ndarray], width: int, dtype: Any) -> tuple[np.ndarray, np.ndarray]:
+def ragged(rows: Sequence[np.ndarray | Sequence[Any]], width: int,
+           dtype: Any) -> tuple[np.ndarray, np.ndarray]:
     """Per-frame rows as a results file stores them: (offsets [N+1] int64, values [K, width],
     or [K] when ``width`` is 0); frame d's rows are values[offsets[d]:offsets[d + 1]].
 
@@ -205,16 +206,17 @@ class SceneCamera:
     def has_audio(self) -> bool:
         return self.audio_info is not None
 
-    def _check_audio(self) -> None:
+    def _check_audio(self) -> dict[str, Any]:
+        """The audio track's facts; a :class:`CoinferError` when the camera has none."""
         if self.audio_info is None:
             raise CoinferError(f"camera {self.id} of {self.results_path.parent} has no audio track: "
                                f"{NO_AUDIO_HINT}")
+        return self.audio_info
 
     @property
     def samples_per_frame(self) -> int:
         """Audio samples each frame owns."""
-        self._check_audio()
-        return int(self.audio_info["samples_per_frame"])
+        return int(self._check_audio()["samples_per_frame"])
 
     @property
     def audio(self) -> np.ndarray:

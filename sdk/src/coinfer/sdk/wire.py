@@ -228,7 +228,7 @@ def encode(message: Message, limits: WireLimits = DEFAULT_LIMITS) -> bytes:
     if len(message.arrays) > limits.max_arrays:
         raise WireError(f"{len(message.arrays)} arrays exceed the limit of {limits.max_arrays}")
     table = []
-    parts = []
+    parts: list[memoryview] = []
     payload_len = 0
     for name, value in message.arrays.items():
         if not isinstance(name, str):
@@ -246,7 +246,7 @@ def encode(message: Message, limits: WireLimits = DEFAULT_LIMITS) -> bytes:
             )
         array = np.asarray(array, dtype=dtype, order="C")
         table.append([name, dtype.str, list(array.shape)])
-        parts.append(array.reshape(-1).view(np.uint8))
+        parts.append(array.reshape(-1).view(np.uint8).data)
     try:
         packed = msgpack.packb({"h": header, "a": table}, use_bin_type=True)
     except (TypeError, ValueError, OverflowError) as exc:
@@ -383,7 +383,7 @@ class FrameDecoder:
             raise
 
     def _consume(self, data: bytes | bytearray | memoryview) -> list[Message]:
-        messages = []
+        messages: list[Message] = []
         with memoryview(data) as chunk, chunk.cast("B") as view:
             pos = 0
             while True:

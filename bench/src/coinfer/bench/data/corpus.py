@@ -433,7 +433,7 @@ CHATTER = (
 CHAT_PREFIXES = ("omg", "btw", "fyi", "ugh,", "wow,", "honestly", "heads up:", "guys,")
 CHAT_SUFFIXES = ("lol", "!!", "haha", "smh", ":(", ":)")
 KEYBOARD_ROWS = ("qwertyuiop", "asdfghjkl", "zxcvbnm")
-LETTERS = tuple("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+LETTERS: tuple[str, ...] = tuple("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
 
 
 def _pick(rng: np.random.Generator, choices: Sequence[str]) -> str:
@@ -587,16 +587,17 @@ def generate_message(options: CorpusOptions, index: int) -> Message:
     secondary = None
     crossed = kind == "mixed" and rng.random() < 0.5
     if crossed:
+        assert topic is not None  # only a mixed message crosses, and it has a topic
         secondary, cross_template = CROSS_TEMPLATES[topic][int(rng.integers(len(CROSS_TEMPLATES[topic])))]
     elif kind == "mixed":
         secondary = _pick(rng, [t for t in TOPICS if t != topic])
     text = ""
     for _ in range(MAX_DRAWS):
-        if kind == "chatter":
+        if topic is None:  # chatter
             text = _fill(rng, _pick(rng, CHATTER))
         elif crossed:
             text = _fill(rng, cross_template)
-        elif kind == "mixed":
+        elif secondary is not None:  # mixed: the second topic is drawn above
             first = _topical(rng, topic, style)
             template = _pick(rng, TEMPLATES[secondary][_pick(rng, STYLES)])
             second = _fill(rng, template)

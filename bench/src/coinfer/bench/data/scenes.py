@@ -53,7 +53,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -196,7 +196,7 @@ class SceneOptions:
             errors.append(f"unknown codec {self.codec!r}; choose from {', '.join(CODECS)}")
         elif self.codec in ("vp9", "mjpeg") and self.bframes:
             errors.append(f"{self.codec} has no B-frames; use bframes=0, got {self.bframes}")
-        if not errors and self.bframes >= self.gop:
+        if not errors and self.bframes >= cast(int, self.gop):  # no errors: gop is a checked int
             errors.append(f"bframes must be smaller than gop, got bframes={self.bframes}, gop={self.gop}")
         if not isinstance(self.crowd, (int, float)) or not 0 < self.crowd <= 20:
             errors.append(f"crowd must be in (0, 20], got {self.crowd!r}")
@@ -695,7 +695,7 @@ def render_audio(rng: np.random.Generator, options: SceneOptions, present: np.nd
     peak = float(np.abs(mix).max())
     gain_db = 20 * math.log10(0.99 / peak) if peak > 0.99 else 0.0
     mix *= 10 ** (gain_db / 20)
-    return AudioTrack(quantise(mix, "int16"), audible.reshape(frames, spf).any(axis=1), kind,
+    return AudioTrack(quantise(mix, "int16"), np.any(audible.reshape(frames, spf), axis=1), kind,
                       float(snr_db), float(speech_dbfs + gain_db), float(speech_dbfs - snr_db + gain_db),
                       float(night_db), turns)
 
@@ -756,13 +756,15 @@ def encode(frames: Iterator[np.ndarray], path: Path, options: SceneOptions) -> N
     if options.container == "mp4":
         container_options["video_track_timescale"] = str(options.fps)
     with av.open(str(path), "w", options=container_options) as container:
-        stream = container.add_stream(codec, rate=options.fps, options=_encoder_options(options))
+        # Every encoder in CODECS is a video encoder.
+        stream = cast(av.VideoStream, container.add_stream(codec, rate=options.fps,
+                                                           options=_encoder_options(options)))
         stream.width, stream.height = options.width, options.height
         stream.pix_fmt = "yuvj420p" if options.codec == "mjpeg" else "yuv420p"
         stream.time_base = Fraction(1, options.fps)
         context = stream.codec_context
         context.time_base = Fraction(1, options.fps)
-        context.gop_size = options.gop
+        context.gop_size = cast(int, options.gop)  # __post_init__ filled in the default
         context.max_b_frames = options.bframes
         context.thread_count = 1  # a single thread keeps the bitstream reproducible
         if options.bitrate:
@@ -770,7 +772,7 @@ def encode(frames: Iterator[np.ndarray], path: Path, options: SceneOptions) -> N
         convert = options.codec != "mjpeg"  # OpenCV's BT.601 limited-range I420, faster than swscale
         for k, rgb in enumerate(frames):
             if convert:
-                yuv = cv2.cvtColor(rgb, cv2.COLOR_RGB2YUV_I420)
+                yuv: np.ndarray = cv2.cvtColor(rgb, cv2.COLOR_RGB2YUV_I420)
                 frame = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
             else:
                 frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
@@ -796,6 +798,7 @@ def decode_frames(path: str | os.PathLike) -> Iterator[tuple[int, np.ndarray]]:
                 rgb = cv2.cvtColor(frame.to_ndarray(), cv2.COLOR_YUV2RGB_I420)
             else:
                 rgb = frame.to_ndarray(format="rgb24")
+            assert frame.pts is not None  # encode() stamps every frame with its index
             yield int(frame.pts), rgb
 
 

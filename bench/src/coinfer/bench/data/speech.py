@@ -63,6 +63,7 @@ import importlib.metadata
 import importlib.util
 import os
 import platform
+import sys
 import threading
 import zipfile
 from collections.abc import Callable
@@ -231,8 +232,10 @@ def _declare(lib: ctypes.CDLL) -> None:
 def _unload(lib: ctypes.CDLL) -> None:
     import _ctypes
 
-    close = getattr(_ctypes, "dlclose", None) or _ctypes.FreeLibrary
-    close(lib._handle)
+    if sys.platform == "win32":
+        _ctypes.FreeLibrary(lib._handle)
+    else:
+        _ctypes.dlclose(lib._handle)
 
 
 def speak(text: str, voice: Voice = Voice()) -> np.ndarray:
@@ -598,11 +601,12 @@ class SpeechOptions:
         if self.sample_rate not in WINDOWS:
             errors.append(f"sample_rate must be one of {sorted(WINDOWS)} (what the VAD takes), "
                           f"got {self.sample_rate!r}")
-        for name, low, high in (("snr_db", -30.0, 60.0), ("level_dbfs", -80.0, -3.0),
-                                ("speech_share", 0.0, 1.0)):
+        for name, least, most in (("snr_db", -30.0, 60.0), ("level_dbfs", -80.0, -3.0),
+                                  ("speech_share", 0.0, 1.0)):
             bounds = getattr(self, name)
-            if len(bounds) != 2 or not low <= bounds[0] <= bounds[1] <= high:
-                errors.append(f"{name} must be (low, high) with {low} <= low <= high <= {high}, got {bounds}")
+            if len(bounds) != 2 or not least <= bounds[0] <= bounds[1] <= most:
+                errors.append(f"{name} must be (low, high) with {least} <= low <= high <= {most}, "
+                              f"got {bounds}")
         unknown = [kind for kind in self.kinds if kind not in NOISE_KINDS]
         if unknown or not self.kinds:
             errors.append(f"kinds must be a non-empty subset of {', '.join(NOISE_KINDS)}, got {self.kinds}")
@@ -775,7 +779,7 @@ class SpeechSet:
         except (KeyError, TypeError, CoinferError) as error:
             raise SpeechFormatError(f"{index_path} has invalid options: {error}") from error
         arrays = _load_arrays(path, options, index.get("vad", {}))
-        meta = {key: index[key] for key in ("speech", "vad") if key in index}
+        meta: dict[str, Any] = {key: index[key] for key in ("speech", "vad") if key in index}
         return cls(options, arrays, meta, root)
 
 

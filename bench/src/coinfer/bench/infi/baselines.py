@@ -194,8 +194,8 @@ def token_histogram(tokens: np.ndarray, *, bins: int = 256) -> np.ndarray:
     n = ids.shape[0]
     hashed = (ids.astype(np.uint64) * np.uint64(2654435761)) & np.uint64(0xFFFFFFFF)
     bucket = (hashed * np.uint64(bins)) >> np.uint64(32)
-    bucket = (bucket.astype(np.int64) + bins * np.arange(n)[:, None])[ids > 0]
-    counts = np.bincount(bucket, minlength=n * bins).reshape(n, bins).astype(np.float32)
+    slots = (bucket.astype(np.int64) + bins * np.arange(n)[:, None])[ids > 0]
+    counts = np.bincount(slots, minlength=n * bins).reshape(n, bins).astype(np.float32)
     return counts / np.maximum(counts.sum(axis=1, keepdims=True), 1.0)
 
 
@@ -251,7 +251,7 @@ def _sift_descriptors(images: np.ndarray) -> list[np.ndarray]:
     """L2-normalised SIFT descriptors per image, (keypoints, 128) each (possibly 0 rows)."""
     import cv2
 
-    sift = cv2.SIFT_create()
+    sift = cv2.SIFT.create()
     out = []
     for frame in np.round(_grey(images) * 255.0).astype(np.uint8):
         _, descriptors = sift.detectAndCompute(frame, None)
@@ -329,7 +329,7 @@ def _pool_sift(images: np.ndarray, per_image: list[np.ndarray], vocabulary: np.n
         else:
             nearest = _squared_distances(descriptors, vocabulary).argmin(axis=1)
             pooled[row] = np.bincount(nearest, minlength=width) / len(descriptors)
-    fallback = image_features(images) * (~pooled.any(axis=1))[:, None]
+    fallback = image_features(images) * (~np.any(pooled, axis=1))[:, None]
     return np.concatenate([pooled, fallback], axis=1)
 
 

@@ -34,10 +34,10 @@ def skip_baseline_rates(task: FilterTask, test_redundant: np.ndarray, target: fl
     def rate(scores: np.ndarray) -> float:
         return round(FilterCurve.from_scores(scores, test_redundant).rate_at(target), 4)
 
-    if task.spec.kind == "image" and task.streams_train is not None:
+    if task.spec.kind == "image" and task.streams_test is not None:
         reducto = baselines.ReductoSkip().fit(task.train_x, train_redundant)
         rates["reducto"] = rate(_per_stream_scores(reducto, task.test_x, task.streams_test))
-    if task.spec.kind == "audio" and task.raw_train is not None:
+    if task.spec.kind == "audio" and task.raw_train is not None and task.raw_test is not None:
         knn_train, knn_test = task.raw_train, task.raw_test
     else:
         knn_train, knn_test = task.train_x, task.test_x
@@ -69,13 +69,14 @@ def foggycache_rate(task: FilterTask, options: Any, target: float, seed: int = 0
     pick = np.sort(np.random.default_rng(seed).choice(len(task.raw_train), size=count, replace=False))
     cache = baselines.FoggyCacheReuse("image", baselines.FoggyOptions(capacity=options.capacity, k=options.k,
                                                                       seed=seed))
-    cache.fit(_unit(task.raw_train[pick]), [task.measurement.key(task.train_y[i]) for i in pick])
+    measurement = task.reuse_measurement
+    cache.fit(_unit(task.raw_train[pick]), [measurement.key(task.train_y[i]) for i in pick])
     rates, sizes = [], []
     for stream in np.unique(task.streams_test):
         rows = np.flatnonzero(task.streams_test == stream)
         outputs = [task.test_y[i] for i in rows]
         vectors = cache.vectors(_unit(task.raw_test[rows]))
-        curve = cache.curve(vectors, outputs, task.measurement.same, task.measurement.key)
+        curve = cache.curve(vectors, outputs, measurement.same, measurement.key)
         rates.append(curve.rate_at(target))
         sizes.append(rows.size)
     return float(np.average(rates, weights=sizes))

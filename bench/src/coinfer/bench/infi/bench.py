@@ -170,6 +170,7 @@ def run_configuration(scale: BenchScale, workdir: Path, seed: int) -> dict[str, 
     mark = time.perf_counter()
     plan = export_filters(exports, workdir, seed)
     faces = next(export.task for export in exports if export.task.name == "faces")
+    assert faces.raw_test is not None  # scene_tasks keeps the full-size frames
     plan["deployments"] = {"filter": str(workdir / "filters" / "faces-float32"),
                            "frames": save_arrays(workdir / "device" / "frames.npz", small=faces.test_x,
                                                  full=faces.raw_test)}
@@ -239,14 +240,9 @@ def skip_task_report(task: FilterTask, scale: BenchScale, seed: int) -> tuple[di
 
 def save_arrays(path: Path, **arrays: np.ndarray) -> str:
     """Write ``arrays`` to an ``.npz`` atomically; returns the path as a string."""
-    import io
+    from coinfer.sdk.npz import write_arrays
 
-    from coinfer.sdk.fsutil import atomic_write_bytes
-
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    atomic_write_bytes(path, buffer.getvalue())
-    return str(path)
+    return str(write_arrays(path, arrays))
 
 
 def export_filters(exports: list[Export], workdir: Path, seed: int) -> dict[str, Any]:
@@ -311,18 +307,20 @@ def reuse_task_report(task: FilterTask, scale: BenchScale, seed: int,
     from coinfer.bench.infi.baselines_run import foggycache_rate
     from coinfer.sdk.infi import CacheOptions, FilterOptions, reuse_curve, train_reuse_filter
 
-    trained = train_reuse_filter(task.train_x, task.train_y, {"input": task.spec}, task.measurement,
+    measurement = task.reuse_measurement
+    trained = train_reuse_filter(task.train_x, task.train_y, {"input": task.spec}, measurement,
                                  FilterOptions(epochs=scale.reuse_epochs, seed=seed,
                                                                pairs_per_input=scale.pairs_per_input))
     weights, bias = trained.pair_head()
     embeddings = trained.embed(task.test_x)
     options = CacheOptions(capacity=200, k=5)
     streams = task.streams_test
+    assert streams is not None  # the reuse task (face-count) is built per camera stream
     rates, optima, sizes = [], [], []
     for stream in np.unique(streams):
         rows = np.flatnonzero(streams == stream)
         outputs = [task.test_y[i] for i in rows]
-        curve = reuse_curve(embeddings[rows], outputs, task.measurement.same, task.measurement.key, weights,
+        curve = reuse_curve(embeddings[rows], outputs, measurement.same, measurement.key, weights,
                             bias, options)
         rates.append(curve.rate_at(TARGET))
         optima.append(curve.optimal_at_90)

@@ -44,7 +44,7 @@ import json
 import os
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Sized
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -255,7 +255,7 @@ def offload_report(filter_path: str | os.PathLike, frames_small: np.ndarray, fra
 
 
 def on_device_report(filter_path: str | os.PathLike, frames_small: np.ndarray, frames_full: np.ndarray,
-                     model: Callable[[np.ndarray], Sequence[Any]], repeats: int = 1) -> dict[str, Any]:
+                     model: Callable[[np.ndarray], Sized], repeats: int = 1) -> dict[str, Any]:
     """InFi's on-device deployment: time per frame of model-only against filter-then-model, and accuracy.
 
     ``model`` maps an RGB uint8 frame to its detections (any sized sequence; a frame with

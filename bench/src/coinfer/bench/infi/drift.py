@@ -49,12 +49,12 @@ def drift_report(frames: SceneFrames, train: np.ndarray,
         FilterOptions,
         ModalitySpec,
         SkipFilter,
-        create_measurement,
         train_skip_filter,
     )
+    from coinfer.sdk.infi.measurements import Empty
 
     options = options or DriftOptions()
-    redundant = create_measurement("empty").redundant_many(frames.boxes["faces"])
+    redundant = Empty().redundant_many(frames.boxes["faces"])
     train = check_split(frames, train)
     day_train = np.flatnonzero(train & ~frames.night)
     spec = {"input": ModalitySpec.image(*frames.small.shape[1:3])}

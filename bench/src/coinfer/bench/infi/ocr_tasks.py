@@ -124,8 +124,8 @@ def text_featuremap_task(frames: SceneFrames, train: np.ndarray, split: Detector
     maps = np.concatenate([detector.features(frames.full[start:start + _BATCH])
                            for start in range(0, len(frames.full), _BATCH)])
     inputs = _pool(maps, pool)
-    spec = (ModalitySpec.image(*inputs.shape[1:3], channels=inputs.shape[3]) if modality == "image"
-            else ModalitySpec.vector(*inputs.shape[1:]))
+    spec = (ModalitySpec.image(inputs.shape[1], inputs.shape[2], channels=inputs.shape[3])
+            if modality == "image" else ModalitySpec.vector(*inputs.shape[1:]))
     sample = frames.full[len(frames.full) // 2]
     tensor = detector.tensor(sample)
     sent = detector.head(tensor)

@@ -28,7 +28,13 @@ from typing import Any
 import numpy as np
 
 from coinfer.sdk.errors import InvalidArgumentError
-from coinfer.sdk.infi.measurements import Measurement, create_measurement
+from coinfer.sdk.infi.measurements import (
+    Measurement,
+    MeasurementError,
+    ReuseMeasurement,
+    SkipMeasurement,
+    create_measurement,
+)
 from coinfer.sdk.infi.modalities import ModalitySpec, log_mel_spectrogram
 from coinfer.sdk.scenes import SceneFormatError
 from coinfer.sdk.splits import block_split
@@ -62,8 +68,23 @@ class FilterTask:
     extra: dict[str, Any] = field(default_factory=dict)
     validation_block: int = 1
 
+    @property
+    def skip_measurement(self) -> SkipMeasurement:
+        """The measurement of a skip task."""
+        if not isinstance(self.measurement, SkipMeasurement):
+            raise MeasurementError(f"task {self.name!r}: {self.measurement.name!r} is not a skip measurement")
+        return self.measurement
+
+    @property
+    def reuse_measurement(self) -> ReuseMeasurement:
+        """The measurement of a reuse task."""
+        if not isinstance(self.measurement, ReuseMeasurement):
+            raise MeasurementError(f"task {self.name!r}: {self.measurement.name!r} is not a reuse "
+                                   "measurement")
+        return self.measurement
+
     def redundant(self, outputs: Sequence[Any]) -> np.ndarray:
-        return self.measurement.redundant_many(outputs)
+        return self.skip_measurement.redundant_many(outputs)
 
 
 def median_ms(call: Callable[[], Any], repeats: int = 15) -> float:
@@ -98,7 +119,10 @@ def decode_scene_frames(directory: str | Path, size: tuple[int, int]) -> SceneFr
 
     scene_set = SceneSet.load(directory)
     width, height = size
-    full, small, camera, night = [], [], [], []
+    full: list[np.ndarray] = []
+    small: list[np.ndarray] = []
+    camera: list[int] = []
+    night: list[bool] = []
     boxes: dict[str, list[np.ndarray]] = {task: [] for task in scene_set.tasks}
     for index, cam in enumerate(scene_set.cameras):
         with av.open(str(cam.video_path)) as container:
@@ -199,7 +223,7 @@ def clip_task(frames: SceneFrames, train: np.ndarray, length: int = 4, stride: i
                       validation_block=max(1, SPLIT_BLOCK // stride))
 
 
-def speech_records(clips: int, seconds: float, seed: int) -> dict[str, np.ndarray]:
+def speech_records(clips: int, seconds: float, seed: int) -> dict[str, np.ndarray | np.generic]:
     """Generated clips, Silero VAD's decision per clip, its log-mel features and latency."""
     from coinfer.bench.data.speech import SpeechOptions, speech_clips
     from coinfer.edge.models.vad import SpeechDetector
@@ -222,7 +246,7 @@ def speech_task(records: dict[str, np.ndarray], train_fraction: float = 0.7) -> 
                       raw_train=waves[:cut], raw_test=waves[cut:])
 
 
-def text_records(messages: int, seed: int) -> dict[str, np.ndarray]:
+def text_records(messages: int, seed: int) -> dict[str, np.ndarray | np.generic]:
     """Generated messages through the MiniLM zero-shot classifier: token ids, labels,
     confidences, sentence embeddings (FilterForward's frozen features) and latency."""
     from coinfer.bench.data.corpus import CorpusOptions, generate_messages
@@ -250,9 +274,10 @@ def text_tasks(records: dict[str, np.ndarray], train_fraction: float = 0.7) -> l
     probabilities = list(records["probabilities"])
     spec = ModalitySpec.text(TEXT_LENGTH, int(records["vocabulary"]))
     cut = int(len(labels) * train_fraction)
-    common = dict(spec=spec, train_x=tokens[:cut], test_x=tokens[cut:], model_ms=float(records["model_ms"]),
-                  model_name="MiniLM-L6 zero-shot topics (torch)",
-                  extra={"cut": cut, "embeddings": records["embeddings"]})
+    common: dict[str, Any] = dict(spec=spec, train_x=tokens[:cut], test_x=tokens[cut:],
+                                  model_ms=float(records["model_ms"]),
+                                  model_name="MiniLM-L6 zero-shot topics (torch)",
+                                  extra={"cut": cut, "embeddings": records["embeddings"]})
     return [
         FilterTask("topics", "skip", create_measurement("class-subset", keep=list(KEPT_TOPICS)),
                    train_y=labels[:cut], test_y=labels[cut:], **common),

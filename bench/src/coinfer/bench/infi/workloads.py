@@ -10,14 +10,13 @@ with ``--workdir`` they are kept and reused by later runs of the same configurat
 from __future__ import annotations
 
 import argparse
-import io
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from coinfer.sdk.fsutil import atomic_write_bytes
+from coinfer.sdk.npz import write_arrays
 
 
 def records_paths(directory: Path, clips: int, messages: int, seed: int) -> dict[str, Path]:
@@ -40,12 +39,6 @@ def load_records(directory: Path, clips: int, messages: int, seed: int) -> dict[
     return out
 
 
-def _save(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    atomic_write_bytes(path, buffer.getvalue())
-
-
 def main(argv: list[str] | None = None) -> int:
     from coinfer.bench.infi.tasks import speech_records, text_records
 
@@ -58,9 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     paths = records_paths(args.out, args.clips, args.messages, args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
     if not paths["speech"].exists():
-        _save(paths["speech"], speech_records(args.clips, 1.0, args.seed))
+        write_arrays(paths["speech"], speech_records(args.clips, 1.0, args.seed))
     if not paths["text"].exists():
-        _save(paths["text"], text_records(args.messages, args.seed))
+        write_arrays(paths["text"], text_records(args.messages, args.seed))
     return 0
 
 

@@ -213,7 +213,7 @@ def run_configuration(scale: BenchScale, workdir: Path, seed: int) -> dict[str, 
     timings["federated"] = time.perf_counter() - mark
     mark = time.perf_counter()
     truth = np.minimum(table.context["people"], 2).astype(np.int64)
-    sources = [name for name in ("crowd", "faces", "people", "speech") if name in table.specs]
+    sources: list[str] = [name for name in ("crowd", "faces", "people", "speech") if name in table.specs]
     report["domain_adaptation"] = domain_report(table, "crowd", sources, truth, 3, 0.1, options, seed)
     timings["domain"] = time.perf_counter() - mark
     report["timings"] = {name: round(value, 2) for name, value in timings.items()}

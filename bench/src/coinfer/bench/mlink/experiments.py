@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +28,7 @@ def link_report(graph: LinkGraph, test: OutputTable) -> dict[str, Any]:
     """Every link's performance, and per target whether the ensemble of all other models
     beats its best single source."""
     scores = graph.link_performance(test.outputs)
-    targets = {}
+    targets: dict[str, dict[str, Any]] = {}
     for target in graph.models:
         sources = [source for source in graph.models if (source, target) in graph.links]
         best_source = max(sources, key=lambda source: scores[(source, target)])
@@ -172,8 +173,7 @@ def online_report(offline: OutputTable, stream: OutputTable, drifted: np.ndarray
         predicted = []
         for start in range(0, len(stream), setup.period):
             period = np.arange(start, min(start + setup.period, len(stream)))
-            predicted.append(updater.step(take_rows(source, period),
-                                          lambda picked, period=period: take_rows(target, period[picked])))
+            predicted.append(updater.step(take_rows(source, period), _labeller(target, period)))
         served = np.concatenate(predicted) if isinstance(predicted[0], np.ndarray) else list(
             itertools.chain.from_iterable(predicted))
         out[key] = round(performance(spec, served, target), 4)
@@ -181,6 +181,11 @@ def online_report(offline: OutputTable, stream: OutputTable, drifted: np.ndarray
                                                       take_rows(target, after)), 4)
         out[f"{key}_labelled"] = updater.labelled
     return out
+
+
+def _labeller(target: Any, rows: np.ndarray) -> Callable[[np.ndarray], Any]:
+    """An online updater's ``label``: the target's outputs at the picked ones of ``rows``."""
+    return lambda picked: take_rows(target, rows[picked])
 
 
 def domain_report(table: OutputTable, deployed: str, sources: list[str], truth: np.ndarray, classes: int,

@@ -209,9 +209,9 @@ def split_detector(out_dir: str | os.PathLike, cut: str | None = None,
         partial = path.with_name(path.name + ".partial")
         onnx.save(part, str(partial))
         partial.replace(path)
-    input_shape = _shape(model, input_name)
-    return DetectorSplit(paths[0], paths[1], cut, input_name, output_name, input_shape,  # type: ignore[arg-type]
-                         _shape(model, cut), (1, *input_shape[1:]))
+    channels, height, width = _shape(model, input_name)  # the detector takes (N, 3, H, W)
+    return DetectorSplit(paths[0], paths[1], cut, input_name, output_name, (channels, height, width),
+                         _shape(model, cut), (1, height, width))
 
 
 def frame_tensors(frames: np.ndarray, options: ocr.DetectorOptions = SCENE_TEXT_OPTIONS) -> np.ndarray:

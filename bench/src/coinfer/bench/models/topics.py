@@ -165,7 +165,8 @@ class TopicClassifier:
         import torch
 
         items = check_texts(texts)
-        vectors, token_ids = [], []
+        vectors: list[np.ndarray] = []
+        token_ids: list[np.ndarray] = []
         with torch.inference_mode():
             for start in range(0, len(items), self.options.batch_size):
                 batch = minilm.tokenize(items[start:start + self.options.batch_size],

@@ -245,15 +245,15 @@ class LinkAggregator:
         next_round = self._round + 1
         frame = encode_global(new, round=next_round, graph=self.graph_id, limits=self.limits)
         if self.state_dir is not None:
-            self._save(new, next_round)
+            self._save(self.state_dir, new, next_round)
         self._weights, self._round, self._frame, self._staged = new, next_round, frame, {}
 
-    def _save(self, weights: dict[str, np.ndarray], round_: int) -> None:
-        """Write ``round-<round_>`` atomically, then drop the older rounds."""
+    def _save(self, state_dir: Path, weights: dict[str, np.ndarray], round_: int) -> None:
+        """Write ``state_dir/round-<round_>`` atomically, then drop the older rounds."""
         self._graph.set_weights(weights)
-        path = self.state_dir / f"round-{round_:06d}"
+        path = state_dir / f"round-{round_:06d}"
         self._graph.save(path, overwrite=True)
-        for entry in self.state_dir.iterdir():
+        for entry in state_dir.iterdir():
             match = ROUND_DIR.match(entry.name)
             if entry.is_dir() and match and int(match.group(1)) < round_:
                 shutil.rmtree(entry, ignore_errors=True)

@@ -21,7 +21,8 @@ def run_audit(model: Any, output_size: int, tokenizer: Any = None, prompt: str =
     keys = generate_keys(ModelLayout.from_config(model.config, output_size))
     cloud = transform_model(model, keys)
     original = dict(model.named_parameters())
-    weights_stip, weights_projection = [], []
+    weights_stip: list[float] = []
+    weights_projection: list[float] = []
     for name, param in cloud.named_parameters():
         if param.ndim != 2 or name not in original or original[name].shape != param.shape:
             continue

@@ -108,8 +108,8 @@ def _publish_one(model: Any, model_dir: Path, root: Path, overwrite: bool) -> Pu
                              or getattr(model.config, "n_positions", 0)),
         "eos_token_id": getattr(model.config, "eos_token_id", None),
     }
-    with tempfile.TemporaryDirectory(prefix="coinfer-stip-") as scratch:
-        scratch = Path(scratch)
+    with tempfile.TemporaryDirectory(prefix="coinfer-stip-") as temporary:
+        scratch = Path(temporary)
         state = {name: tensor.contiguous() for name, tensor in cloud.state_dict().items()
                  if not arch.is_device_side(name)}
         save_file(state, str(scratch / "model.safetensors"))
@@ -125,7 +125,8 @@ def _publish_one(model: Any, model_dir: Path, root: Path, overwrite: bool) -> Pu
         else:
             from coinfer.sdk.stip.vit import device_parameters
 
-            np.savez(scratch / PIXEL_EMBEDDING, **device_parameters(model))
+            # numpy's savez stub has allow_pickle: bool beside **kwds, and mypy lets a **dict fill it.
+            np.savez(scratch / PIXEL_EMBEDDING, **device_parameters(model))  # type: ignore[arg-type]
             files[PIXEL_EMBEDDING] = scratch / PIXEL_EMBEDDING
         files |= {name: model_dir / name for name in TOKENIZER_FILES if (model_dir / name).is_file()}
         user = save_artifact(root / "user", Manifest("stip", "user-bundle", metadata=info), files,

@@ -10,6 +10,7 @@ Note: Ray binds its internal ports on all interfaces even when Serve's HTTP prox
 from __future__ import annotations
 
 import os
+from collections.abc import MutableMapping
 from typing import Any
 
 from coinfer.cloud.stip.server import ServerOptions
@@ -31,9 +32,9 @@ def build_deployment(num_replicas: int = 1) -> Any:
             self.app = create_app(StipModelServer(model, info, options), token)
 
         async def __call__(self, request: Request) -> Response:
-            messages: list[dict[str, Any]] = []
+            messages: list[MutableMapping[str, Any]] = []
 
-            async def send(message: dict[str, Any]) -> None:
+            async def send(message: MutableMapping[str, Any]) -> None:
                 messages.append(message)
 
             await self.app(request.scope, request.receive, send)

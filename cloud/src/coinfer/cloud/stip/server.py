@@ -107,6 +107,8 @@ class StipModelServer:
                 raise RequestError(f"{protocol.TOKEN_IDS} must be (1, tokens) integers below {vocab}")
             inputs = {"input_ids": torch.from_numpy(token_ids.astype(np.int64))}
             count = token_ids.shape[1]
+        elif embeds is None:
+            raise RequestError(f"frame has no '{protocol.INPUTS}' array")
         else:
             self._check_embeddings(embeds, max_batch=1)
             inputs = {"inputs_embeds": torch.from_numpy(np.array(embeds, dtype=np.float32))}

@@ -110,6 +110,7 @@ def _load_factory(reference: str) -> Callable[[], Any]:
         if not path.is_file():
             raise InputNotFoundError(f"{path}: no such Python file")
         spec = importlib.util.spec_from_file_location(path.stem, path)
+        assert spec is not None and spec.loader is not None  # a .py file always gets a source loader
         module = importlib.util.module_from_spec(spec)
         try:
             spec.loader.exec_module(module)

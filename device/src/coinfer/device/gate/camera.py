@@ -332,7 +332,7 @@ class CameraGate:
             now = float(info.index / self.parameters.frame_rate)
         else:
             now = time.monotonic()
-        if self._clock_start is None:
+        if self._clock_start is None or self._last_time is None:  # the first packet: both are None
             self._clock_start = self._last_time = now
         elapsed = max(now - self._last_time, 0.0)
         self._last_time = max(now, self._last_time)

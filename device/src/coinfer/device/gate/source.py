@@ -75,9 +75,11 @@ class PacketSource:
         context = self._stream.codec_context
         extradata = context.extradata or None
         rate = self._stream.average_rate or self._stream.guessed_rate
+        time_base = self._stream.time_base
+        assert time_base is not None  # FFmpeg gives every demuxed stream one (1/90000 unless set)
         self.parameters = StreamParameters(
             codec=context.name, extradata=extradata, width=context.width, height=context.height,
-            time_base=Fraction(self._stream.time_base),
+            time_base=Fraction(time_base),
             frame_rate=Fraction(rate) if rate else None)
         try:
             self._parser: PacketParser = create_parser(context.name, extradata)

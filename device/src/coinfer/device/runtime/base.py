@@ -177,11 +177,9 @@ class Runner(ABC):
     def _finish(self, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if not self.options.dequantize_outputs:
             return outputs
-        specs = {spec.name: spec for spec in self._outputs}
+        quantization = {spec.name: spec.quantization for spec in self._outputs}
         return {
-            name: specs[name].quantization.dequantize(value)
-            if specs[name].quantization is not None
-            else value
+            name: value if (params := quantization[name]) is None else params.dequantize(value)
             for name, value in outputs.items()
         }
 

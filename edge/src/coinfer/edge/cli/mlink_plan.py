@@ -56,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
     metrics.update({f"score {name}": round(value, 4) for name, value in sorted(scores.items())})
     if args.brute_force:
         best = brute_force_plan(costs, budget, predicted)
+        assert best.accuracy is not None  # brute_force_plan evaluates the plan it returns
         metrics.update({"optimum run": ", ".join(best.active) or "nothing",
                         "optimum cost": round(best.cost, 4), "optimum accuracy": round(best.accuracy, 4)})
     report("coinfer mlink plan", metrics, args.json)

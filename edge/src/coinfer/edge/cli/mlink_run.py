@@ -61,15 +61,16 @@ def run(args: argparse.Namespace) -> int:
     graph = LinkGraph.load(args.links)
     table = load_table(args.records, graph.models)
     recorded = RecordedRunner(table, cost=args.cost)
-    runner = recorded if args.scenes is None else live_runner(args, table, graph.models, recorded.costs)
+    live = None if args.scenes is None else live_runner(args, table, graph.models, recorded.costs)
+    runner = recorded if live is None else live
     budget = budget_from_args(args, recorded.costs)
     first = np.arange(min(len(table), max(1, args.period // 10)))
-    if runner is recorded:
+    if live is None:
         profile = table.take(first)
     else:
         specs = {name: table.specs[name] for name in graph.models}
-        profile = OutputTable(specs, {name: runner(name, first) for name in graph.models})
-        runner.restart()  # the stream is served from its first step again
+        profile = OutputTable(specs, {name: live(name, first) for name in graph.models})
+        live.restart()  # the stream is served from its first step again
     result = serve(graph, runner, len(table),
                    ServingOptions(budget=budget, period=args.period, profile_fraction=args.profile_fraction,
                                   carry=args.cost == "ms"),
@@ -80,9 +81,9 @@ def run(args: argparse.Namespace) -> int:
                                   "mean output accuracy": round(float(np.mean(list(scores.values()))), 4)}
     if args.cost == "ms":
         metrics["time saved"] = round(result.time_saved(recorded.costs), 4)
-    if runner is not recorded:
+    if live is not None:
         every = sum(table.costs[name]["ms_mean"] for name in graph.models) * len(table) / 1000
-        ran = sum(runner.seconds.values())
+        ran = sum(live.seconds.values())
         metrics.update({"live model seconds": round(ran, 3),
                         "recorded seconds of every model": round(every, 3),
                         "live time saved": round(1 - (ran + result.link_seconds) / every, 4)})

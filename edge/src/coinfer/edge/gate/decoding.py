@@ -65,7 +65,8 @@ def capture_decoder_errors() -> None:
     PyAV drops FFmpeg's log by default; this routes error-level messages to it for the
     whole process, which is what a process that only decodes wants.
     """
-    if av.logging.get_level() is None or av.logging.get_level() < av.logging.ERROR:
+    level = av.logging.get_level()
+    if level is None or level < av.logging.ERROR:
         av.logging.set_level(av.logging.ERROR)
 
 
@@ -121,6 +122,9 @@ class StreamDecoder:
             if frame.is_corrupt:
                 self.corrupt += 1
             self.frames += 1
+            if frame.pts is None:  # decode() stamps every packet; a picture without one is an error
+                self._error(f"{what}: a decoded picture carries no timestamp")
+                continue
             out[frame.pts] = frame
 
     def _error(self, message: str) -> None:

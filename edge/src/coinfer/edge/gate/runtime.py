@@ -401,6 +401,7 @@ class GateRuntime:
     def _policy(self) -> policies.Policy:
         streams, name = len(self.urls), self.options.policy_name
         if name == "packetgame":
+            assert self.options.predictor is not None  # RuntimeOptions refuses packetgame without one
             return policies.PredictorPolicy(streams, ContextualPredictor.load(self.options.predictor))
         if name == "random":
             return policies.RandomPolicy(streams, seed=self.options.seed)

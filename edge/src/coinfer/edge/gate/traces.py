@@ -62,9 +62,9 @@ def load_camera(camera: Any, tasks: Sequence[str], *, keep_data: bool = False,
     decoder = StreamDecoder(parameters)
     seconds = np.zeros(len(packets))
     decoded_by_pts: dict[int, int] = {}
-    for k, item in enumerate(zip(packets, data, strict=True)):
+    for k, pair in enumerate(zip(packets, data, strict=True)):
         before = decoder.seconds
-        frames = decoder.decode([item])
+        frames = decoder.decode([pair])
         seconds[k] = decoder.seconds - before
         decoded_by_pts.update({pts: PictureType.from_ffmpeg(f.pict_type) for pts, f in frames.items()})
     decoded_by_pts.update({pts: PictureType.from_ffmpeg(f.pict_type) for pts, f in decoder.flush().items()})

@@ -258,7 +258,9 @@ class DecoderPool:
                 raise DecoderPoolError(f"{', '.join(self._describe(w) for w in late)} did not answer within "
                                        f"{timeout_s:g} s while {doing}")
             for handle in ready:
-                worker = pending.get(handle) if isinstance(handle, Connection) else sentinels.get(handle)
+                # wait() hands back what it was given: connections and (int) process sentinels.
+                worker = (pending.get(handle) if isinstance(handle, Connection)
+                          else sentinels.get(handle) if isinstance(handle, int) else None)
                 if worker is None or worker in replies:
                     continue
                 connection = self._connections[worker]

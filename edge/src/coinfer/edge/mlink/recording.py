@@ -184,8 +184,8 @@ def nonempty(spec: OutputSpec, outputs: Any) -> np.ndarray:
     if spec.task == "softmax":
         return array.argmax(axis=1) != 0
     if spec.task == "sigmoid":
-        return (array > 0.5).any(axis=1)
-    return (array != 0).any(axis=1)
+        return np.any(array > 0.5, axis=1)
+    return np.any(array != 0, axis=1)
 
 
 def nonempty_fraction(table: OutputTable) -> dict[str, float]:

@@ -109,6 +109,7 @@ class HaarDetector:
 
     def __init__(self, name: str, cascade_file: str, options: CascadeOptions | None = None) -> None:
         import cv2
+        import cv2.data
 
         self.name = name
         self.options = options or CascadeOptions()
@@ -170,7 +171,8 @@ class PeopleDetector:
         self.name = "people"
         self.options = options or PeopleOptions()
         self._hog = cv2.HOGDescriptor()
-        self._hog.setSVMDetector(cv2.HOGDescriptor_getDefaultPeopleDetector())
+        # An ndarray already; cv2's stubs call it Sequence[float], which setSVMDetector does not take.
+        self._hog.setSVMDetector(np.asarray(cv2.HOGDescriptor.getDefaultPeopleDetector(), np.float32))
 
     def __call__(self, frame: np.ndarray) -> np.ndarray:
         check_frame(frame)

@@ -118,8 +118,8 @@ class DetectorOptions:
 DEFAULT_OPTIONS = DetectorOptions()
 
 
-def check_bgr_image(image: object, what: str = "image") -> None:
-    """Reject anything but a non-empty uint8 (H, W, 3) array, naming ``what``."""
+def check_bgr_image(image: object, what: str = "image") -> np.ndarray:
+    """Reject anything but a non-empty uint8 (H, W, 3) array, naming ``what``; return the array."""
     if not isinstance(image, np.ndarray):
         raise CoinferError(f"{what} must be a numpy array, got {type(image).__name__}")
     if image.dtype != np.uint8:
@@ -128,6 +128,7 @@ def check_bgr_image(image: object, what: str = "image") -> None:
         raise CoinferError(f"{what} must have shape (H, W, 3) (BGR), got {image.shape}")
     if image.size == 0:
         raise CoinferError(f"{what} is empty: shape {image.shape}")
+    return image
 
 
 def _target_side(side: int, ratio: float) -> int:
@@ -199,7 +200,7 @@ def find_text_boxes(
     height, width = (int(v) for v in original_shape)
     if height <= 0 or width <= 0:
         raise CoinferError(f"original_shape must be positive (H, W), got {original_shape}")
-    mask = (prob > options.thresh).astype(np.uint8)
+    mask: np.ndarray = (prob > options.thresh).astype(np.uint8)
     if options.dilate:
         mask = cv2.dilate(mask, np.ones((2, 2), np.uint8))
     count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)

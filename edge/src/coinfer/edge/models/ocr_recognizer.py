@@ -143,10 +143,10 @@ class Recognition:
 
 def check_crop(crop: object, what: str = "crop") -> None:
     """Reject what the model cannot read, naming ``what`` and the problem."""
-    ocr.check_bgr_image(crop, what)
-    if max(crop.shape[:2]) > MAX_CROP_SIDE:
+    shape = ocr.check_bgr_image(crop, what).shape
+    if max(shape[:2]) > MAX_CROP_SIDE:
         raise CoinferError(
-            f"{what} is {crop.shape[1]}x{crop.shape[0]} px; a text line crop must be at most "
+            f"{what} is {shape[1]}x{shape[0]} px; a text line crop must be at most "
             f"{MAX_CROP_SIDE} px a side"
         )
 

@@ -212,7 +212,7 @@ def read_audio(path: str | os.PathLike, sample_rate: int = 16000) -> np.ndarray:
             # Planar float in the source layout, averaged here: FFmpeg's own downmix adds the
             # channels at -3 dB each, which lifts a stereo recording of one source by 3 dB.
             resampler = av.AudioResampler(format="fltp", rate=int(sample_rate))
-            parts = []
+            parts: list[np.ndarray] = []
             for frame in container.decode(stream):
                 parts.extend(out.to_ndarray().mean(axis=0) for out in resampler.resample(frame))
             parts.extend(out.to_ndarray().mean(axis=0) for out in resampler.resample(None))

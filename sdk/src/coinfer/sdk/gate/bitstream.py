@@ -477,7 +477,7 @@ class _Vp9Parser(PacketParser):
             return self._slots[bits.u(3, "frame_to_show_map_idx")], True, 0, True, False
         non_key = bits.u(1, "frame_type")
         show = bool(bits.u(1, "show_frame"))
-        error_resilient = bits.u(1, "error_resilient_mode")
+        error_resilient = bool(bits.u(1, "error_resilient_mode"))
         if not non_key:
             if bits.u(24, "frame_sync_code") != _VP9_SYNC_CODE:
                 raise BitstreamError("VP9 key frame: frame_sync_code is wrong")

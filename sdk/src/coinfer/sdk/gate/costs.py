@@ -17,6 +17,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 
@@ -88,7 +89,7 @@ def calibrate_decode_costs(codec: str, width: int, height: int, *, frames: int =
 
     if codec not in _ENCODERS:
         raise InvalidArgumentError(f"cannot calibrate codec {codec!r}; known: {sorted(_ENCODERS)}")
-    encoder = av.CodecContext.create(_ENCODERS[codec], "w")
+    encoder = cast(av.VideoCodecContext, av.CodecContext.create(_ENCODERS[codec], "w"))  # all video encoders
     encoder.width, encoder.height = width, height
     encoder.pix_fmt = "yuvj420p" if codec == "mjpeg" else "yuv420p"
     encoder.time_base = Fraction(1, 25)
@@ -122,8 +123,8 @@ def time_decoding(codec: str, extradata: bytes | None, packets: list[bytes], *, 
 
     from coinfer.sdk.gate.bitstream import create_parser
 
-    parser = create_parser(codec, extradata)
-    decoder = av.CodecContext.create(codec, "r")
+    parser = create_parser(codec, extradata)  # only video codecs have a parser
+    decoder = cast(av.VideoCodecContext, av.CodecContext.create(codec, "r"))
     if extradata:
         decoder.extradata = extradata
     types, seconds = [], []

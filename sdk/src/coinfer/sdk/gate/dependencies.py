@@ -69,6 +69,12 @@ class _Round:
     own: np.ndarray
     pending: np.ndarray  # reference packets of this round that were not decoded
 
+    def packet(self, stream: int) -> PacketInfo:
+        """Stream ``stream``'s packet of this round, for a stream that is decoded or pending."""
+        packet = self.packets[stream]
+        assert packet is not None  # decodable and pending streams are present ones
+        return packet
+
 
 class DependencyTracker:
     """Decode dependencies of ``streams`` concurrent streams, one packet each per round."""
@@ -126,8 +132,8 @@ class DependencyTracker:
             raise GateError(f"stream {int(np.flatnonzero(bad)[0])} has no decodable packet this round")
         plans: list[list[PacketInfo]] = [[] for _ in range(self.streams)]
         current = self._history[-1]
-        for i in np.flatnonzero(mask):
-            plans[i] = [*self._take_pending(int(i), self._round), current.packets[i]]
+        for i in map(int, np.flatnonzero(mask)):
+            plans[i] = [*self._take_pending(i, self._round), current.packet(i)]
         current.pending &= ~mask
         self._pending_cost[mask] = 0.0
         self._pending_from[mask] = self._round + 1
@@ -153,7 +159,7 @@ class DependencyTracker:
                 break
             spent += cost
             entry.pending[stream] = False
-            taken.append(entry.packets[stream])
+            taken.append(entry.packet(stream))
         else:
             self._pending_from[stream] = self._round
         self._pending_cost[stream] = max(self._pending_cost[stream] - spent, 0.0)
@@ -165,7 +171,7 @@ class DependencyTracker:
             entry = self._history[number - self._first_round]
             if entry.pending[stream]:
                 entry.pending[stream] = False
-                taken.append(entry.packets[stream])
+                taken.append(entry.packet(stream))
         return taken
 
     def _retire_undecoded(self) -> None:

@@ -113,8 +113,9 @@ def training_rows(traces: Sequence[StreamTrace], costs: DecodeCostModel,
     per_round = decode_all_cost_per_round(traces, costs)
     parts = [collect_training_rows(traces, TemporalPolicy(len(traces)), costs, f * per_round, measures,
                                    options) for f in fractions]
-    return PredictorDataset(*(np.concatenate([getattr(part, name) for part in parts])
-                              for name in ("i_view", "p_view", "temporal", "labels")))
+    i_view, p_view, temporal, labels = (np.concatenate([getattr(part, name) for part in parts])
+                                        for name in ("i_view", "p_view", "temporal", "labels"))
+    return PredictorDataset(i_view, p_view, temporal, labels)
 
 
 def train_on_traces(traces: Sequence[StreamTrace], costs: DecodeCostModel,

@@ -199,7 +199,8 @@ class ContextualPredictor:
 
     def save(self, out: str | os.PathLike, *, overwrite: bool = False) -> Path:
         buffer = io.BytesIO()
-        np.savez(buffer, **self._w)
+        # numpy's savez stub has allow_pickle: bool beside **kwds, and mypy lets a **dict fill it.
+        np.savez(buffer, **self._w)  # type: ignore[arg-type]
         manifest = Manifest(capability="gate", kind=KIND,
                             metadata={"options": _options_to_dict(self.options), "metrics": self.metrics})
         return save_artifact(out, manifest, {WEIGHTS_FILE: buffer.getvalue()}, overwrite=overwrite).path

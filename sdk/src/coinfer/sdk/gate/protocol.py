@@ -33,7 +33,7 @@ import urllib.parse
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -105,11 +105,12 @@ class StreamParameters:
     time_base: Fraction
     frame_rate: Fraction | None
 
-    def create_decoder(self) -> av.CodecContext:
+    def create_decoder(self) -> av.VideoCodecContext:
         """A PyAV decoder for this stream's packets (codec, extradata and size set)."""
         import av
 
-        context = av.CodecContext.create(self.codec, "r")
+        # A video codec's context: setting the picture size below fails on any other kind.
+        context = cast(av.VideoCodecContext, av.CodecContext.create(self.codec, "r"))
         if self.extradata:
             context.extradata = self.extradata
         context.width, context.height = self.width, self.height
@@ -211,9 +212,7 @@ def _field(header: Mapping[str, Any], name: str, kind: type | tuple[type, ...], 
     return value
 
 
-def _fraction(value: Any, name: str, where: str, *, optional: bool) -> Fraction | None:
-    if value is None and optional:
-        return None
+def _fraction(value: Any, name: str, where: str) -> Fraction:
     valid = (isinstance(value, list) and len(value) == 2
              and all(type(part) is int and 0 < part < 1 << 31 for part in value))
     if not valid:
@@ -264,8 +263,9 @@ def _parse_parameters(header: Mapping[str, Any], arrays: Mapping[str, np.ndarray
     if not (0 < width <= _MAX_DIMENSION and 0 < height <= _MAX_DIMENSION):
         raise GateProtocolError(f"{where}: picture size {width}x{height} outside 1..{_MAX_DIMENSION}")
     extradata = _single_array(arrays, "extradata", where)
-    time_base = _fraction(header.get("time_base"), "time_base", where, optional=False)
-    frame_rate = _fraction(header.get("frame_rate"), "frame_rate", where, optional=True)
+    time_base = _fraction(header.get("time_base"), "time_base", where)
+    rate = header.get("frame_rate")
+    frame_rate = None if rate is None else _fraction(rate, "frame_rate", where)
     return StreamParameters(codec=codec, extradata=extradata.tobytes() or None, width=width, height=height,
                             time_base=time_base, frame_rate=frame_rate)
 

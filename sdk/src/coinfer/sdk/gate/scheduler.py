@@ -136,6 +136,7 @@ class PacketGate:
             plans = self.tracker.decode(selected)
             spare = self._prefetch_allowance(choice, costs, cap)
             if spare > 0:
+                assert choice.next_best is not None  # _prefetch_allowance gives none without it
                 extra = self.tracker.prefetch(choice.next_best, spare)
                 plans[choice.next_best] = extra
                 spent += float(self.cost_model.cost_of([packet.picture for packet in extra]).sum())

@@ -43,7 +43,8 @@ class FilterStats:
 class SkipFilter:
     """Threshold per task on a scorer's P(redundant); thread-safe, scorer swappable."""
 
-    def __init__(self, scorer: Scorer, inputs: Mapping[str, ModalitySpec], thresholds: Sequence[float],
+    def __init__(self, scorer: Scorer, inputs: Mapping[str, ModalitySpec],
+                 thresholds: Sequence[float] | np.ndarray,
                  tasks: Sequence[str] = ("redundant",)) -> None:
         self.inputs, self.tasks = dict(inputs), tuple(tasks)
         self.thresholds = np.asarray(thresholds, dtype=np.float64).reshape(-1)
@@ -55,7 +56,7 @@ class SkipFilter:
 
     @classmethod
     def create_from_trained(cls, trained: TrainedFilter,
-                            thresholds: Sequence[float] | None = None) -> SkipFilter:
+                            thresholds: Sequence[float] | np.ndarray | None = None) -> SkipFilter:
         """The edge-side filter: the trained Keras network as the scorer."""
         if trained.kind != "skip":
             raise FilterError(f"a SkipFilter needs a skip filter, got a {trained.kind} filter")
@@ -99,7 +100,7 @@ class SkipFilter:
                 outputs.append(model({name: arrays[k][row] for k, name in enumerate(self.inputs)}))
         return outputs
 
-    def swap(self, scorer: Scorer, thresholds: Sequence[float] | None = None) -> None:
+    def swap(self, scorer: Scorer, thresholds: Sequence[float] | np.ndarray | None = None) -> None:
         """Replace the scorer (and the thresholds) atomically: calls in flight finish with the old one."""
         with self._lock:
             self._scorer = scorer

@@ -21,7 +21,7 @@ import contextlib
 import functools
 from collections.abc import Iterator
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 #: How many vectors a vector source's encoder offers a sequence decoder's attention.
 MEMORY_SLOTS = 4
@@ -110,8 +110,9 @@ def modules() -> SimpleNamespace:
             return self.head(summary)
 
         def encode(self, source: Any) -> tuple[Any, Any, Any]:
+            """Decoder state, memory and mask: for a sequence target, whose head is a SequenceDecoder."""
             summary, memory, mask = self.encoder(source)
-            return self.head.initial_state(summary), memory, mask
+            return cast(SequenceDecoder, self.head).initial_state(summary), memory, mask
 
         def steps(self, tokens: Any, state: Any, memory: Any, mask: Any) -> tuple[Any, Any]:
             return self.head(tokens, state, memory, mask)

@@ -68,9 +68,14 @@ class Endpoint:
         """Vector width, or the compact vocabulary's size for sequences."""
         if not self.spec.is_sequence:
             return self.spec.size
+        return self.sequence_vocabulary.size
+
+    @property
+    def sequence_vocabulary(self) -> Vocabulary:
+        """The vocabulary a sequence endpoint's tokens are encoded with; it must have one."""
         if self.vocabulary is None:
             raise LinkError("a sequence endpoint needs a vocabulary")
-        return self.vocabulary.size
+        return self.vocabulary
 
     @property
     def head_width(self) -> int:
@@ -90,7 +95,7 @@ def source_tensor(endpoint: Endpoint, outputs: Any, name: str = "source") -> Any
     checked = endpoint.spec.check(outputs, name)
     if not endpoint.spec.is_sequence:
         return torch.from_numpy(checked)
-    ids = torch.from_numpy(endpoint.vocabulary.encode(checked, endpoint.steps))
+    ids = torch.from_numpy(endpoint.sequence_vocabulary.encode(checked, endpoint.steps))
     return ids, (ids != PAD).sum(dim=1)
 
 
@@ -100,7 +105,7 @@ def target_tensors(endpoint: Endpoint, outputs: Any, name: str = "target") -> tu
     checked = endpoint.spec.check(outputs, name)
     if not endpoint.spec.is_sequence:
         return None, torch.from_numpy(checked)
-    wanted = torch.from_numpy(endpoint.vocabulary.encode(checked, endpoint.steps))
+    wanted = torch.from_numpy(endpoint.sequence_vocabulary.encode(checked, endpoint.steps))
     inputs = torch.cat([torch.full((len(checked), 1), BOS, dtype=torch.long), wanted[:, :-1]], dim=1)
     return inputs, wanted
 
@@ -319,11 +324,11 @@ def greedy_decode(links: list[Link], weights: list[float],
         states = [state for state, _, _ in encoded]
         produced = torch.zeros((count, target.steps), dtype=torch.long)
         for step in range(target.steps):
-            mixed = 0
+            mixed: Any = 0
             for k, (link, weight) in enumerate(zip(links, weights, strict=True)):
                 _, memory, mask = encoded[k]
                 logits, states[k] = link.network.steps(token, states[k], memory, mask)
                 mixed = mixed + weight * torch.log_softmax(logits[:, -1], dim=-1)
             token = mixed.argmax(dim=-1, keepdim=True)
             produced[:, step] = token[:, 0]
-    return [target.vocabulary.decode(row) for row in produced.tolist()]
+    return [target.sequence_vocabulary.decode(row) for row in produced.tolist()]

@@ -122,7 +122,8 @@ def calibrate_reuse(table: OutputTable, thumbnails: np.ndarray,
     (``table.context["camera"]`` says whose) on which every model ran."""
     cameras = np.asarray(table.context["camera"])
     check_frames(thumbnails, cameras, len(table))
-    rates, accuracy = [], {name: [] for name in table.models}
+    rates: list[float] = []
+    accuracy: dict[str, list[float]] = {name: [] for name in table.models}
     for threshold in thresholds:
         run = change_schedule(thumbnails, cameras, float(threshold))
         rates.append(float(run.mean()))

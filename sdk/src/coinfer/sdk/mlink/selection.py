@@ -218,6 +218,7 @@ def mode_plan(costs: Mapping[str, float], modes: Mapping[str, Sequence[Execution
     # Gain per cost alone can fill the budget with small items and leave no room for the
     # one that matters (the knapsack trap), so the climb also starts from each model run
     # on every step, and the best end wins.
-    starts = [{}] + [{name: EVERY_STEP} for name in names if costs[name] <= budget]
+    starts: list[dict[str, ExecutionMode]] = [{}]
+    starts += [{name: EVERY_STEP} for name in names if costs[name] <= budget]
     plans = [climb(start) for start in starts]
     return max(plans, key=lambda plan: (plan.accuracy, -plan.cost))

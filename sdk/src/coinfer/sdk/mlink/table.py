@@ -116,7 +116,7 @@ class OutputTable:
             if meta.get("format") != "coinfer-mlink-outputs" or meta.get("version") != 1:
                 raise TableError("not a version-1 coinfer-mlink-outputs table")
             specs = {name: OutputSpec.from_description(value) for name, value in meta["specs"].items()}
-            outputs = {}
+            outputs: dict[str, Any] = {}
             for name, spec in specs.items():
                 if spec.is_sequence:
                     outputs[name] = ragged(arrays[f"seq.{name}.offsets"], arrays[f"seq.{name}.values"], name)

@@ -55,7 +55,7 @@ class Architecture:
 
 
 def _linear(prefix: str, out: Axis, inp: Axis, bias: bool = True) -> list[tuple[str, tuple[Axis, ...]]]:
-    rules = [(rf"{prefix}\.weight", (out, inp))]
+    rules: list[tuple[str, tuple[Axis, ...]]] = [(rf"{prefix}\.weight", (out, inp))]
     if bias:
         rules.append((rf"{prefix}\.bias", (out,)))
     return rules

@@ -282,7 +282,8 @@ def _save_private(path: str | os.PathLike, arrays: dict[str, Any]) -> None:
     fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, format=np.array(KEY_FORMAT), **{
+            # numpy's savez stub has allow_pickle: bool beside **kwds, and mypy lets a **dict fill it.
+            np.savez(handle, format=np.array(KEY_FORMAT), **{  # type: ignore[arg-type]
                 name: np.asarray(value) for name, value in arrays.items()
             })
         os.replace(staging, path)
