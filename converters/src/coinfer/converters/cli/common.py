@@ -4,13 +4,14 @@ flags, reading arrays and printing the parity report."""
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from coinfer.converters.export import ExportOptions, ExportResult, ParityLimits
-from coinfer.sdk.cli.flags import add_output
+from coinfer.sdk.cli.flags import add_output, check_output
 from coinfer.sdk.errors import CoinferError, InputNotFoundError
 
 
@@ -44,7 +45,15 @@ def load_arrays(path: Path) -> list[np.ndarray]:
         return [loaded[name] for name in loaded.files]
 
 
-def print_result(result: ExportResult) -> None:
+def run_export(args: argparse.Namespace, what: str,
+               export: Callable[[argparse.Namespace], ExportResult]) -> int:
+    """Refuse an existing ``--out`` first, export with a spinner, print the parity report."""
+    from rich.console import Console
+
     from coinfer.sdk.cli.report import print_metrics
 
+    check_output(args)
+    with Console(stderr=True).status(f"exporting the {what} model and checking parity..."):
+        result = export(args)
     print_metrics(f"exported {result.artifact.path}", result.parity.to_dict())
+    return 0

@@ -13,9 +13,9 @@ import argparse
 import zipfile
 from pathlib import Path
 
-from coinfer.converters.cli.common import add_common, export_options, load_arrays, print_result
+from coinfer.converters.cli.common import add_common, export_options, load_arrays, run_export
 from coinfer.converters.export import ExportResult
-from coinfer.sdk.cli.flags import add_renamed, check_output
+from coinfer.sdk.cli.flags import add_renamed
 from coinfer.sdk.errors import CoinferError, InputNotFoundError, one_line
 
 
@@ -29,13 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
-    check_output(args)
-    with Console(stderr=True).status("exporting the Keras model and checking parity..."):
-        result = export_keras(args)
-    print_result(result)
-    return 0
+    return run_export(args, "Keras", export_keras)
 
 
 def export_keras(args: argparse.Namespace) -> ExportResult:

@@ -17,9 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from coinfer.converters.cli.common import add_common, export_options, load_arrays, print_result
+from coinfer.converters.cli.common import add_common, export_options, load_arrays, run_export
 from coinfer.converters.export import ExportResult
-from coinfer.sdk.cli.flags import check_output
 from coinfer.sdk.errors import CoinferError, InputNotFoundError, one_line
 
 
@@ -40,13 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
-    check_output(args)
-    with Console(stderr=True).status("exporting the PyTorch model and checking parity..."):
-        result = export_torch(args)
-    print_result(result)
-    return 0
+    return run_export(args, "PyTorch", export_torch)
 
 
 def export_torch(args: argparse.Namespace) -> ExportResult:

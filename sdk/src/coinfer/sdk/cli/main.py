@@ -44,6 +44,14 @@ def _command_module(name: str, distribution: str) -> ModuleType:
     return next(iter(found)).load()
 
 
+def _attach(parser: argparse.ArgumentParser, name: str, distribution: str) -> None:
+    """Give ``parser`` the arguments of the command behind entry point ``name``, and remember
+    the module, so running it needs no second lookup."""
+    module = _command_module(name, distribution)
+    module.add_arguments(parser)
+    parser.set_defaults(command_module=module)
+
+
 def _renamed(argv: list[str]) -> list[str]:
     """``argv`` with an old command spelling replaced by the new one (and a notice on stderr)."""
     for old, new in RENAMED_COMMANDS.items():
@@ -84,13 +92,13 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
         if not spec.implemented:
             child.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
         elif spec.distribution is not None:
-            _command_module(spec.entry_point(), spec.distribution).add_arguments(child)
+            _attach(child, spec.entry_point(), spec.distribution)
         else:
             actions = child.add_subparsers(dest="action", metavar="ACTION", required=True)
             for item in spec.actions:
                 grandchild = actions.add_parser(item.name, help=item.summary, description=item.summary)
                 if item.name == action:
-                    _command_module(spec.entry_point(item.name), item.distribution).add_arguments(grandchild)
+                    _attach(grandchild, spec.entry_point(item.name), item.distribution)
     return parser
 
 
@@ -100,13 +108,8 @@ def _run(args: argparse.Namespace) -> int:
     if not spec.implemented:
         where = f" (tracked in issue #{spec.tracking_issue})" if spec.tracking_issue else ""
         raise UnavailableCommand(f"`coinfer {spec.name}` is not implemented yet{where}")
-    if spec.distribution is not None:
-        module = _command_module(spec.entry_point(), spec.distribution)
-    else:
-        item = spec.action(args.action)
-        assert item is not None
-        module = _command_module(spec.entry_point(item.name), item.distribution)
-    return int(module.run(args) or 0)
+    # the parser attached the module of the command it parsed (build_parser)
+    return int(args.command_module.run(args) or 0)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
