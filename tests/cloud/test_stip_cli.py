@@ -55,7 +55,8 @@ def test_publish_serve_and_chat_as_separate_processes(model_with_tokenizer, tmp_
     from tokenizers import Tokenizer
 
     model, path = model_with_tokenizer
-    assert main(["stip", "publish", "--model", str(path), "--out", str(tmp_path / "pub")]) == 0
+    assert main(["stip", "publish", "--model", str(path), "--provenance", "private",
+                 "--out", str(tmp_path / "pub")]) == 0
     env = dict(os.environ, COINFER_TOKEN=TOKEN)
 
     def info(port: int) -> dict:
@@ -82,6 +83,30 @@ def test_publish_serve_and_chat_as_separate_processes(model_with_tokenizer, tmp_
 
 
 @pytest.mark.slow
+def test_audit_recovers_tokens_from_public_weights_and_publish_refuses_them(model_with_tokenizer, tmp_path,
+                                                                            capsys):
+    _, path = model_with_tokenizer
+    assert main(["data", "corpus", "--out", str(tmp_path / "corpus"), "--messages", "24", "--quiet"]) == 0
+    assert main(["stip", "audit", "--model", str(path), "--provenance", "public-base", "--corpus",
+                 str(tmp_path / "corpus"), "--settings", "plain,local-1+rotate", "--messages", "12",
+                 "--attack-tokens", "6", "--fine-tune-steps", "1", "--json", str(tmp_path / "a.json")]) == 0
+    found = json.loads((tmp_path / "a.json").read_text())
+    plain, both = found["settings"]["plain"], found["settings"]["local-1+rotate"]
+    assert found["provenance"] == "public-base" and plain["tokens_observed"] > 50
+    assert plain["vocab_match_recovery"] == 1.0 and found["fine_tuned"]["vocab_match_recovery"] > 0.9
+    assert both["vocab_match_recovery"] < 0.2 and both["sequential_recovery_rotation"] == 1.0
+    for setting in (plain, both, found["fine_tuned"]):
+        assert setting["rel_err"] <= 1e-4 and setting["top1_agreement"] == 1.0
+        assert setting["recovery_best"] == 1.0 and setting["repeat_leak"] >= 0.9
+    capsys.readouterr()
+    assert main(["stip", "publish", "--model", str(path), "--provenance", "public-base",
+                 "--out", str(tmp_path / "pub")]) == 1
+    error = capsys.readouterr().err.strip()
+    assert error.count("\n") == 0 and "refusing to publish public-base weights" in error
+    assert not (tmp_path / "pub").exists()
+
+
+@pytest.mark.slow
 def test_quick_bench_writes_the_issue_metrics(tmp_path):
     assert main(["stip", "bench", "--quick", "--json", str(tmp_path / "b.json")]) == 0
     found = json.loads((tmp_path / "b.json").read_text())
@@ -97,7 +122,7 @@ def test_vit_publish_serve_and_classify_images(tmp_path):
     import torch
     import transformers as tf
 
-    from coinfer.cloud.stip.publish import load_cloud_model, publish
+    from coinfer.cloud.stip.publish import Protection, load_cloud_model, publish
     from coinfer.cloud.stip.server import BackgroundServer, StipModelServer
     from coinfer.device.stip import STIPClient
 
@@ -106,7 +131,7 @@ def test_vit_publish_serve_and_classify_images(tmp_path):
                           image_size=16, patch_size=8, num_labels=7)
     model = tf.ViTForImageClassification(config).eval()
     model.save_pretrained(tmp_path / "vit")
-    (instance,) = publish(tmp_path / "vit", tmp_path / "pub")
+    (instance,) = publish(tmp_path / "vit", tmp_path / "pub", protection=Protection("private"))
     assert (instance.user / "pixel_embedding.npz").is_file()
     assert not (instance.user / "embeddings.npy").exists()
     cloud, info = load_cloud_model(instance.server)

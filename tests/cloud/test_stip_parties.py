@@ -9,7 +9,7 @@ import urllib.request
 import numpy as np
 import pytest
 
-from coinfer.cloud.stip.publish import load_cloud_model, publish
+from coinfer.cloud.stip.publish import Protection, load_cloud_model, publish
 from coinfer.cloud.stip.server import BackgroundServer, ServerOptions, StipModelServer
 from coinfer.device.stip import STIPClient, StipClientError
 from coinfer.sdk import wire
@@ -39,7 +39,8 @@ def plain_model(tmp_path_factory):
 @pytest.fixture(scope="module")
 def published(plain_model, tmp_path_factory):
     _, path = plain_model
-    (instance,) = publish(path, tmp_path_factory.mktemp("published") / "out")
+    out = tmp_path_factory.mktemp("published") / "out"
+    (instance,) = publish(path, out, protection=Protection("private"))
     return instance
 
 
@@ -70,7 +71,7 @@ def test_publish_splits_what_each_party_gets(published, tmp_path, plain_model):
     user = UserKeys.load(published.user / "user.keys.npz")
     assert np.array_equal(keys.user.hidden, user.hidden)
     # Independently keyed instances.
-    first, second = publish(plain_model[1], tmp_path / "multi", instances=2)
+    first, second = publish(plain_model[1], tmp_path / "multi", protection=Protection("private"), instances=2)
     a, b = UserKeys.load(first.user / "user.keys.npz"), UserKeys.load(second.user / "user.keys.npz")
     assert not np.array_equal(a.hidden, b.hidden)
 

@@ -17,7 +17,7 @@ def test_stip_server_on_local_ray_serve(tmp_path):
     import transformers as tf
     from ray import serve
 
-    from coinfer.cloud.stip.publish import publish
+    from coinfer.cloud.stip.publish import Protection, publish
     from coinfer.cloud.stip.ray_serve import deploy
     from coinfer.device.stip import STIPClient, StipClientError
 
@@ -26,7 +26,7 @@ def test_stip_server_on_local_ray_serve(tmp_path):
                                                num_hidden_layers=1, num_attention_heads=4,
                                                num_key_value_heads=2)).eval()
     model.save_pretrained(tmp_path / "model")
-    (instance,) = publish(tmp_path / "model", tmp_path / "pub")
+    (instance,) = publish(tmp_path / "model", tmp_path / "pub", protection=Protection("private"))
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]

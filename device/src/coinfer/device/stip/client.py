@@ -14,7 +14,6 @@ import json
 import os
 import urllib.error
 import urllib.request
-import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,28 +25,22 @@ from coinfer.sdk.artifact import Artifact, load_artifact
 from coinfer.sdk.errors import CoinferError
 from coinfer.sdk.stip import protocol
 from coinfer.sdk.stip.keys import UserKeys
+from coinfer.sdk.stip.local_blocks import BlockCache, BlockShape, LocalBlocks
+from coinfer.sdk.stip.owner import (
+    EMBEDDINGS,
+    LOCAL_BLOCKS,
+    PIXEL_EMBEDDING,
+    USER_KEYS,
+    OwnerBundleError,
+    OwnerEncoder,
+    load_arrays,
+)
 from coinfer.sdk.stip.sampling import GREEDY, SamplingOptions, TokenSampler
 from coinfer.sdk.stip.vit import embed_pixels
-
-USER_KEYS = "user.keys.npz"
-EMBEDDINGS = "embeddings.npy"
-PIXEL_EMBEDDING = "pixel_embedding.npz"
 
 
 class StipClientError(CoinferError):
     """The server refused a request or could not be reached, or the user bundle is unreadable."""
-
-
-def _load_arrays(path: Path) -> Any:
-    """A bundle's ``.npy`` array, or its ``.npz`` arrays by name; never unpickled."""
-    try:
-        loaded = np.load(path, allow_pickle=False)
-        if isinstance(loaded, np.ndarray):
-            return loaded
-        with loaded:
-            return {name: loaded[name] for name in loaded.files}
-    except (OSError, ValueError, zipfile.BadZipFile) as error:
-        raise StipClientError(f"{path}: not a readable numpy file: {error}") from error
 
 
 class STIPClient:
@@ -55,21 +48,21 @@ class STIPClient:
 
     def __init__(self, embeddings: np.ndarray | None, keys: UserKeys, url: str, token: str, *,
                  info: dict[str, Any], tokenizer_file: Path | None = None, timeout: float = 120.0,
-                 pixel_embedding: dict[str, np.ndarray] | None = None) -> None:
+                 pixel_embedding: dict[str, np.ndarray] | None = None,
+                 local_blocks: LocalBlocks | None = None,
+                 max_request_bytes: int = protocol.DEFAULT_MAX_REQUEST_BYTES) -> None:
         if (embeddings is None) == (pixel_embedding is None):
             raise StipClientError("give either a token embedding table or pixel-embedding parameters")
-        if embeddings is not None and (embeddings.ndim != 2 or embeddings.shape[1] != keys.hidden.shape[0]):
-            raise StipClientError(
-                f"embedding table {embeddings.shape} does not fit pi of size {keys.hidden.shape[0]}"
-            )
-        # Permute the table once: each lookup then yields x pi directly (a plain gather).
-        self._table = (np.empty((0, keys.hidden.shape[0]), np.float32) if embeddings is None
-                       else np.ascontiguousarray(keys.permute_input(embeddings.astype(np.float32))))
+        try:
+            self._encoder = None if embeddings is None else OwnerEncoder(embeddings, keys, local_blocks)
+        except OwnerBundleError as error:
+            raise StipClientError(str(error)) from error
         self._pixel_embedding = pixel_embedding
         self.keys = keys
         self.url = url.rstrip("/")
         self.info = info
         self.timeout = timeout
+        self._limits = protocol.request_limits(max_request_bytes)  # match the server's --max-request-mib
         self._token = token
         self._tokenizer_file = tokenizer_file
         self._tokenizer: Any = None
@@ -78,24 +71,35 @@ class STIPClient:
 
     @classmethod
     def create_from_bundle(cls, bundle: Artifact | str | os.PathLike, url: str, token: str,
-                           timeout: float = 120.0) -> STIPClient:
+                           timeout: float = 120.0,
+                           max_request_bytes: int = protocol.DEFAULT_MAX_REQUEST_BYTES) -> STIPClient:
         """Load a verified user bundle written by ``coinfer stip publish``."""
         if not isinstance(bundle, Artifact):
             bundle = load_artifact(bundle, capability="stip", kind="user-bundle")
         files = bundle.manifest.files
-        embeddings = _load_arrays(bundle.file(EMBEDDINGS)) if EMBEDDINGS in files else None
-        pixel_embedding = _load_arrays(bundle.file(PIXEL_EMBEDDING)) if PIXEL_EMBEDDING in files else None
+        info = dict(bundle.manifest.metadata)
+        try:
+            embeddings = load_arrays(bundle.file(EMBEDDINGS)) if EMBEDDINGS in files else None
+            pixel_embedding = load_arrays(bundle.file(PIXEL_EMBEDDING)) if PIXEL_EMBEDDING in files else None
+            blocks = (LocalBlocks(BlockShape.from_metadata(dict(info.get("local_block_shape") or {})),
+                                  load_arrays(bundle.file(LOCAL_BLOCKS))) if LOCAL_BLOCKS in files else None)
+        except CoinferError as error:
+            raise StipClientError(str(error)) from error
         tokenizer = bundle.path / "tokenizer.json" if "tokenizer.json" in files else None
-        return cls(embeddings, UserKeys.load(bundle.file(USER_KEYS)), url, token,
-                   info=dict(bundle.manifest.metadata), tokenizer_file=tokenizer, timeout=timeout,
-                   pixel_embedding=pixel_embedding)
+        return cls(embeddings, UserKeys.load(bundle.file(USER_KEYS)), url, token, info=info,
+                   tokenizer_file=tokenizer, timeout=timeout, pixel_embedding=pixel_embedding,
+                   local_blocks=blocks, max_request_bytes=max_request_bytes)
 
-    def embed(self, token_ids: np.ndarray) -> np.ndarray:
-        """Permuted embeddings ``x pi`` of (batch, tokens) ids."""
-        ids = np.asarray(token_ids)
-        if ids.dtype.kind not in "iu" or (ids.size and (ids.min() < 0 or ids.max() >= len(self._table))):
-            raise StipClientError(f"token ids must be integers in [0, {len(self._table)})")
-        return self._table[ids]
+    def embed(self, token_ids: np.ndarray, cache: BlockCache | None = None,
+              attention_mask: np.ndarray | None = None) -> np.ndarray:
+        """What leaves the device for (batch, tokens) ids: ``x pi``, or, with local blocks, the
+        residual stream after them, permuted (``cache`` carries their state across steps)."""
+        if self._encoder is None:
+            raise StipClientError("this bundle embeds pixels, not token ids")
+        try:
+            return self._encoder.encode(np.asarray(token_ids), cache, attention_mask)
+        except OwnerBundleError as error:
+            raise StipClientError(str(error)) from error
 
     def embed_pixels(self, pixels: np.ndarray) -> np.ndarray:
         """Permuted patch embeddings of (batch, channels, H, W) images (ViT bundles)."""
@@ -108,8 +112,9 @@ class STIPClient:
 
         Returns logits, or hidden states for bare encoders.
         """
+        mask = None if attention_mask is None else np.atleast_2d(attention_mask)
         embedded = self.embed_pixels(inputs) if self._pixel_embedding is not None else self.embed(
-            np.atleast_2d(inputs))
+            np.atleast_2d(inputs), attention_mask=mask)
         arrays = {protocol.INPUTS: embedded}
         if attention_mask is not None:
             arrays[protocol.MASK] = np.atleast_2d(attention_mask).astype(np.int64)
@@ -129,10 +134,11 @@ class STIPClient:
         session = self._json("POST", protocol.SESSIONS_PATH)["session"]
         path = f"{protocol.SESSIONS_PATH}/{session}/step"
         generated: list[int] = []
+        cache = None if self._encoder is None else self._encoder.new_cache()
         try:
             step_input = np.asarray([list(prompt_ids)])
             for _ in range(max_new_tokens):
-                permuted = self._exchange("POST", path, {protocol.INPUTS: self.embed(step_input)})
+                permuted = self._exchange("POST", path, {protocol.INPUTS: self.embed(step_input, cache)})
                 # o'[j] = o[pi_c[j]]: choose in permuted space, then map the index; top-k/top-p
                 # and greedy are order-independent, so nothing of size vocab is un-permuted.
                 token = int(self.keys.output[sampler(permuted[0])])
@@ -167,7 +173,7 @@ class STIPClient:
         return self._tokenizer
 
     def _exchange(self, method: str, path: str, arrays: dict[str, np.ndarray]) -> np.ndarray:
-        frame = wire.encode(wire.Message(wire.MessageType.REQUEST, {}, arrays), protocol.DEFAULT_LIMITS)
+        frame = wire.encode(wire.Message(wire.MessageType.REQUEST, {}, arrays), self._limits)
         body = self._request(method, path, frame, protocol.CONTENT_TYPE)
         try:
             message = wire.decode(body, protocol.RESPONSE_LIMITS)
