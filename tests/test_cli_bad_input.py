@@ -14,6 +14,8 @@ generators and the demo for argument and output-path errors.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,26 +30,55 @@ from coinfer.sdk.cli.registry import GROUPS
 @dataclass(frozen=True)
 class Case:
     """``argv`` after the command's words; ``{name}`` is replaced by the path of input ``name``
-    (see :func:`inputs`). ``usage``: an argparse error (exit 2) rather than a CoinferError (1)."""
+    (see :func:`inputs`). ``usage``: an argparse error (exit 2) rather than a CoinferError (1).
+    ``says``: words the error line must hold, where the case has more than one thing wrong and
+    the one named must be the one checked first (an output path before the inputs are read)."""
 
     name: str
     argv: tuple[str, ...]
     usage: bool = False
+    says: str = ""
 
 
-def usage(name: str, *argv: str) -> Case:
+def usage(name: str, *argv: str, says: str = "") -> Case:
     """Input argparse refuses (exit 2): a missing required argument, a number out of range."""
-    return Case(name, argv, usage=True)
+    return Case(name, argv, usage=True, says=says)
 
 
-def error(name: str, *argv: str) -> Case:
+def error(name: str, *argv: str, says: str = "") -> Case:
     """Input the command refuses with a CoinferError (exit 1): a missing or corrupt file, ..."""
-    return Case(name, argv)
+    return Case(name, argv, says=says)
 
 
 OUT = ("--out", "{out}")
+PRIVATE = ("--provenance", "private")
+AUDIT = ("--provenance", "private", "--corpus", "{missing}")
+CORPUS = ("--provenance", "private", "--corpus", "{corpus}")
 EXISTING_OUT = ("--out", "{existing}")
 LINKS = ("--links", "{links}", "--records", "{table}")
+CLIENTS = ("--clients", "{clients}")
+
+
+def out_below_file(*argv: str) -> Case:
+    """``--out`` below a regular file can never be written: refused before ``argv`` is read."""
+    return error("out below a file", *argv, "--out", "{junk_npz}/out", says="cannot be written")
+
+
+def out_below_dangling(*argv: str) -> Case:
+    """``--out`` below a link to a folder that does not exist (no folder can be made there)."""
+    return error("out below a dangling link", *argv, "--out", "{dangling}/out", says="cannot be written")
+
+
+def json_below_file(*argv: str) -> Case:
+    """``--json`` below a regular file: refused when the arguments are parsed."""
+    return usage("json below a file", *argv, "--json", "{junk_npz}/report.json", says="cannot be written")
+
+
+def json_below_dangling(*argv: str) -> Case:
+    """``--json`` below a link to a folder that does not exist: refused when parsed."""
+    return usage("json below a dangling link", *argv, "--json", "{dangling}/report.json",
+                 says="cannot be written")
+
 
 #: Bad input per command (``"group action"``, or ``"group"`` for a command without actions).
 CASES: dict[str, tuple[Case, ...]] = {
@@ -58,6 +89,8 @@ CASES: dict[str, tuple[Case, ...]] = {
         usage("zero workers", "{junk_mp4}", "--workers", "0"),
         usage("malformed redundancy", "{junk_mp4}", "--redundancy", "faces"),
         usage("json into a directory", "{junk_mp4}", "--json", "{existing}"),
+        json_below_file("{junk_mp4}"),
+        json_below_dangling("{junk_mp4}"),
         error("missing source", "{missing}"),
         error("corrupt source", "{junk_mp4}"),
         error("missing predictor", "{junk_mp4}", "--predictor", "{missing}"),
@@ -80,6 +113,8 @@ CASES: dict[str, tuple[Case, ...]] = {
         error("scenes.json not JSON", "--scenes", "{broken}", *OUT),
         error("scenes is a file", "--scenes", "{junk_npz}", *OUT),
         error("out exists", "--scenes", "{broken}", *EXISTING_OUT),
+        out_below_file("--scenes", "{broken}"),
+        out_below_dangling("--scenes", "{broken}"),
     ),
     "gate serve": (
         usage("port out of range", "--port", "70000"),
@@ -91,6 +126,7 @@ CASES: dict[str, tuple[Case, ...]] = {
     "gate bench": (
         usage("unknown option", "--quick", "--bogus"),
         usage("json into a directory", "--quick", "--json", "{existing}"),
+        json_below_file("--quick"),
         usage("workdir is a file", "--quick", "--workdir", "{junk_npz}"),
         error("missing scenes", "--quick", "--scenes", "{missing}"),
         error("scenes.json not JSON", "--quick", "--scenes", "{broken}"),
@@ -105,6 +141,7 @@ CASES: dict[str, tuple[Case, ...]] = {
               "--target-accuracy", "2", *OUT),
         error("malformed option", "--records", "{records}", "--measurement", "empty", "--option", "x", *OUT),
         error("out exists", "--records", "{records}", "--measurement", "empty", *EXISTING_OUT),
+        out_below_file("--records", "{records}", "--measurement", "empty"),
     ),
     "infi export": (
         usage("no filter", *OUT),
@@ -118,11 +155,13 @@ CASES: dict[str, tuple[Case, ...]] = {
         error("corrupt calibration", "--filter", "{broken}", "--quantization", "int8",
               "--calibration", "{junk_npz}", *OUT),
         error("out exists", "--filter", "{broken}", *EXISTING_OUT),
+        out_below_file("--filter", "{broken}"),
     ),
     "infi run": (
         usage("no filter", "--records", "{records}"),
         usage("json into a directory", "--filter", "{broken}", "--records", "{records}", "--json",
               "{existing}"),
+        json_below_dangling("--filter", "{broken}", "--records", "{records}"),
         error("missing filter", "--filter", "{missing}", "--records", "{records}"),
         error("manifest not JSON", "--filter", "{broken}", "--records", "{records}"),
         error("links as filter", "--filter", "{links}", "--records", "{records}"),
@@ -134,6 +173,8 @@ CASES: dict[str, tuple[Case, ...]] = {
         usage("no measurement"),
         usage("unknown measurement", "--measurement", "bogus"),
         usage("cost not a number", "--measurement", "empty", "--filter-ms", "fast"),
+        usage("json into a directory", "--measurement", "empty", "--json", "{existing}"),
+        json_below_dangling("--measurement", "empty"),
         error("one cost of two", "--measurement", "empty", "--filter-ms", "1"),
         error("negative cost", "--measurement", "empty", "--filter-ms", "-1", "--model-ms", "5"),
         error("filter rate above 1", "--measurement", "empty", "--filter-rate", "2"),
@@ -150,26 +191,53 @@ CASES: dict[str, tuple[Case, ...]] = {
         usage("json into a directory", "--quick", "--json", "{existing}"),
         usage("workdir is a file", "--quick", "--workdir", "{junk_npz}"),
         usage("negative epochs", "--quick", "--epochs", "-1"),
+        json_below_file("--quick"),
     ),
     "stip publish": (
-        usage("no model", *OUT),
-        usage("zero instances", "--model", "{missing}", "--instances", "0", *OUT),
-        error("missing model", "--model", "{missing}", *OUT),
-        error("config.json not JSON", "--model", "{broken}", *OUT),
-        error("missing gguf", "--model", "{broken}", "--gguf", "missing.gguf", *OUT),
-        error("out exists", "--model", "{broken}", *EXISTING_OUT),
+        usage("no model", *PRIVATE, *OUT),
+        usage("no provenance", "--model", "{missing}", *OUT, says="--provenance"),
+        usage("unknown provenance", "--model", "{missing}", "--provenance", "mine", *OUT,
+              says="--provenance"),
+        usage("zero instances", "--model", "{missing}", *PRIVATE, "--instances", "0", *OUT),
+        usage("too many local blocks", "--model", "{missing}", *PRIVATE, "--local-blocks", "65", *OUT,
+              says="--local-blocks"),
+        error("public-base weights", "--model", "{missing}", "--provenance", "public-base", *OUT,
+              says="refusing to publish public-base weights"),
+        error("missing model", "--model", "{missing}", *PRIVATE, *OUT),
+        error("config.json not JSON", "--model", "{broken}", *PRIVATE, *OUT),
+        error("missing gguf", "--model", "{broken}", *PRIVATE, "--gguf", "missing.gguf", *OUT),
+        error("out exists", "--model", "{broken}", *PRIVATE, *EXISTING_OUT),
+        error("local blocks on gpt2", "--model", "{tiny_gpt2}", *PRIVATE, "--local-blocks", "1", *OUT,
+              says="LLaMA-family"),
+        out_below_file("--model", "{broken}", *PRIVATE),
     ),
     "stip verify": (
         usage("no model"),
         usage("zero batch", "--model", "{missing}", "--batch", "0"),
+        usage("batch too large to allocate", "--model", "{missing}", "--batch", "100000000", says="--batch"),
+        usage("negative tokens", "--model", "{missing}", "--tokens", "-1", says="--tokens"),
+        usage("json into a directory", "--model", "{missing}", "--json", "{existing}"),
+        json_below_dangling("--model", "{missing}"),
+        error("tokens beyond the model's positions", "--model", "{tiny_gpt2}", "--tokens", "100000",
+              says="--tokens"),
         error("missing model", "--model", "{missing}"),
         error("config.json not JSON", "--model", "{broken}"),
     ),
     "stip audit": (
-        usage("no model"),
-        usage("json into a directory", "--model", "{missing}", "--json", "{existing}"),
-        error("missing model", "--model", "{missing}"),
-        error("config.json not JSON", "--model", "{broken}"),
+        usage("no model", *AUDIT),
+        usage("no provenance", "--model", "{missing}", "--corpus", "{missing}", says="--provenance"),
+        usage("no corpus", "--model", "{missing}", "--provenance", "private", says="--corpus"),
+        usage("unknown setting", "--model", "{missing}", *AUDIT, "--settings", "plain,secret", says="secret"),
+        usage("zero local blocks", "--model", "{missing}", *AUDIT, "--settings", "local-0", says="local-K"),
+        usage("too many attack tokens", "--model", "{missing}", *AUDIT, "--attack-tokens", "100000"),
+        usage("json into a directory", "--model", "{missing}", *AUDIT, "--json", "{existing}"),
+        json_below_file("--model", "{missing}", *AUDIT),
+        error("missing corpus", "--model", "{missing}", *AUDIT, says="corpus"),
+        error("corpus not JSON", "--model", "{missing}", "--provenance", "private", "--corpus", "{broken}",
+              says="corpus"),
+        error("missing model", "--model", "{missing}", *CORPUS),
+        error("config.json not JSON", "--model", "{broken}", *CORPUS),
+        error("tokenizer gives no tokens", "--model", "{tiny_gpt2}", *CORPUS, says="no tokens"),
     ),
     "stip serve": (
         usage("no bundle"),
@@ -190,6 +258,7 @@ CASES: dict[str, tuple[Case, ...]] = {
     "stip bench": (
         usage("unknown option", "--quick", "--bogus"),
         usage("json into a directory", "--quick", "--json", "{existing}"),
+        json_below_file("--quick"),
     ),
     "mlink record": (
         usage("no scenes", "--crowd", "{missing}", *OUT),
@@ -198,6 +267,9 @@ CASES: dict[str, tuple[Case, ...]] = {
         error("scenes.json not JSON", "--scenes", "{broken}", "--crowd", "{missing}", *OUT),
         error("videos folder without videos", "--videos", "{existing}", "--crowd", "{links}", *OUT),
         error("out exists", "--scenes", "{broken}", "--crowd", "{missing}", *EXISTING_OUT),
+        out_below_file("--scenes", "{broken}", "--crowd", "{missing}"),
+        error("out is a directory", "--scenes", "{broken}", "--crowd", "{missing}", *EXISTING_OUT,
+              "--overwrite", says="is a directory"),
     ),
     "mlink train": (
         usage("no records", *OUT),
@@ -209,6 +281,10 @@ CASES: dict[str, tuple[Case, ...]] = {
         usage("negative epochs", "--records", "{table}", "--epochs", "-1", *OUT),
         error("train fraction above 1", "--records", "{table}", "--train-fraction", "2", *OUT),
         error("out exists", "--records", "{table}", *EXISTING_OUT),
+        out_below_file("--records", "{table}"),
+        out_below_dangling("--records", "{table}"),
+        usage("json into a directory", "--records", "{table}", "--json", "{existing}", *OUT),
+        json_below_file("--records", "{table}", *OUT),
     ),
     "mlink plan": (
         usage("no budget", "--links", "{links}", "--records", "{table}"),
@@ -221,6 +297,8 @@ CASES: dict[str, tuple[Case, ...]] = {
         error("links without their models", "--links", "{links}", "--records", "{other_table}",
               "--budget-fraction", "0.5"),
         error("no memory costs", *LINKS, "--budget", "1", "--cost", "mib"),
+        usage("json into a directory", *LINKS, "--budget-fraction", "0.5", "--json", "{existing}"),
+        json_below_dangling(*LINKS, "--budget-fraction", "0.5"),
     ),
     "mlink run": (
         usage("no links", "--records", "{table}", "--budget-fraction", "0.5"),
@@ -230,6 +308,8 @@ CASES: dict[str, tuple[Case, ...]] = {
         error("zero period", "--links", "{links}", "--records", "{table}", "--budget-fraction", "0.5",
               "--period", "0"),
         usage("profile fraction above 1", *LINKS, "--budget-fraction", "0.5", "--profile-fraction", "2"),
+        json_below_file(*LINKS, "--budget-fraction", "0.5"),
+        json_below_dangling(*LINKS, "--budget-fraction", "0.5"),
         error("scenes without crowd", *LINKS, "--budget-fraction", "0.5", "--scenes", "{missing}"),
         error("missing scenes", *LINKS, "--budget-fraction", "0.5", "--scenes", "{missing}", "--crowd",
               "{missing}"),
@@ -244,21 +324,37 @@ CASES: dict[str, tuple[Case, ...]] = {
               "--token-file", "{missing}"),
         error("out exists", "--server", "http://127.0.0.1:9", "--name", "e1", "--records", "{table}",
               *EXISTING_OUT),
+        out_below_file("--server", "http://127.0.0.1:9", "--name", "e1", "--records", "{table}"),
+        json_below_dangling("--server", "http://127.0.0.1:9", "--name", "e1", "--records", "{table}"),
     ),
     "mlink serve": (
-        usage("no links", "--min-clients", "2"),
-        usage("zero clients", "--links", "{links}", "--min-clients", "0"),
-        error("missing links", "--links", "{missing}", "--min-clients", "2"),
-        error("manifest not JSON", "--links", "{broken}", "--min-clients", "2"),
-        error("table as links", "--links", "{table}", "--min-clients", "2"),
-        usage("state dir is a file", "--links", "{links}", "--min-clients", "2", "--state-dir", "{junk_npz}"),
-        error("missing token file", "--links", "{links}", "--min-clients", "2", "--token-file", "{missing}"),
+        usage("no links", "--min-clients", "2", *CLIENTS),
+        usage("no client list", "--links", "{links}", "--min-clients", "2"),
+        usage("zero clients", "--links", "{links}", "--min-clients", "0", *CLIENTS),
+        error("missing links", "--links", "{missing}", "--min-clients", "2", *CLIENTS),
+        error("manifest not JSON", "--links", "{broken}", "--min-clients", "2", *CLIENTS),
+        error("table as links", "--links", "{table}", "--min-clients", "2", *CLIENTS),
+        usage("state dir is a file", "--links", "{links}", "--min-clients", "2", *CLIENTS, "--state-dir",
+              "{junk_npz}"),
+        error("missing token file", "--links", "{links}", "--min-clients", "2", *CLIENTS, "--token-file",
+              "{missing}"),
+        error("missing client list", "--links", "{links}", "--min-clients", "2", "--clients", "{missing}"),
+        error("corrupt client list", "--links", "{links}", "--min-clients", "2", "--clients", "{junk_npz}"),
+        error("fewer clients than a round needs", "--links", "{links}", "--min-clients", "3", *CLIENTS),
+        usage("unknown aggregate", "--links", "{links}", "--min-clients", "2", *CLIENTS, "--aggregate",
+              "krum"),
+        usage("trim of a half", "--links", "{links}", "--min-clients", "2", *CLIENTS, "--trim", "0.5"),
+        usage("clip factor below 1", "--links", "{links}", "--min-clients", "2", *CLIENTS, "--clip-factor",
+              "0.5"),
+        usage("zero sample cap", "--links", "{links}", "--min-clients", "2", *CLIENTS, "--max-samples", "0"),
+        usage("growth of 1", "--links", "{links}", "--min-clients", "2", *CLIENTS, "--max-growth", "1"),
     ),
     "mlink bench": (
         usage("unknown option", "--quick", "--bogus"),
         usage("json into a directory", "--quick", "--json", "{existing}"),
         usage("workdir is a file", "--quick", "--workdir", "{junk_npz}"),
         usage("negative epochs", "--quick", "--epochs", "-1"),
+        json_below_file("--quick"),
     ),
     "data scenes": (
         usage("no out"),
@@ -270,6 +366,8 @@ CASES: dict[str, tuple[Case, ...]] = {
         error("unknown task", "--tasks", "bogus", *OUT),
         error("clock out of range", "--day-start", "25:00", *OUT),
         error("zero workers", "--workers", "0", *OUT),
+        out_below_file(),
+        out_below_dangling(),
     ),
     "data corpus": (
         usage("no out"),
@@ -277,6 +375,7 @@ CASES: dict[str, tuple[Case, ...]] = {
         error("zero messages", "--messages", "0", *OUT),
         error("mixed share above 1", "--mixed", "2", *OUT),
         error("zero batch size", "--batch-size", "0", *OUT),
+        out_below_file(),
     ),
     "data speech": (
         usage("no out"),
@@ -285,6 +384,7 @@ CASES: dict[str, tuple[Case, ...]] = {
         error("zero clips", "--clips", "0", *OUT),
         error("negative seconds", "--seconds", "-1", *OUT),
         error("unknown noise kind", "--kinds", "bogus", *OUT),
+        out_below_file(),
     ),
     "export keras": (
         usage("no model", *OUT),
@@ -296,6 +396,7 @@ CASES: dict[str, tuple[Case, ...]] = {
         error("corrupt calibration", "{junk_keras}", "--quantization", "int8", "--calibration", "{junk_npz}",
               *OUT),
         error("out exists", "{junk_keras}", *EXISTING_OUT),
+        out_below_file("{junk_keras}"),
     ),
     "export torch": (
         usage("no input shape", "--model", "x.py:build", *OUT),
@@ -313,6 +414,7 @@ CASES: dict[str, tuple[Case, ...]] = {
         error("corrupt samples", "--model", "{missing}.py:build", "--input-shape", "1,4", "--samples",
               "{junk_npz}", *OUT),
         error("out exists", "--model", "{missing}.py:build", "--input-shape", "1,4", *EXISTING_OUT),
+        out_below_file("--model", "{missing}.py:build", "--input-shape", "1,4"),
     ),
     "export verify": (
         usage("no artifacts"),
@@ -325,6 +427,8 @@ CASES: dict[str, tuple[Case, ...]] = {
         usage("unknown option", "--bogus"),
         usage("json into a directory", "--json", "{existing}"),
         usage("out is a file", "--out", "{junk_npz}"),
+        usage("out below a file", "--out", "{junk_npz}/out", says="cannot be"),
+        json_below_file(),
         error("unknown stage", "--stages", "bogus"),
         error("no stage", "--stages", ","),
     ),
@@ -359,8 +463,15 @@ def inputs(tmp_path_factory) -> dict[str, Path]:
         (root / name).write_bytes(junk)
         paths[name.replace(".", "_")] = root / name
     paths["broken"].mkdir()
-    for name in ("manifest.json", "scenes.json", "config.json"):
+    for name in ("manifest.json", "scenes.json", "config.json", "corpus.json"):
         (paths["broken"] / name).write_text("{this is not JSON")
+    paths["corpus"] = root / "corpus"  # two messages in the `coinfer data corpus` format
+    paths["corpus"].mkdir()
+    messages = paths["corpus"] / "messages.jsonl"
+    messages.write_text('{"text": "Rain expected downtown"}\n{"text": "Team wins the final"}\n')
+    (paths["corpus"] / "corpus.json").write_text(json.dumps({
+        "format": "coinfer-corpus", "version": 1,
+        "files": {"messages.jsonl": hashlib.sha256(messages.read_bytes()).hexdigest()}}))
     paths["existing"].mkdir()
     (paths["existing"] / "keep.txt").write_text("left alone")
 
@@ -386,6 +497,19 @@ def inputs(tmp_path_factory) -> dict[str, Path]:
                 costs={"speech": {"ms": 1.0}}).save(paths["other_table"])
     paths["links"] = root / "links"
     LinkGraph.train(table.outputs, table.specs, LinkOptions(epochs=1)).save(paths["links"])
+    paths["clients"] = root / "clients.txt"
+    paths["clients"].write_text("edge-1\nedge-2\n")
+    # A link to a folder that does not exist: nothing can be created below it. It lives outside
+    # ``root`` so that the snapshot of what the commands wrote can stat every path in there.
+    paths["dangling"] = tmp_path_factory.mktemp("links") / "dangling"
+    paths["dangling"].symlink_to(paths["dangling"].parent / "gone" / "folder")
+
+    import transformers
+
+    paths["tiny_gpt2"] = root / "tiny-gpt2"  # learned positions: a longer input cannot be embedded
+    transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        vocab_size=32, n_positions=8, n_embd=8, n_layer=1, n_head=2,
+        architectures=["GPT2LMHeadModel"])).save_pretrained(paths["tiny_gpt2"])
     return paths
 
 
@@ -428,5 +552,29 @@ def test_bad_input_is_one_line_and_a_non_zero_exit(command, case, inputs, no_bin
     # argparse reports options no parser knows from the top: "coinfer: error: unrecognized arguments"
     prefix = "coinfer" if case.usage else f"coinfer {command}"
     assert lines[0].startswith(prefix) and ": error: " in lines[0], captured.err
+    assert case.says in lines[0], captured.err
     assert _snapshot(root) == before, "the command wrote (or left) files"
     assert not os.path.exists(inputs["out"])
+
+
+def test_bench_plots_go_next_to_a_json_whose_folder_is_not_made_yet(tmp_path):
+    """``--json new/report.json`` is a good path: the plots a full bench draws next to it must
+    not fail, after the whole bench, because ``new/`` does not exist until the JSON is written."""
+    from coinfer.bench.gate.bench import write_plots as gate_plots
+    from coinfer.bench.stip.bench import write_plots as stip_plots
+
+    curve = {"fractions": [0.5, 1.0], "packetgame": [0.8, 1.0]}
+    written = gate_plots({"accuracy_vs_budget": curve}, tmp_path / "gate" / "report")
+    assert [path.name for path in written] == ["report-accuracy-vs-budget.png"]
+    row = {"layers": 2, "batch": 1, "tokens_per_s_plain": 2.0, "tokens_per_s_stip": 1.0}
+    assert len(stip_plots({"by_batch": [row], "by_layers": [row]}, tmp_path / "stip")) == 2
+
+
+def test_an_output_folder_this_process_may_not_write_in_is_refused(tmp_path, monkeypatch):
+    """Root writes anywhere, so the check of a read-only folder is seen through ``os.access``."""
+    from coinfer.sdk.cli import flags
+
+    monkeypatch.setattr(flags.os, "access", lambda path, mode: Path(path) != tmp_path)
+    assert flags.unwritable(tmp_path / "new" / "report.json", file=True) == (
+        f"{tmp_path / 'new' / 'report.json'} cannot be written: {tmp_path} is not writable")
+    assert flags.unwritable(tmp_path.parent / "report.json", file=True) is None

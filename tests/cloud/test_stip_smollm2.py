@@ -25,8 +25,8 @@ def plain_greedy(model, prompt_ids):
     step = torch.tensor([prompt_ids])
     with torch.no_grad():
         for _ in range(NEW_TOKENS):
-            out = model(input_ids=step, past_key_values=cache, use_cache=True)
-            cache = out.past_key_values
+            out = model(input_ids=step, cache=cache, use_cache=True)
+            cache = out.cache
             logits = out.logits[0, -1].numpy()
             top2 = np.sort(logits)[-2:]
             gaps.append(float(top2[1] - top2[0]))

@@ -502,6 +502,47 @@ def test_gateway_orders_chunks_and_asks_for_resync(clip) -> None:
         gateway.status("cam2")
 
 
+def test_a_wild_seq_is_refused_and_a_resync_restarts_the_numbering(clip) -> None:
+    frames, _, hook = recorder()
+    gateway = EdgeGateway(GatewayOptions(frame_hook=hook))
+    pk = clip.packets
+    parameters = encode_parameters("cam0", "s1", clip.parameters)
+
+    def chunk(seq: int, *indices: int) -> bytes:
+        return encode_packets("cam0", "s1", seq, [(pk[i].info, pk[i].data, True) for i in indices])
+
+    assert gateway.ingest("cam0", parameters + chunk(0, 0, 1))["accepted"] == 2
+    # Anyone with the token sees the session id: one chunk numbered 2**62 must not make every
+    # later chunk of the stream look like a retry. It is refused, and nothing of it applied.
+    with pytest.raises(GatewayError, match=f"seq {2**62} is more than 1024 past the stream's last seq 0") \
+            as refused:
+        gateway.ingest("cam0", chunk(0, 0) + chunk(2**62, 2))
+    assert refused.value.status == 400 and gateway.status("cam0")["last_seq"] == 0
+    # Jumps within the bound pass (requests were lost), but a chunk far behind is no retry:
+    # the gateway asks for a resync, and the camera's resync restarts the numbering.
+    for seq in (1024, 2048):
+        assert gateway.ingest("cam0", chunk(seq, 2))["resync"]
+    reply = gateway.ingest("cam0", chunk(1, 2))
+    assert reply["resync"] and reply["duplicates"] == 0
+    reply = gateway.ingest("cam0", parameters + chunk(2, 20, 21))
+    assert reply["accepted"] == 2 and gateway.status("cam0")["last_seq"] == 2
+    assert gateway.ingest("cam0", chunk(2, 20, 21))["duplicates"] == 1  # a retry is still a retry
+    assert_bit_identical(frames, clip.reference)
+
+
+def test_decoding_per_request_is_bounded_before_any_of_it(clip) -> None:
+    gateway = EdgeGateway(GatewayOptions())
+    everything = [(p.info, p.data, True) for p in clip.packets]
+    body = encode_parameters("cam0", "s1", clip.parameters) + b"".join(
+        encode_packets("cam0", "s1", seq, everything) for seq in range(7))
+    with pytest.raises(GatewayError, match=f"{7 * FRAMES} packets, over the limit of 1024") as refused:
+        gateway.ingest("cam0", body)
+    assert refused.value.status == 413 and gateway.streams() == []
+    one_chunk = encode_parameters("cam0", "s1", clip.parameters) + encode_packets("cam0", "s1", 0, everything)
+    assert EdgeGateway(GatewayOptions(max_packets_per_request=FRAMES)).ingest("cam0", one_chunk)[
+        "accepted"] == FRAMES
+
+
 def test_uploader_retries_then_gives_up() -> None:
     import socket
 
@@ -557,3 +598,13 @@ print(sdk, sorted(m for m in sys.modules if m.startswith("coinfer.device")))
     from coinfer.sdk.gate.uplink import UplinkPrice as SdkPrice
 
     assert gate.UplinkPrice is SdkPrice and gate.StreamParameters is StreamParameters
+
+
+@pytest.mark.parametrize("field", ["index", "pts", "dts"])
+def test_a_timestamp_beyond_64_bits_is_a_protocol_error_not_a_decoder_crash(clip, field) -> None:
+    packet = clip.packets[0]
+    info = replace(packet.info, **{field: 2 ** 63})
+    body = encode_parameters("cam1", "s1", clip.parameters) + encode_packets(
+        "cam1", "s1", 0, [(info, packet.data, True)])
+    with pytest.raises(GateProtocolError, match=f"{field} {2 ** 63} does not fit in 64 signed bits"):
+        parse_body(body, "cam1")

@@ -2,6 +2,8 @@
 
 import contextlib
 import json
+import logging
+import math
 import os
 import socket
 import subprocess
@@ -15,15 +17,17 @@ import numpy as np
 import pytest
 
 from coinfer.cloud.mlink.server import (
+    ClientRegistry,
     LinkAggregator,
     ServiceOptions,
     create_app,
     latest_saved,
+    token_digest,
 )
 from coinfer.edge.mlink.federated_client import FederatedClient, FederatedClientError
 from coinfer.sdk import wire
 from coinfer.sdk.errors import CoinferError
-from coinfer.sdk.mlink import LinkGraph, LinkOptions, OutputSpec, fedavg
+from coinfer.sdk.mlink import LinkGraph, LinkOptions, OutputSpec, fedavg, robust
 from coinfer.sdk.service import ThreadedServer
 
 pytest.importorskip("torch")
@@ -33,6 +37,10 @@ SPECS = {"counts": OutputSpec.classes(4), "speech": OutputSpec.presence(), "boxe
 OPTIONS = LinkOptions(epochs=3)
 ROUTES = [("GET", fedavg.GRAPH_PATH), ("GET", fedavg.GLOBAL_PATH), ("POST", fedavg.UPDATES_PATH),
           ("GET", fedavg.STATUS_PATH)]
+#: The clients the tests' aggregators know by default, all speaking with the service token.
+NAMES = [f"edge-{k}" for k in range(10)]
+#: Plain FedAvg: no clipping, no divergence check (for the tests of the exact mean).
+PLAIN = robust.RobustOptions("mean", clip_factor=math.inf, max_growth=math.inf)
 
 
 def world(count: int, seed: int, busy: float = 0.5) -> dict:
@@ -53,8 +61,10 @@ def untrained() -> LinkGraph:
 
 
 @contextlib.contextmanager
-def serving(min_clients: int, state_dir=None, graph=None):
-    aggregator = LinkAggregator(graph or untrained(), min_clients, state_dir)
+def serving(min_clients: int, state_dir=None, graph=None, clients: ClientRegistry | None = None,
+            rules: robust.RobustOptions | None = None):
+    aggregator = LinkAggregator(graph or untrained(), min_clients, state_dir,
+                                clients=clients or ClientRegistry.shared(NAMES), rules=rules)
     with ThreadedServer(create_app(aggregator, TOKEN), name="the MLink aggregator") as running:
         yield aggregator, running.url
 
@@ -171,7 +181,7 @@ def test_update_frames_round_trip_and_every_field_is_checked():
 
 def test_three_clients_average_exactly_and_rounds_advance_only_when_all_arrived(tmp_path):
     state = tmp_path / "rounds"
-    with serving(min_clients=3, state_dir=state) as (aggregator, url):
+    with serving(min_clients=3, state_dir=state, rules=PLAIN) as (aggregator, url):
         clients = [FederatedClient(url, TOKEN, f"edge-{k}") for k in range(3)]
         graphs = [client.fetch_graph() for client in clients]
         _, theta = aggregator.global_weights()
@@ -182,7 +192,7 @@ def test_three_clients_average_exactly_and_rounds_advance_only_when_all_arrived(
             deltas.append(fedavg.weight_delta(graph.weights(), theta))
             sent = fedavg.encode_update(deltas[-1], round=0, client=client.name, samples=samples[k],
                                         graph=aggregator.graph_id)
-            reply = {"accepted": True, "round": 0, "staged": k + 1, "closed": k == 2}
+            reply = {"accepted": True, "round": 0, "staged": k + 1, "closed": k == 2, "rejected": None}
             assert result.bytes_sent == len(sent)
             assert result.bytes_received == len(global_frame) + len(json.dumps(reply, separators=(",", ":")))
             assert (result.round, result.staged, result.closed, result.samples) == (0, k + 1, k == 2,
@@ -222,12 +232,12 @@ def test_three_clients_average_exactly_and_rounds_advance_only_when_all_arrived(
         assert code == 409 and "from the future" in json.loads(body)["detail"]
         assert status(url)["staged"] == []
 
-    resumed = LinkAggregator(untrained(), 3, state)
+    resumed = LinkAggregator(untrained(), 3, state, clients=ClientRegistry.shared(NAMES))
     assert resumed.round == 1
     assert all(np.array_equal(resumed.global_weights()[1][n], new[n]) for n in theta)
     other = LinkGraph.create(SPECS, options=LinkOptions(epochs=3, hidden=8))
     with pytest.raises(CoinferError, match="different graph"):
-        LinkAggregator(other, 3, state)
+        LinkAggregator(other, 3, state, clients=ClientRegistry.shared(NAMES))
 
 
 def test_every_route_needs_the_token():
@@ -279,7 +289,7 @@ def test_bad_uploads_are_refused_and_change_nothing():
         assert current["updates_refused"] == len(bad) and current["updates_accepted"] == 1
         assert call(url, "GET", fedavg.GLOBAL_PATH)[1] == before
 
-    aggregator = LinkAggregator(untrained(), 2)
+    aggregator = LinkAggregator(untrained(), 2, clients=ClientRegistry.shared(NAMES))
     with pytest.raises(CoinferError, match="raise --max-request-mib"):
         create_app(aggregator, TOKEN, ServiceOptions(max_request_bytes=aggregator.max_update_bytes - 1))
 
@@ -301,8 +311,229 @@ def test_a_client_that_crashes_mid_upload_changes_nothing():
         # The crashed client comes back and completes the round normally.
         code, answer = call(url, "POST", fedavg.UPDATES_PATH, crashing)
         assert code == 200 and json.loads(answer) == {"accepted": True, "round": 0, "staged": 2,
-                                                      "closed": True}
+                                                      "closed": True, "rejected": None}
         assert status(url)["round"] == 1
+
+
+def test_robust_aggregates_bound_an_outlier_and_refuse_a_diverging_result():
+    theta = {"a": np.zeros(2, np.float32), "b": np.ones((2, 2), np.float32)}
+    rng = np.random.default_rng(5)
+    honest = [{name: (0.1 * rng.standard_normal(value.shape)).astype(np.float32)
+               for name, value in theta.items()} for _ in range(4)]
+    attacker = {name: np.full(value.shape, 1e30, np.float32) for name, value in theta.items()}
+    deltas, samples = [*honest, attacker], [100, 120, 90, 110, fedavg.MAX_SAMPLES]
+    norms = [robust.delta_norm(delta) for delta in honest]
+    for name in robust.AGGREGATES:
+        result = robust.aggregate(theta, deltas, samples, robust.RobustOptions(name))
+        assert result.clipped == [False] * 4 + [True] and result.bound == pytest.approx(2 * np.median(
+            [*norms, robust.delta_norm(attacker)]))
+        step = {key: result.weights[key].astype(np.float64) - theta[key] for key in theta}
+        if name == "mean":  # weighted by at most max_samples, and clipped: bounded, not ignored
+            assert robust.delta_norm(step) <= result.bound
+        else:  # the outlier's vote cannot leave the honest clients' range, coordinate by coordinate
+            for key in theta:
+                stacked = np.stack([delta[key] for delta in honest])
+                assert (stacked.min(0) - 1e-6 <= step[key]).all()
+                assert (step[key] <= stacked.max(0) + 1e-6).all()
+        robust.check_divergence(theta, result.weights, 10.0)
+    # Without the bounds, the old mean: one client drowns the others and the result is refused.
+    plain = robust.aggregate(theta, deltas, samples, PLAIN)
+    assert plain.clipped == [False] * 5 and np.abs(plain.weights["a"]).min() > 1e29
+    with pytest.raises(robust.DivergenceError, match=r"weight norm would jump from 2 to .*e\+30, over 10x"):
+        robust.check_divergence(theta, plain.weights, 10.0)
+    overflowing = robust.aggregate({**theta, "a": np.full(2, 3e38, np.float32)}, [{**attacker, "a": np.full(
+        2, 3e38, np.float32)}], None, PLAIN)
+    with pytest.raises(robust.DivergenceError, match="'a' would hold NaN or infinity"):
+        robust.check_divergence(theta, overflowing.weights, math.inf)
+    # Capped sample counts: 10**9 weighs what max_samples does.
+    capped = robust.aggregate(theta, honest[:2], [10**9, 50],
+                              robust.RobustOptions("mean", clip_factor=math.inf, max_samples=50))
+    np.testing.assert_allclose(capped.weights["a"], (honest[0]["a"] + honest[1]["a"]) / 2, rtol=1e-6)
+    for bad, problem in [({"aggregate": "krum"}, "aggregate must be one of"), ({"trim": 0.5}, "trim"),
+                         ({"clip_factor": 0.5}, "clip_factor"), ({"max_samples": 0}, "max_samples"),
+                         ({"max_growth": 1.0}, "max_growth")]:
+        with pytest.raises(fedavg.FederatedError, match=problem):
+            robust.RobustOptions(**bad)
+
+
+def test_client_names_must_be_registered_and_match_the_token_that_sends_them(tmp_path):
+    registry = ClientRegistry({"edge-1": token_digest("edge-1-token"), "edge-2": token_digest("edge-2-token"),
+                               "edge-3": None})  # edge-3 speaks with the service token
+    with serving(min_clients=3, clients=registry) as (aggregator, url):
+        for token, client, problem in [("edge-1-token", "mallory", "'mallory' is not registered"),
+                                       ("edge-1-token", "edge-2", "does not speak for client 'edge-2'"),
+                                       ("edge-1-token", "edge-3", "does not speak for client 'edge-3'"),
+                                       (TOKEN, "edge-1", "does not speak for client 'edge-1'")]:
+            _, frame = update_frame(aggregator, client)
+            code, answer = call(url, "POST", fedavg.UPDATES_PATH, frame, token=token)
+            assert code == 403 and problem in json.loads(answer)["detail"], (token, client, answer)
+        assert call(url, "POST", fedavg.UPDATES_PATH, update_frame(aggregator, "edge-1")[1],
+                    token="made-up-token")[0] == 401
+        for token in ("edge-1-token", "edge-2-token", TOKEN):  # every credential reads
+            assert all(call(url, method, path, token=token)[0] == 200
+                       for method, path in ROUTES if method == "GET")
+        for token, client in [("edge-1-token", "edge-1"), (TOKEN, "edge-3")]:
+            _, frame = update_frame(aggregator, client)
+            assert call(url, "POST", fedavg.UPDATES_PATH, frame, token=token)[0] == 200
+        current = status(url)
+        assert current["staged"] == ["edge-1", "edge-3"] and current["clients"] == 3
+        assert current["updates_refused"] == 4 and current["updates_accepted"] == 2  # and one 401
+
+    # The registry file: a name alone shares the service token; a name and a digest has its own.
+    listing = tmp_path / "clients.txt"
+    listing.write_text(f"# edge servers\n\nedge-1  {token_digest('t1')}   # the lobby\nedge-2\n")
+    loaded = ClientRegistry.load(listing)
+    assert loaded.names == ["edge-1", "edge-2"]
+    assert loaded.speaks_for("Bearer t1", TOKEN) == {"edge-1"}
+    assert loaded.speaks_for(f"Bearer {TOKEN}", TOKEN) == {"edge-2"}
+    assert loaded.speaks_for("Bearer t2", TOKEN) is None and loaded.speaks_for("t1", TOKEN) is None
+    digest = token_digest("t1")
+    for text, problem in [("edge-1 md5:abc\n", r"clients.txt:1: .*sha256:<64 hex digits>"),
+                          (f"edge-1\nedge-1 {digest}\n", r"clients.txt:2: client 'edge-1' is listed twice"),
+                          (f"edge-1 {digest}\nedge-2 {digest}\n", r"clients.txt:2: .*same token as 'edge-1'"),
+                          ("../etc\n", r"clients.txt:1: client name must be"),
+                          (f"edge-1 {digest} extra\n", r"clients.txt:1: expected 'NAME' or 'NAME sha256:"),
+                          ("# nobody\n", r"clients.txt lists no clients")]:
+        listing.write_text(text)
+        with pytest.raises(CoinferError, match=problem):
+            ClientRegistry.load(listing)
+    listing.write_bytes(b"\xff\xfe\0junk")
+    with pytest.raises(CoinferError, match=r"clients\.txt: unreadable client list"):
+        ClientRegistry.load(listing)
+    with pytest.raises(CoinferError, match="no such client list"):
+        ClientRegistry.load(tmp_path / "missing.txt")
+    with pytest.raises(CoinferError, match=r"a round of 3 updates .* only 2 clients are registered"):
+        LinkAggregator(untrained(), 3, clients=loaded)
+    with pytest.raises(CoinferError, match="'edge-1' has the service token as its own"):
+        create_app(LinkAggregator(untrained(), 2, clients=loaded), "t1")
+
+
+def test_an_attacker_among_honest_clients_has_bounded_influence_and_a_restart_loads_a_good_round(tmp_path):
+    """The reported poisoning, end to end with the service's defaults: 1e30 deltas and 10**9 samples
+    under a made-up name, a borrowed name, and the attacker's own registered name."""
+    state = tmp_path / "rounds"
+    tokens = {f"edge-{k}": f"edge-{k}-token" for k in range(4)}  # edge-3 is the attacker's (stolen) one
+    registry = ClientRegistry.with_tokens(tokens)
+    with serving(min_clients=4, state_dir=state, clients=registry) as (aggregator, url):
+        honest = [FederatedClient(url, tokens[f"edge-{k}"], f"edge-{k}") for k in range(3)]
+        graphs = [client.fetch_graph() for client in honest]
+        huge = {name: np.full(shape, 1e30, np.float32) for name, shape in aggregator.shapes.items()}
+
+        def attack(client: str, round_: int, token: str = tokens["edge-3"]) -> tuple[int, dict]:
+            frame = fedavg.encode_update(huge, round=round_, client=client, samples=fedavg.MAX_SAMPLES,
+                                         graph=aggregator.graph_id)
+            code, answer = call(url, "POST", fedavg.UPDATES_PATH, frame, token=token)
+            return code, json.loads(answer)
+
+        assert attack("sybil-1", 0)[0] == 403 and attack("edge-0", 0)[0] == 403
+        assert attack("sybil-2", 0, token=TOKEN)[0] == 403 and attack("sybil-3", 0, token="guess")[0] == 401
+        for round_ in range(2):
+            _, theta = aggregator.global_weights()
+            deltas = []
+            for k, (client, graph) in enumerate(zip(honest, graphs, strict=True)):
+                client.train_round(graph, world(120, seed=10 * round_ + k))  # NonFiniteError before the fix
+                deltas.append(fedavg.weight_delta(graph.weights(), theta))
+            code, answer = attack("edge-3", round_)
+            assert code == 200 and answer["closed"] and answer["rejected"] is None
+            round_now, new = aggregator.global_weights()
+            assert round_now == round_ + 1
+            mean = {name: np.mean([delta[name] for delta in deltas], axis=0) for name in theta}
+            for name in theta:
+                step = new[name].astype(np.float64) - theta[name]
+                stacked = np.stack([delta[name] for delta in deltas])
+                assert np.isfinite(new[name]).all()
+                assert (stacked.min(0) - 1e-5 <= step).all() and (step <= stacked.max(0) + 1e-5).all(), name
+            honest_step = robust.delta_norm(mean)
+            off = robust.delta_norm({name: new[name].astype(np.float64) - theta[name] - mean[name]
+                                     for name in theta})
+            assert off < 0.5 * honest_step, (off, honest_step)
+        current = status(url)
+        assert current["round"] == 2 and current["updates_clipped"] == 2 and current["rounds_rejected"] == 0
+        assert current["updates_refused"] == 3  # the 401 never reached the aggregator
+        _, served = aggregator.global_weights()
+
+    resumed = LinkAggregator(untrained(), 4, state, clients=registry)
+    assert resumed.round == 2
+    assert all(np.array_equal(resumed.global_weights()[1][name], served[name]) for name in served)
+    assert robust.delta_norm(served) < 10 * robust.delta_norm(untrained().weights())
+
+
+def test_a_diverging_round_is_discarded_logged_and_shown_in_status(tmp_path, caplog):
+    state = tmp_path / "rounds"
+    rules = robust.RobustOptions("mean", clip_factor=math.inf)  # only the divergence check is left
+    with serving(min_clients=2, state_dir=state, rules=rules) as (aggregator, url):
+        before = call(url, "GET", fedavg.GLOBAL_PATH)[1]
+        assert call(url, "POST", fedavg.UPDATES_PATH, update_frame(aggregator, "edge-1")[1])[0] == 200
+        huge = {name: np.full(shape, 1e30, np.float32) for name, shape in aggregator.shapes.items()}
+        frame = fedavg.encode_update(huge, round=0, client="edge-2", samples=10, graph=aggregator.graph_id)
+        with caplog.at_level(logging.WARNING, logger="coinfer.cloud.mlink.server"):
+            code, answer = call(url, "POST", fedavg.UPDATES_PATH, frame)
+        reply = json.loads(answer)
+        assert code == 200 and reply["closed"] and "weight norm would jump" in reply["rejected"]
+        records = [record for record in caplog.records if record.name == "coinfer.cloud.mlink.server"]
+        assert len(records) == 1 and records[0].exc_info is None
+        assert "\n" not in records[0].getMessage()
+        assert "round 0 rejected (clients edge-1, edge-2): the weight norm" in records[0].getMessage()
+        current = status(url)
+        assert current["round"] == 1 and current["staged"] == [] and current["rounds_rejected"] == 1
+        assert current["rejected"] == [{"round": 0, "clients": ["edge-1", "edge-2"],
+                                        "reason": reply["rejected"]}]
+        served = fedavg.decode_global(call(url, "GET", fedavg.GLOBAL_PATH)[1], aggregator.shapes,
+                                      aggregator.graph_id)
+        kept = fedavg.decode_global(before, aggregator.shapes, aggregator.graph_id)
+        assert served.round == 1
+        assert all(np.array_equal(served.weights[name], kept.weights[name]) for name in kept.weights)
+        assert latest_saved(state) is None  # nothing saved, so nothing to reload
+        # The next round goes on from the kept global links.
+        for client in ("edge-1", "edge-2"):
+            _, frame = update_frame(aggregator, client, round_=1)
+            assert call(url, "POST", fedavg.UPDATES_PATH, frame)[0] == 200
+        assert status(url)["round"] == 2 and latest_saved(state)[0] == 2
+
+
+def test_a_state_dir_that_cannot_be_a_directory_is_refused_at_start(tmp_path, monkeypatch, capsys):
+    import uvicorn
+
+    from coinfer.sdk.cli.main import main
+
+    taken = tmp_path / "links-rounds"
+    taken.write_text("not a directory")
+    registry = ClientRegistry.shared(NAMES)
+    for state in (taken, taken / "below"):
+        with pytest.raises(CoinferError, match=f"{taken} is a file"):
+            LinkAggregator(untrained(), 2, state, clients=registry)
+    untrained().save(tmp_path / "links")
+    (tmp_path / "clients.txt").write_text("edge-1\nedge-2\n")
+
+    def bind(*args, **kwargs):
+        pytest.fail("the service started with a state directory it can never write")
+
+    monkeypatch.setattr(uvicorn, "run", bind)
+    monkeypatch.setenv("COINFER_TOKEN", TOKEN)
+    # The default state directory, LINKS-rounds next to --links, is the file.
+    assert main(["mlink", "serve", "--links", str(tmp_path / "links"), "--min-clients", "2",
+                 "--clients", str(tmp_path / "clients.txt")]) == 1
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and f"{taken} is a file" in lines[0], lines
+    assert taken.read_text() == "not a directory"
+
+
+def test_a_round_that_cannot_be_saved_is_a_503_and_stages_nothing(tmp_path, caplog):
+    state = tmp_path / "rounds"
+    with serving(min_clients=2, state_dir=state) as (aggregator, url):
+        assert call(url, "POST", fedavg.UPDATES_PATH, update_frame(aggregator, "edge-1")[1])[0] == 200
+        state.write_text("the disk changed under the service")  # after the check at start
+        _, closing = update_frame(aggregator, "edge-2", seed=1)
+        with caplog.at_level(logging.ERROR, logger="coinfer.cloud.mlink.server"):
+            code, answer = call(url, "POST", fedavg.UPDATES_PATH, closing)
+        detail = json.loads(answer)["detail"]
+        assert code == 503 and "round 0 could not be saved" in detail and "send it again" in detail
+        records = [record for record in caplog.records if record.name == "coinfer.cloud.mlink.server"]
+        assert len(records) == 1 and records[0].exc_info is None and "\n" not in records[0].getMessage()
+        assert status(url)["round"] == 0 and status(url)["staged"] == ["edge-1"]
+        state.unlink()
+        assert call(url, "POST", fedavg.UPDATES_PATH, closing)[0] == 200
+        assert status(url)["round"] == 1 and latest_saved(state)[0] == 1
 
 
 @pytest.mark.slow  # three edge clients train links for four rounds
@@ -313,7 +544,8 @@ def test_federated_rounds_on_shifted_camera_groups_improve_links_on_an_unseen_gr
     rounds = 4
     initial = untrained()
     before = np.mean(list(initial.link_performance(unseen).values()))
-    with serving(min_clients=len(groups), graph=initial) as (aggregator, url):
+    registry = ClientRegistry.shared(groups)
+    with serving(min_clients=len(groups), graph=initial, clients=registry) as (aggregator, url):
         update_bytes = fedavg.max_frame_bytes(aggregator.shapes)
         results: dict[str, list] = {name: [] for name in groups}
         errors: list[BaseException] = []
@@ -353,18 +585,27 @@ def test_federated_rounds_on_shifted_camera_groups_improve_links_on_an_unseen_gr
 @pytest.mark.slow  # starts `coinfer mlink serve` as its own process
 def test_cli_serves_a_saved_graph(tmp_path, command_server):
     untrained().save(tmp_path / "links")
-    argv = ["mlink", "serve", "--links", str(tmp_path / "links"), "--min-clients", "2"]
+    # edge-1 speaks with the service token, edge-2 with its own.
+    (tmp_path / "clients.txt").write_text(f"# name, token digest\nedge-1\n"
+                                          f"edge-2 {token_digest('edge-2-token')}\n")
+    argv = ["mlink", "serve", "--links", str(tmp_path / "links"), "--min-clients", "2",
+            "--clients", str(tmp_path / "clients.txt"), "--aggregate", "trimmed-mean", "--max-samples", "500"]
 
     def status(port: int) -> dict:
         return FederatedClient(f"http://127.0.0.1:{port}", TOKEN, "edge-1").status()
 
     with command_server(argv, TOKEN, status) as (port, answer):
-        client = FederatedClient(f"http://127.0.0.1:{port}", TOKEN, "edge-1")
-        assert answer["round"] == 0 and answer["min_clients"] == 2
+        url = f"http://127.0.0.1:{port}"
+        client = FederatedClient(url, TOKEN, "edge-1")
+        assert answer["round"] == 0 and answer["min_clients"] == 2 and answer["clients"] == 2
+        assert answer["rules"]["aggregate"] == "trimmed-mean" and answer["rules"]["max_samples"] == 500
         graph = client.fetch_graph()
         assert answer["graph"] == fedavg.graph_id(graph.describe())
-        for name in ("edge-1", "edge-2"):
-            FederatedClient(f"http://127.0.0.1:{port}", TOKEN, name).train_round(graph, world(64, seed=3))
+        with pytest.raises(FederatedClientError, match="does not speak for client 'edge-2'") as refused:
+            FederatedClient(url, TOKEN, "edge-2").train_round(graph, world(64, seed=3))
+        assert refused.value.status == 403
+        for name, token in (("edge-1", TOKEN), ("edge-2", "edge-2-token")):
+            FederatedClient(url, token, name).train_round(graph, world(64, seed=3))
         assert client.status()["round"] == 1
         assert latest_saved(tmp_path / "links-rounds")[0] == 1
 
@@ -375,17 +616,21 @@ def test_edge_processes_federate_through_the_command_line(tmp_path):
 
     held_out = world(300, seed=40, busy=0.5)
     before = np.mean(list(untrained().link_performance(held_out).values()))
-    with serving(min_clients=2) as (aggregator, url):
+    tokens = {"edge-0": "edge-0-token", "edge-1": "edge-1-token"}
+    with serving(min_clients=2, clients=ClientRegistry.with_tokens(tokens)) as (aggregator, url):
         edges = []
         for k, busy in enumerate((0.3, 0.7)):
             OutputTable(SPECS, world(300, seed=30 + k, busy=busy)).save(tmp_path / f"edge-{k}.npz")
             command = [sys.executable, "-m", "coinfer.sdk.cli", "mlink", "federate", "--server", url,
                        "--name", f"edge-{k}", "--records", str(tmp_path / f"edge-{k}.npz"), "--rounds", "2",
                        "--epochs", "3", "--json", str(tmp_path / f"edge-{k}.json")]
-            if k == 0:
-                command += ["--out", str(tmp_path / "links")]
-            edges.append(subprocess.Popen(command, env=dict(os.environ, COINFER_TOKEN=TOKEN),
-                                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+            env = dict(os.environ, COINFER_TOKEN=tokens[f"edge-{k}"])
+            if k == 0:  # its own token from a file; edge-1 takes its own from COINFER_TOKEN
+                (tmp_path / "edge-0.token").write_text(tokens["edge-0"] + "\n")
+                command += ["--out", str(tmp_path / "links"), "--token-file", str(tmp_path / "edge-0.token")]
+                env["COINFER_TOKEN"] = "not-edge-0s-token"
+            edges.append(subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
+                                          stderr=subprocess.PIPE))
         for edge in edges:
             assert edge.wait(timeout=300) == 0, edge.stderr.read().decode()
         assert aggregator.round == 2

@@ -1,4 +1,5 @@
 import json
+import os
 
 import numpy as np
 import pytest
@@ -131,3 +132,44 @@ def test_not_a_directory(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ArtifactError, match=r"manifest\.json: missing"):
         load_artifact(tmp_path / "empty")
+
+
+def _manifest_with(artifact, **fields) -> str:
+    """The artifact's manifest text with ``fields`` spliced in verbatim (raw JSON values)."""
+    text = (artifact.path / MANIFEST_NAME).read_text()
+    return text.replace("{", "{" + "".join(f'"{key}": {value}, ' for key, value in fields.items()), 1)
+
+
+@pytest.mark.parametrize(("raw", "match"), [
+    pytest.param({"metadata": "9" * 5000}, r"manifest\.json: not valid JSON: .*digits", id="5000-digit int"),
+    pytest.param({"metadata": "[" * 100_000 + "]" * 100_000}, r"manifest\.json: nested deeper than",
+                 id="100000 nested lists"),
+    pytest.param({"metadata": '{"a": ' * 100_000 + "1" + "}" * 100_000},
+                 r"manifest\.json: nested deeper than", id="100000 nested objects"),
+])
+def test_hostile_manifest_json_is_an_artifact_error(tmp_path, raw, match):
+    artifact = make(tmp_path)
+    (artifact.path / MANIFEST_NAME).write_text(_manifest_with(artifact, **raw))
+    with pytest.raises(ArtifactError, match=match):
+        load_artifact(artifact.path)
+
+
+def test_an_artifact_holds_only_its_listed_regular_files(tmp_path):
+    fifo = make(tmp_path, name="fifo")
+    os.mkfifo(fifo.path / "pipe")
+    with pytest.raises(ArtifactError, match=r"pipe: not a regular file listed in the manifest"):
+        load_artifact(fifo.path)
+    empty = make(tmp_path, name="empty", **{"model.bin": b"1", "vocab/tokens.txt": b"a"})
+    (empty.path / "vocab" / "unused").mkdir()
+    with pytest.raises(ArtifactError, match=r"vocab/unused: a directory holding no listed file"):
+        load_artifact(empty.path)
+    (empty.path / "vocab" / "unused").rmdir()
+    assert load_artifact(empty.path).manifest.files.keys() == {"model.bin", "vocab/tokens.txt"}
+
+
+def test_a_listed_fifo_is_refused_without_reading_it(tmp_path):
+    artifact = make(tmp_path)
+    (artifact.path / "model.bin").unlink()
+    os.mkfifo(artifact.path / "model.bin")  # opening it to hash would block forever
+    with pytest.raises(ArtifactError, match=r"model\.bin: listed in the manifest but not a regular file"):
+        load_artifact(artifact.path)

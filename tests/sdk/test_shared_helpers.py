@@ -84,3 +84,17 @@ def test_evict_idle_frees_only_slots_idle_past_the_limit():
     slots = {"stale": _Slot(now - 100.0), "fresh": _Slot(now)}
     evict_idle(slots, idle_seconds=10.0)
     assert list(slots) == ["fresh"]
+
+
+@pytest.mark.parametrize("text", ["[" * 100_000, "1" * 5000, "\udcff"])
+def test_a_hostile_data_index_is_the_callers_error(tmp_path, text):
+    from coinfer.sdk.datadir import read_index
+    from coinfer.sdk.errors import CoinferError
+
+    class IndexError_(CoinferError):
+        pass
+
+    path = tmp_path / "corpus.json"
+    path.write_bytes(text.encode("utf-8", "surrogateescape"))
+    with pytest.raises(IndexError_, match="is not valid JSON"):
+        read_index(path, "coinfer-corpus", 1, IndexError_, "a corpus")

@@ -411,3 +411,20 @@ def test_frame_length_needs_the_whole_fixed_header():
     with pytest.raises(wire.WireError, match="truncated frame: 19 bytes"):
         wire.frame_length(VALID[:19])
     assert wire.frame_length(VALID) == len(VALID)
+
+
+@pytest.mark.parametrize(("raw", "reason"), [
+    pytest.param(b"\x82\xa1h" + b"\x91" * 3000 + b"\xc0" + b"\xa1a\x90", "nests deeper than 32 levels",
+                 id="lists 3000 deep"),
+    pytest.param(b"\x82\xa1h" + b"\x81\xa1k" * 3000 + b"\xc0" + b"\xa1a\x90", "nests deeper than 32 levels",
+                 id="maps 3000 deep"),
+    pytest.param(b"\xc1", "byte 0xc1", id="reserved type byte"),
+    pytest.param(b"\x82\xa1h\x80\xa1a\x90\xc1", "extra data", id="trailing byte"),
+    pytest.param(b"\x82\xa1h\x81", "incomplete input", id="truncated"),
+    pytest.param(b"\xa2\xff\xfe", "utf-8", id="invalid utf-8"),
+])
+def test_malformed_msgpack_names_the_problem(raw, reason):
+    with pytest.raises(wire.WireError) as raised:
+        wire.decode(frame(raw))
+    message = str(raised.value)
+    assert message.startswith("malformed msgpack header: ") and reason in message, message

@@ -12,17 +12,22 @@ The message formats are specified in :mod:`coinfer.sdk.gate.protocol`.
 Endpoints (all but ``/healthz`` need ``Authorization: Bearer <token>``):
 
 - ``POST /v1/gate/streams/{stream_id}/frames``: a body of one or more frames. 401 without the
-  token, 413 over the size limit, 400 with a message for anything malformed (the stream's
-  state is untouched then), 429 when every stream slot is taken. Answers JSON with the
-  packets accepted, frames decoded, decode errors, the new results and ``resync``.
+  token, 413 over the size limit or the packet limit, 400 with a message for anything
+  malformed or a chunk numbered too far ahead (the stream's state is untouched then), 429
+  when every stream slot is taken. Answers JSON with the packets accepted, frames decoded,
+  decode errors, the new results and ``resync``.
 - ``GET /v1/gate/streams/{stream_id}``: the stream's status and counters.
 - ``GET /healthz``.
 
 Robustness: a chunk whose ``seq`` was seen is a retry and is ignored; after a gap (a lost
 request), a new session or a decoder restart the stream waits for a random-access packet
-and asks the camera to resync. Memory per stream is bounded: one decoder, a bounded map of
-packets awaiting their pictures, a bounded list of recent results; idle streams are evicted
-when a new one needs their slot.
+and asks the camera to resync. Parameters (a new session, or the camera's resync) restart
+the numbering. The session id is no secret from other token holders, so ``seq`` is bounded:
+a chunk more than ``max_seq_gap`` past the last one is refused, and one that far behind is
+no retry (the camera is asked to resync). Work is bounded: at most ``max_packets_per_request``
+packets are decoded per request, counted before any is. Memory per stream is bounded: one
+decoder, a bounded map of packets awaiting their pictures, a bounded list of recent results;
+idle streams are evicted when a new one needs their slot.
 
 Example::
 
@@ -53,6 +58,7 @@ from coinfer.sdk.gate.packet import PacketInfo
 from coinfer.sdk.gate.protocol import (
     FRAMES_PATH,
     EndMessage,
+    GateMessage,
     GateProtocolError,
     PacketsMessage,
     ParametersMessage,
@@ -61,7 +67,13 @@ from coinfer.sdk.gate.protocol import (
     parse_body,
 )
 from coinfer.sdk.gate.redundancy import REDUNDANCY, create_measure
-from coinfer.sdk.service import ServiceError, ThreadedServer, evict_idle, read_limited_body, refuse_with
+from coinfer.sdk.service import (
+    ServiceError,
+    ThreadedServer,
+    create_service_app,
+    evict_idle,
+    read_limited_body,
+)
 
 STATUS_PATH = "/v1/gate/streams/{stream_id}"
 #: Packets fed to a decoder whose picture has not come out yet; more means the stream is broken.
@@ -82,12 +94,18 @@ class GatewayOptions:
     ``plugin`` runs on the pictures the camera chose for inference; ``redundancy`` maps
     its tasks to measures as in :class:`~coinfer.edge.gate.runtime.RuntimeOptions`.
     ``frame_hook`` sees every decoded picture, references included (to record or forward).
+    ``max_packets_per_request`` bounds the decoding one request costs under its stream's
+    lock; the default, 1024, is a 34-second group of pictures at 30 frames per second (a
+    camera sends at most the references since the last random-access packet with a picture).
+    ``max_seq_gap``: how far a chunk's ``seq`` may be from the stream's last one (see above).
     """
 
     max_request_bytes: int = 64 << 20
     max_streams: int = 64
     max_frames_per_request: int = 256
     max_packets_per_frame: int = 4096
+    max_packets_per_request: int = 1024
+    max_seq_gap: int = 1024
     stream_idle_seconds: float = 600.0
     results_kept: int = 32
     codecs: tuple[str, ...] = ("h264", "hevc", "vp9", "av1", "mjpeg")
@@ -97,7 +115,7 @@ class GatewayOptions:
 
     def __post_init__(self) -> None:
         for name in ("max_request_bytes", "max_streams", "max_frames_per_request", "max_packets_per_frame",
-                     "results_kept"):
+                     "max_packets_per_request", "max_seq_gap", "results_kept"):
             if getattr(self, name) < 1:
                 raise InvalidArgumentError(f"{name} must be >= 1, got {getattr(self, name)}")
         REDUNDANCY.check(self.redundancy.values())
@@ -159,10 +177,16 @@ class EdgeGateway:
                                   max_packets=self.options.max_packets_per_frame, codecs=self.options.codecs)
         except GateProtocolError as error:
             raise GatewayError(str(error)) from error
+        packets = sum(len(message.packets) for message in messages if isinstance(message, PacketsMessage))
+        if packets > self.options.max_packets_per_request:
+            raise GatewayError(f"the request carries {packets} packets, over the limit of "
+                               f"{self.options.max_packets_per_request} per request; send fewer at a time",
+                               status=413)
         state = self._stream(stream_id, create=True)
         reply: dict[str, Any] = {"stream": stream_id, "accepted": 0, "dropped": 0, "duplicates": 0,
                                  "frames": 0, "decode_errors": 0, "results": [], "resync": False}
         with state.lock:
+            self._check_seq(state, messages)
             state.last_active = time.monotonic()
             state.counters["requests"] += 1
             state.counters["bytes_received"] += len(body)
@@ -218,11 +242,28 @@ class EdgeGateway:
             state = self._streams[stream_id] = _Stream(results=deque(maxlen=self.options.results_kept))
             return state
 
+    def _check_seq(self, state: _Stream, messages: list[GateMessage]) -> None:
+        """Refuse the request, before any of it is applied, if one of its chunks is numbered
+        more than ``max_seq_gap`` past the stream's last chunk (as the chunks before it in the
+        request and its parameters, which restart the numbering, will leave it)."""
+        gap = self.options.max_seq_gap
+        last, session = state.last_seq, state.session
+        for message in messages:
+            if isinstance(message, ParametersMessage):
+                last, session = None, message.session
+            elif isinstance(message, PacketsMessage) and message.session == session:
+                if last is not None and message.seq > last + gap:
+                    raise GatewayError(f"chunk seq {message.seq} is more than {gap} past the stream's last "
+                                       f"seq {last}; send the parameters first to restart the numbering")
+                last = message.seq if last is None else max(last, message.seq)
+
     def _start(self, state: _Stream, message: ParametersMessage) -> None:
-        """Apply the stream parameters; a new session or new parameters restart the decoder."""
+        """Apply the stream parameters; a new session or new parameters restart the decoder,
+        and any of them (the camera's resync too) restarts the chunk numbering."""
         if (state.session, state.parameters) == (message.session, message.parameters) \
                 and state.decoder is not None:
-            return  # a repeat (retry or resync) of what is running
+            state.last_seq = None  # a repeat (retry or resync) of what is running
+            return
         try:
             decoder = StreamDecoder(message.parameters)
         except (av.FFmpegError, ValueError) as error:
@@ -239,6 +280,10 @@ class EdgeGateway:
         count = len(message.packets)
         state.counters["packets_received"] += count
         if state.decoder is None or message.session != state.session:
+            self._drop(state, count, reply, resync=True)
+            return
+        if state.last_seq is not None and message.seq <= state.last_seq - self.options.max_seq_gap:
+            state.wait_random_access = True  # too far behind for a retry: the numbering went astray
             self._drop(state, count, reply, resync=True)
             return
         if state.last_seq is not None and message.seq <= state.last_seq:
@@ -336,9 +381,8 @@ def create_gateway_app(options: GatewayOptions | None, token: str) -> FastAPI:
         raise CoinferError("the edge gateway needs a non-empty token")
     gateway = EdgeGateway(options)
     limit = gateway.options.max_request_bytes
-    app = FastAPI(title="coinfer edge gateway")
+    app, authorize = create_service_app("coinfer edge gateway", GatewayError, token)
     app.state.gateway = gateway
-    authorize = refuse_with(app, GatewayError, token)
 
     @app.get("/healthz")
     def healthz() -> dict[str, Any]:

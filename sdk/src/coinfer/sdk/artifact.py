@@ -231,7 +231,10 @@ def load_artifact(
         raise ArtifactError(f"{manifest_path}: {size} bytes is over the {MAX_MANIFEST_BYTES} limit")
     try:
         data = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+    except RecursionError:
+        raise ArtifactError(f"{manifest_path}: nested deeper than Python can parse; not a coinfer "
+                            "manifest") from None
+    except ValueError as error:  # not JSON, not UTF-8, or an integer too long to convert
         raise ArtifactError(f"{manifest_path}: not valid JSON: {error}") from error
     manifest = Manifest.from_dict(data, source=root)
     if capability is not None and manifest.capability != capability:
@@ -253,15 +256,24 @@ def _verify_files(root: Path, manifest: Manifest) -> None:
         if not member.resolve().is_relative_to(resolved_root):
             raise ArtifactError(f"{member}: points outside the artifact directory")
         if not member.is_file():
-            raise ArtifactError(f"{member}: listed in the manifest but missing")
+            problem = "not a regular file" if os.path.lexists(member) else "missing"
+            raise ArtifactError(f"{member}: listed in the manifest but {problem}")
         actual = sha256_file(member)
         if actual != expected:
             raise ArtifactError(
                 f"{member}: sha256 mismatch (manifest {expected[:12]}..., file {actual[:12]}...); "
                 "the file was modified or corrupted"
             )
+    # An artifact holds exactly its listed regular files and the folders they are in: anything
+    # else (a stray file, a FIFO a reader could block on, an empty folder) means it was altered.
     listed = set(manifest.files) | {MANIFEST_NAME}
+    folders = {parent.as_posix() for name in listed for parent in PurePosixPath(name).parents}
     for member in sorted(root.rglob("*")):
         relative = member.relative_to(root).as_posix()
-        if member.is_file() and relative not in listed:
-            raise ArtifactError(f"{member}: not listed in the manifest; refusing an altered artifact")
+        if member.is_dir() and not member.is_symlink():
+            if relative not in folders:
+                raise ArtifactError(f"{member}: a directory holding no listed file; refusing an altered "
+                                    "artifact")
+        elif relative not in listed:
+            what = "not listed" if member.is_file() else "not a regular file listed"
+            raise ArtifactError(f"{member}: {what} in the manifest; refusing an altered artifact")

@@ -52,7 +52,9 @@ def read_index(path: Path, expected_format: str, version: int, error: type[Coinf
         raise error(f"{path} is missing: not {what}" + (f" ({hint})" if hint else ""))
     try:
         index = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as problem:
+    except RecursionError:
+        raise error(f"{path} is not valid JSON: nested deeper than Python can parse") from None
+    except ValueError as problem:  # not JSON, not UTF-8, or an integer too long to convert
         raise error(f"{path} is not valid JSON: {problem}") from problem
     if not isinstance(index, dict) or index.get("format") != expected_format:
         found = index.get("format") if isinstance(index, dict) else None

@@ -278,8 +278,14 @@ def _unpack_header(raw: memoryview) -> Any:
             max_map_len=size,
             max_ext_len=size,
         )
+    # msgpack raises these two without a message; the others carry a reason worth passing on.
+    except msgpack.StackError:
+        raise WireError(f"malformed msgpack header: header nests deeper than {_MAX_HEADER_DEPTH} levels "
+                        "(too deep for the msgpack unpacker)") from None
+    except msgpack.FormatError:
+        raise WireError("malformed msgpack header: byte 0xc1, which msgpack never uses") from None
     except Exception as exc:  # msgpack signals bad input with many exception types
-        raise WireError(f"malformed msgpack header: {exc}") from exc
+        raise WireError(f"malformed msgpack header: {str(exc) or type(exc).__name__}") from exc
 
 
 def _array_table(table: Any, limits: WireLimits) -> Iterator[tuple[str, np.dtype, list[int]]]:

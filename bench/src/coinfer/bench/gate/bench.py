@@ -290,6 +290,7 @@ def write_plots(report: dict[str, Any], stem: Path) -> list[Path]:
         plots.append(("accuracy-over-day", day["clock_hours"], day,
                       {"xlabel": "clock (hours)", "ylabel": "accuracy per round",
                        "title": "accuracy over the day at each policy's 90% budget"}))
+    stem.parent.mkdir(parents=True, exist_ok=True)  # --json's folder is made only when it is written
     written = []
     for name, xs, series, labels in plots:
         figure, axis = plt.subplots(figsize=(7, 4))

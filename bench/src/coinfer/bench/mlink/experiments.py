@@ -215,14 +215,15 @@ def domain_report(table: OutputTable, deployed: str, sources: list[str], truth: 
 
 def federated_report(table: OutputTable, models: list[str], groups: dict[str, np.ndarray], unseen: np.ndarray,
                      rounds: int, epochs: int, options: LinkOptions) -> dict[str, Any]:
-    """Federated links over the real aggregation service on loopback: one edge client per
-    camera group trains on its own steps each round; the global links are scored on a group
-    of cameras none of them saw, against the untrained links they started from and against
-    links one client trained alone for as many epochs."""
+    """Federated links over the real aggregation service on loopback, with its default
+    (robust) aggregation: one edge client per camera group trains on its own steps each
+    round; the global links are scored on a group of cameras none of them saw, against the
+    untrained links they started from and against links one client trained alone for as
+    many epochs."""
     import secrets
     import threading
 
-    from coinfer.cloud.mlink.server import LinkAggregator, create_app
+    from coinfer.cloud.mlink.server import ClientRegistry, LinkAggregator, create_app
     from coinfer.edge.mlink.federated_client import FederatedClient
     from coinfer.sdk.service import ThreadedServer
 
@@ -235,7 +236,7 @@ def federated_report(table: OutputTable, models: list[str], groups: dict[str, np
     alone = LinkGraph.create(specs, options=options)
     alone.fit(next(iter(local.values())), epochs=rounds * epochs)
     token = secrets.token_urlsafe(16)
-    aggregator = LinkAggregator(initial, min_clients=len(groups))
+    aggregator = LinkAggregator(initial, min_clients=len(groups), clients=ClientRegistry.shared(groups))
     results: dict[str, list[Any]] = {name: [] for name in groups}
     errors: list[BaseException] = []
     with ThreadedServer(create_app(aggregator, token), name="the MLink aggregator") as running:

@@ -87,6 +87,7 @@ def write_plots(sweeps: dict[str, Any], directory: Any) -> list[str]:
 
     import matplotlib.pyplot as plt
 
+    Path(directory).mkdir(parents=True, exist_ok=True)  # --json's folder is made only when it is written
     written = []
     for key, axis, label in (("by_batch", "batch", "batch size"), ("by_layers", "layers", "layers")):
         rows = sweeps[key]

@@ -1,6 +1,6 @@
 """``coinfer stip serve``: the STIP model server, on uvicorn or scaled out on Ray Serve.
 
-    coinfer stip serve --bundle out/server [--host 127.0.0.1] [--port 8000]
+    coinfer stip serve --bundle out/server [--host 127.0.0.1] [--port 8000] [--max-response-mib N]
     coinfer stip serve --bundle out/server --ray [ADDRESS] --replicas 2
 
 (``coinfer cloud serve stip --artifact ...`` is the old spelling, accepted for one release.)
@@ -15,7 +15,8 @@ import sys
 import time
 from pathlib import Path
 
-from coinfer.sdk.cli.flags import add_renamed, add_service, positive
+from coinfer.sdk.cli.flags import add_renamed, add_service, count, positive, service_options
+from coinfer.sdk.stip.protocol import RESPONSE_LIMITS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,6 +24,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the server bundle from coinfer stip publish (OUT/server)")
     add_renamed(parser, "--bundle", "--artifact")
     add_service(parser, port=8000)
+    most = RESPONSE_LIMITS.max_payload_bytes >> 20
+    parser.add_argument("--max-response-mib", type=count(most), default=most, metavar="N",
+                        help="largest output of one forward (batch x tokens x output size floats), refused "
+                             f"before the model runs; at most what a client reads (default {most})")
     parser.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
                         help="deploy on Ray Serve: alone starts a local Ray, with an address joins a cluster")
     parser.add_argument("--replicas", type=positive(int), default=1, help="Ray Serve replicas")
@@ -35,7 +40,8 @@ def run(args: argparse.Namespace) -> int:
     from coinfer.cloud.stip.server import ServerOptions, StipModelServer, create_app
     from coinfer.sdk.service import resolve_token
 
-    options = ServerOptions(max_request_bytes=args.max_request_mib << 20)
+    options = ServerOptions(max_request_bytes=args.max_request_mib << 20,
+                            max_response_bytes=args.max_response_mib << 20)
     token = resolve_token(args.token_file)
     if args.ray is not None:
         from coinfer.cloud.stip.ray_serve import deploy
@@ -52,5 +58,5 @@ def run(args: argparse.Namespace) -> int:
             serve.shutdown()
     model, info = load_cloud_model(args.bundle)
     app = create_app(StipModelServer(model, info, options), token)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    uvicorn.run(app, **service_options(args))
     return 0

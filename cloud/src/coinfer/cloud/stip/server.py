@@ -5,7 +5,8 @@ returns is permuted. Endpoints (all need ``Authorization: Bearer <token>``):
 
 - ``GET  /v1/info``: hidden size, output kind and size, position limit;
 - ``POST /v1/forward``: a wire frame with ``inputs_embeds`` (B, T, hidden) float32 and an
-  optional ``attention_mask`` (B, T); returns ``output`` (permuted logits or hidden states);
+  optional ``attention_mask`` (B, T); returns ``output`` (permuted logits or hidden states),
+  refused (413) before the model runs when B x T x output size floats exceed the response limit;
 - ``POST /v1/sessions``: open a generation session; the server keeps its KV cache;
 - ``POST /v1/sessions/{id}/step``: append permuted embedding rows (1, t, hidden); returns
   the permuted logits of the last position, so each decoding step sends one row;
@@ -30,8 +31,14 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
 from coinfer.sdk import wire
-from coinfer.sdk.errors import CoinferError
-from coinfer.sdk.service import ServiceError, ThreadedServer, evict_idle, read_limited_body, refuse_with
+from coinfer.sdk.errors import CoinferError, InvalidArgumentError
+from coinfer.sdk.service import (
+    ServiceError,
+    ThreadedServer,
+    create_service_app,
+    evict_idle,
+    read_limited_body,
+)
 from coinfer.sdk.stip import protocol
 from coinfer.sdk.stip.transform import cloud_forward
 
@@ -42,15 +49,38 @@ class RequestError(ServiceError):
 
 @dataclass(frozen=True)
 class ServerOptions:
-    """Bounds on what one client can make the server hold or compute."""
+    """Bounds on what one client can make the server hold or compute.
+
+    ``max_response_bytes`` bounds the output of one forward (batch x tokens x output size
+    float32), checked before the model runs: a request well inside ``max_request_bytes`` can
+    ask for gigabytes of logits over a large vocabulary. It cannot exceed what a client reads
+    (:data:`~coinfer.sdk.stip.protocol.RESPONSE_LIMITS`, 1 GiB), which is its default.
+    """
 
     max_request_bytes: int = protocol.DEFAULT_MAX_REQUEST_BYTES
+    max_response_bytes: int = protocol.RESPONSE_LIMITS.max_payload_bytes
     max_batch: int = 64
     max_sessions: int = 64
     session_idle_seconds: float = 600.0
     #: Plain-baseline mode for benchmarks: the server holds a full model and takes token ids
     #: in clear. Never enable it for a STIP deployment.
     accept_token_ids: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("max_request_bytes", "max_response_bytes", "max_batch", "max_sessions",
+                     "session_idle_seconds"):
+            if not getattr(self, name) > 0:
+                raise InvalidArgumentError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.max_response_bytes > protocol.RESPONSE_LIMITS.max_payload_bytes:
+            raise InvalidArgumentError(f"max_response_bytes must be at most the "
+                                       f"{protocol.RESPONSE_LIMITS.max_payload_bytes} bytes a client reads, "
+                                       f"got {self.max_response_bytes}")
+
+    @property
+    def limits(self) -> wire.WireLimits:
+        """The wire limits of a request frame: the protocol's, with a payload of up to
+        ``max_request_bytes`` (the protocol's default is only the default request limit)."""
+        return protocol.request_limits(self.max_request_bytes)
 
 
 @dataclass
@@ -75,6 +105,13 @@ class StipModelServer:
         import torch
 
         self._check_embeddings(embeds, max_batch=self.options.max_batch)
+        batch, tokens = embeds.shape[:2]
+        width = int(self.info["output_size"])
+        size = batch * tokens * width * np.dtype(np.float32).itemsize
+        if size > self.options.max_response_bytes:
+            raise RequestError(f"{batch} x {tokens} positions x {width} outputs are {size} bytes of float32, "
+                               f"over the {self.options.max_response_bytes}-byte response limit; send fewer "
+                               f"rows or tokens per request", status=413)
         if mask is not None and (mask.shape != embeds.shape[:2] or mask.dtype.kind not in "iub"):
             raise RequestError(f"{protocol.MASK} must be an integer array of shape {embeds.shape[:2]}, "
                                f"got {mask.dtype}{list(mask.shape)}")
@@ -118,13 +155,16 @@ class StipModelServer:
         if session is None:
             raise RequestError(f"no session {session_id!r} (closed or expired)", status=404)
         limit = int(self.info.get("max_positions") or 0)
-        if limit and session.tokens + count > limit:
-            raise RequestError(f"session would exceed the model's {limit} positions")
+        # The model lock orders every step: checking the positions, running the model and
+        # growing the cache happen under it at once, or two concurrent steps of one session
+        # would both pass the check and the second would run past the model's positions.
         with self._model_lock, torch.no_grad():
-            outputs = self.model(**inputs, past_key_values=session.cache, use_cache=True)
-        session.cache = outputs.past_key_values
-        session.tokens += count
-        session.last_active = time.monotonic()
+            if limit and session.tokens + count > limit:
+                raise RequestError(f"session would exceed the model's {limit} positions")
+            outputs = self.model(**inputs, cache=session.cache, use_cache=True)
+            session.cache = outputs.cache
+            session.tokens += count
+            session.last_active = time.monotonic()
         return _primary(outputs)[:, -1, :]
 
     def close_session(self, session_id: str) -> None:
@@ -158,13 +198,13 @@ def create_app(server: StipModelServer, token: str) -> FastAPI:
     """The FastAPI application serving ``server``; every route checks the bearer token."""
     if not token:
         raise CoinferError("the STIP server needs a non-empty token")
-    app = FastAPI(title="coinfer STIP model server")
-    app.router.dependencies.append(Depends(refuse_with(app, RequestError, token)))
+    app, authorize = create_service_app("coinfer STIP model server", RequestError, token)
+    app.router.dependencies.append(Depends(authorize))
 
     async def read_frame(request: Request) -> wire.Message:
         body = await read_limited_body(request, server.options.max_request_bytes, RequestError)
         try:
-            message = wire.decode(body, protocol.DEFAULT_LIMITS)
+            message = wire.decode(body, server.options.limits)
         except wire.WireError as error:
             raise RequestError(f"malformed frame: {error}") from error
         if protocol.INPUTS not in message.arrays and protocol.TOKEN_IDS not in message.arrays:

@@ -121,8 +121,7 @@ def run(args: argparse.Namespace) -> int:
 
     export_predictor = converter("export_predictor") if args.tflite is not None else None
     check_output(args)
-    if args.tflite is not None and args.tflite.exists() and not args.overwrite:
-        raise CoinferError(f"{args.tflite} already exists (pass --overwrite to replace it)")
+    check_output(args, flag="--tflite")
     scenes, tasks = training_set(args)
     cameras = load_cameras(scenes.cameras, tasks, progress=not args.quiet)
     traces = [camera.trace for camera in cameras]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from coinfer.sdk.cli.flags import add_service
+from coinfer.sdk.cli.flags import add_service, service_options
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,5 +31,5 @@ def run(args: argparse.Namespace) -> int:
 
     options = DetectionOptions(task=args.task, max_request_bytes=args.max_request_mib << 20)
     app = create_detection_app(options, resolve_token(args.token_file))
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    uvicorn.run(app, **service_options(args))
     return 0

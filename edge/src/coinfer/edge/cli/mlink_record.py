@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     from coinfer.edge.mlink.zoo import create_zoo
     from coinfer.sdk.scenes import SceneSet
 
-    check_output(args)
+    check_output(args, file=True)
     source = args.scenes
     if args.scenes is not None:
         source = SceneSet.load(args.scenes)  # a bad scene set is refused before the zoo's models load

@@ -35,7 +35,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 
 from coinfer.sdk.errors import CoinferError, InvalidArgumentError
-from coinfer.sdk.service import ServiceError, ThreadedServer, read_limited_body, refuse_with
+from coinfer.sdk.service import ServiceError, ThreadedServer, create_service_app, read_limited_body
 
 DETECT_PATH = "/v1/infi/detect"
 STATS_PATH = "/v1/infi/stats"
@@ -147,9 +147,8 @@ def create_detection_app(options: DetectionOptions | None, token: str, detector:
     if not token:
         raise CoinferError("the detection service needs a non-empty token")
     service = DetectionService(options, detector)
-    app = FastAPI(title="coinfer InFi detection service")
+    app, authorize = create_service_app("coinfer InFi detection service", DetectionError, token)
     app.state.service = service
-    authorize = refuse_with(app, DetectionError, token)
 
     @app.get("/healthz")
     def healthz() -> dict[str, Any]:

@@ -6,9 +6,14 @@ aggregator (:mod:`coinfer.cloud.mlink.server`). Speaks HTTP with ``urllib`` and 
 bytes of every request and response body it exchanges. PyTorch is imported only when a
 graph is built or trained (by :mod:`coinfer.sdk.mlink`), not when this module loads.
 
+The aggregator accepts updates only from the client names on its list (``coinfer mlink
+serve --clients``), each under the token registered for it: a client's own token, or the
+service token for a client listed without one. A name the token does not speak for is
+refused with 403.
+
 Example::
 
-    client = FederatedClient("http://127.0.0.1:8100", token, "edge-1")
+    client = FederatedClient("http://127.0.0.1:8300", token, "edge-1")   # edge-1's own token
     graph = client.fetch_graph()                       # architecture + current global weights
     for _ in range(5):
         result = client.train_round(graph, outputs, epochs=3)   # aligned {model: outputs}
@@ -75,7 +80,8 @@ class RoundResult:
 
 
 class FederatedClient:
-    """One edge server (``name``, unique among the aggregator's clients) in federated link training."""
+    """One edge server (``name``, as registered at the aggregator) in federated link training;
+    ``token`` is the one registered for that name (its own, or the service token)."""
 
     def __init__(self, url: str, token: str, name: str, *, timeout: float = 60.0,
                  max_reply_bytes: int = 256 << 20) -> None:
@@ -119,7 +125,8 @@ class FederatedClient:
 
         ``graph`` keeps the locally trained weights afterwards. Raises
         :class:`FederatedClientError` with status 409 when the round closed while training
-        (fetch and train again) or this client already contributed to it.
+        (fetch and train again) or this client already contributed to it, and with 403 when
+        ``name`` is not registered or the token is not the one registered for it.
         """
         sent, received = self.bytes_sent, self.bytes_received
         round_ = self.fetch_global(graph)

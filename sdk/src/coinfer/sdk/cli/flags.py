@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
-from coinfer.sdk.errors import OutputExistsError
+from coinfer.sdk.errors import InvalidArgumentError, OutputExistsError
 
 
 class _HelpFormatter(argparse.HelpFormatter):
@@ -85,6 +86,19 @@ def positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
     return parse
 
 
+def count(limit: int) -> Callable[[str], int]:
+    """An argparse ``type`` for a whole number in [1, ``limit``]: how many of something a
+    command holds in memory at once, where a typo must not become an allocation failure."""
+    def parse(text: str) -> int:
+        value = int(text)
+        if not 1 <= value <= limit:
+            raise argparse.ArgumentTypeError(f"must be in [1, {limit}], got {text}")
+        return value
+
+    parse.__name__ = "int"
+    return parse
+
+
 def fraction(text: str) -> float:
     """An argparse ``type`` for a fraction in [0, 1]."""
     value = float(text)
@@ -93,25 +107,41 @@ def fraction(text: str) -> float:
     return value
 
 
-def output_file(text: str) -> Path:
-    """An argparse ``type`` for a file a command writes when it is done: a path that can never
-    be written (a directory, or below a file) is refused at once, not after the work."""
-    path = Path(text)
-    if path.is_dir():
-        raise argparse.ArgumentTypeError(f"{text} is a directory; give the path of a file to write")
-    below = next((parent for parent in path.parents if parent.exists()), Path("."))
+def unwritable(path: Path, *, file: bool) -> str | None:
+    """Why ``path`` can never be written, or None: the one check of every output flag, made
+    before the work so that a bad path never costs a finished run. Missing folders above
+    ``path`` are made when it is written, so the nearest one that exists must be a directory
+    this process may write in (not a file, a link to nowhere or a read-only folder); ``file``:
+    a file goes there, which cannot replace a directory."""
+    if file and path.is_dir():
+        return f"{path} is a directory; give the path of a file to write"
+    below = next((parent for parent in path.parents if os.path.lexists(parent)), Path("."))
     if not below.is_dir():
-        raise argparse.ArgumentTypeError(f"{text} cannot be written: {below} is a file, not a directory")
+        return f"{path} cannot be written: {below} is not a directory"
+    if not os.access(below, os.W_OK | os.X_OK):
+        return f"{path} cannot be written: {below} is not writable"
+    return None
+
+
+def output_file(text: str) -> Path:
+    """An argparse ``type`` for a file a command writes when it is done, refused at once when it
+    can never be written (see :func:`unwritable`)."""
+    path = Path(text)
+    problem = unwritable(path, file=True)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
     return path
 
 
 def work_directory(text: str) -> Path:
     """An argparse ``type`` for a directory a command creates or reuses: refused at once when
-    the path, or a folder above it, is a file."""
+    the path is a file or can never be made (see :func:`unwritable`)."""
     path = Path(text)
-    below = next((candidate for candidate in (path, *path.parents) if candidate.exists()), Path("."))
-    if not below.is_dir():
-        raise argparse.ArgumentTypeError(f"{text} cannot be a directory: {below} is a file")
+    if os.path.lexists(path) and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} cannot be a directory: it exists and is not one")
+    problem = unwritable(path, file=False)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
     return path
 
 
@@ -120,16 +150,26 @@ def add_json(parser: argparse.ArgumentParser, what: str = "the metrics") -> None
     parser.add_argument("--json", type=output_file, metavar="PATH", help=f"also write {what} here as JSON")
 
 
-def add_output(parser: argparse.ArgumentParser, what: str, *, metavar: str = "DIR") -> None:
-    """``--out`` (required) and ``--overwrite``; check them with :func:`check_output` before work."""
-    parser.add_argument("--out", type=Path, required=True, metavar=metavar, help=f"where to write {what}")
+def add_output(parser: argparse.ArgumentParser, what: str, *, metavar: str = "DIR",
+               required: bool = True) -> None:
+    """``--out`` and ``--overwrite``; check them with :func:`check_output` before work."""
+    parser.add_argument("--out", type=Path, required=required, metavar=metavar, help=f"where to write {what}")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
 
 
-def check_output(args: argparse.Namespace) -> None:
-    """Fail before the work, not after it, when ``--out`` exists and may not be replaced."""
-    if args.out.exists() and not args.overwrite:
-        raise OutputExistsError(f"{args.out} already exists (pass --overwrite to replace it)")
+def check_output(args: argparse.Namespace, *, flag: str = "--out", file: bool = False) -> None:
+    """Fail before the work, not after it, when ``--out`` (or another output ``flag`` replaced
+    along with it by ``--overwrite``) can never be written (see :func:`unwritable`; ``file``:
+    the command writes a file there, not a directory) or exists and may not be replaced. An
+    optional flag that was not given passes."""
+    path = getattr(args, flag.lstrip("-").replace("-", "_"))
+    if path is None:
+        return
+    problem = unwritable(path, file=file)
+    if problem:
+        raise InvalidArgumentError(f"{flag} {problem}")
+    if os.path.lexists(path) and not args.overwrite:
+        raise OutputExistsError(f"{path} already exists (pass --overwrite to replace it)")
 
 
 def add_records(parser: argparse.ArgumentParser, what: str, *, required: bool = True) -> None:
@@ -179,7 +219,11 @@ def port_number(text: str) -> int:
 
 
 def add_service(parser: argparse.ArgumentParser, port: int) -> None:
-    """Where a service listens and how it authenticates: every ``coinfer <capability> serve``."""
+    """Where a service listens, how it authenticates and how long it waits for slow clients:
+    every ``coinfer <capability> serve``; run it with ``uvicorn.run(app, **service_options(args))``."""
+    from coinfer.sdk.service import ConnectionLimits
+
+    limits = ConnectionLimits()
     parser.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
     parser.add_argument("--port", type=port_number, default=port, help=f"(default {port})")
     parser.add_argument("--token-file", type=Path, metavar="FILE",
@@ -187,3 +231,21 @@ def add_service(parser: argparse.ArgumentParser, port: int) -> None:
                              "printed once)")
     parser.add_argument("--max-request-mib", type=positive(int), default=64, metavar="N",
                         help="largest request body accepted (default 64)")
+    parser.add_argument("--idle-timeout", type=positive(int), default=limits.idle_seconds, metavar="S",
+                        help="close a connection silent for S seconds while the service waits on it: before "
+                             f"or between requests, or inside one (default {limits.idle_seconds})")
+    parser.add_argument("--header-timeout", type=positive(int), default=limits.header_seconds, metavar="S",
+                        help="a request's headers must arrive within S seconds "
+                             f"(default {limits.header_seconds})")
+    parser.add_argument("--min-body-rate", type=positive(int), default=limits.min_body_rate, metavar="B",
+                        help="bytes per second a request body must average after --idle-timeout seconds "
+                             f"(default {limits.min_body_rate})")
+
+
+def service_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``uvicorn.run`` keyword arguments of the flags :func:`add_service` added."""
+    from coinfer.sdk.service import ConnectionLimits, uvicorn_options
+
+    limits = ConnectionLimits(idle_seconds=args.idle_timeout, header_seconds=args.header_timeout,
+                              min_body_rate=args.min_body_rate)
+    return uvicorn_options(args.host, args.port, limits)

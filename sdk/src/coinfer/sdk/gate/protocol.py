@@ -312,6 +312,9 @@ def _parse_row(row: Any, where: str) -> tuple[PacketInfo, int, bool]:
     if values["index"] < 0 or values["size"] < 1:
         raise GateProtocolError(f"{where}: index must be >= 0 and size >= 1, got {values['index']}, "
                                 f"{values['size']}")
+    for name in ("index", "pts", "dts"):  # the decoder (FFmpeg) stores timestamps as int64
+        if values[name] is not None and not -(2 ** 63) <= values[name] < 2 ** 63:
+            raise GateProtocolError(f"{where}: {name} {values[name]} does not fit in 64 signed bits")
     if values["picture"] not in PictureType._value2member_map_:
         raise GateProtocolError(f"{where}: unknown picture type {values['picture']}")
     header = PictureInfo(PictureType(values["picture"]), reference=values["reference"],

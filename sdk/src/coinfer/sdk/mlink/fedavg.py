@@ -1,13 +1,14 @@
 """Federated averaging of link graphs (MLink, Algorithm 5.1): the arithmetic and the messages.
 
 Edge clients each train the same :class:`~coinfer.sdk.mlink.LinkGraph` on their own
-cameras' model outputs and send the change of every weight, Δ_k = Θ_k − Θ; the
-aggregator applies Θ ← Θ + Σ_k n_k Δ_k / Σ_k n_k (``n_k`` = the client's training
-samples). Only link weights travel, never model outputs. This module holds the pure
-parts: the delta, the weighted mean, and the two :mod:`coinfer.sdk.wire` frames the
-cloud service (:mod:`coinfer.cloud.mlink.server`) and the edge client
-(:mod:`coinfer.edge.mlink.federated_client`) exchange. It imports numpy and the
-standard library only; weights are plain ``{name: float32 array}`` dicts as
+cameras' model outputs and send the change of every weight, Δ_k = Θ_k − Θ; plain FedAvg
+applies Θ ← Θ + Σ_k n_k Δ_k / Σ_k n_k (``n_k`` = the client's training samples), which one
+client can pull anywhere, so the aggregation service combines the deltas robustly by
+default (:mod:`coinfer.sdk.mlink.robust`). Only link weights travel, never model outputs.
+This module holds the pure parts: the delta, the weighted mean, and the two
+:mod:`coinfer.sdk.wire` frames the cloud service (:mod:`coinfer.cloud.mlink.server`) and
+the edge client (:mod:`coinfer.edge.mlink.federated_client`) exchange. It imports numpy
+and the standard library only; weights are plain ``{name: float32 array}`` dicts as
 ``LinkGraph.weights()`` returns them.
 
 Frames (message type ``TENSORS``, every array float32):
@@ -86,8 +87,9 @@ CONTENT_TYPE = "application/octet-stream"
 
 UPDATE_KIND = "mlink-update"
 GLOBAL_KIND = "mlink-global"
-#: A client's claimed training-sample count must lie in [1, MAX_SAMPLES]: it weights the mean,
-#: so an absurd count would let one client drown the others.
+#: A client's claimed training-sample count must lie in [1, MAX_SAMPLES] on the wire; the
+#: aggregation service weighs it far lower (``RobustOptions.max_samples``), as even this bound
+#: lets one client drown the others in a plain mean.
 MAX_SAMPLES = 10**9
 CLIENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _GRAPH_ID = re.compile(r"^[0-9a-f]{64}$")
