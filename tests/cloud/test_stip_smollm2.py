@@ -62,3 +62,22 @@ def test_smollm2_generation_through_stip_over_loopback(smollm2):
             diverged = next((i for i, (a, b) in enumerate(zip(got, expected, strict=True)) if a != b), None)
             # Exact, unless the plain model itself stood at a float near-tie where they part.
             assert diverged is None or gaps[diverged] < NEAR_TIE, (prompt, diverged, gaps[diverged])
+
+
+@pytest.mark.slow
+def test_smollm2_with_local_blocks_and_rotation_generates_the_plain_text(smollm2, tmp_path):
+    from coinfer.cloud.stip.publish import Protection, load_cloud_model, publish_model
+    from coinfer.cloud.stip.server import BackgroundServer, StipModelServer
+    from coinfer.device.stip import STIPClient
+
+    model, tokenizer = smollm2
+    instance = publish_model(model, tmp_path / "pub", Protection("private", local_blocks=2, rotate=True))
+    cloud, info = load_cloud_model(instance.server)
+    assert cloud.config.num_hidden_layers == model.config.num_hidden_layers - 2
+    with BackgroundServer(StipModelServer(cloud, info), "t") as running:
+        client = STIPClient.create_from_bundle(instance.user, running.url, "t")
+        prompt_ids = tokenizer(PROMPTS[1])["input_ids"]
+        expected, gaps = plain_greedy(model, prompt_ids)
+        got = client.generate(prompt_ids, NEW_TOKENS)
+    diverged = next((i for i, (a, b) in enumerate(zip(got, expected, strict=True)) if a != b), None)
+    assert diverged is None or gaps[diverged] < NEAR_TIE, (diverged, gaps[diverged])
