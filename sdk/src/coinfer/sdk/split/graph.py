@@ -193,6 +193,33 @@ class SplitGraph:
                 onnx.checker.check_model(part)
         return head, tail
 
+    def cut_of(self, head: frozenset[int]) -> Cut:
+        """The cut whose head runs the nodes ``head`` (indices into :attr:`nodes`); refused
+        unless every head node's data inputs are made in the head or are graph inputs."""
+        for index in head:
+            if not 0 <= index < len(self.nodes):
+                raise SplitGraphError(f"node index {index} is outside the graph's {len(self.nodes)} nodes")
+            missing = [name for name in self.nodes[index].input
+                       if name in self._producer and self._producer[name] not in head]
+            if missing:
+                name = self.nodes[index].name or index
+                raise SplitGraphError(f"node {name!r} runs on the device but reads {missing[0]!r}, which "
+                                      "would be made on the edge")
+        return self._cut(head)
+
+    def consumers(self, tensor: str) -> list[int]:
+        """The nodes (indices) that read ``tensor``."""
+        return [i for i, node in enumerate(self.nodes) if tensor in node.input]
+
+    def producer(self, tensor: str) -> int | None:
+        """The node (index) that makes ``tensor``; ``None`` for a graph input."""
+        return self._producer.get(tensor)
+
+    def tensor_nbytes(self, tensor: str, encoding: str = "float32") -> int:
+        """Bytes of one crossing ``tensor`` per sample in ``encoding`` (see :meth:`Cut.nbytes`)."""
+        count, itemsize, is_float = self._describe(tensor)
+        return Cut(frozenset(), (tensor,), (count,), (itemsize,), (is_float,)).nbytes(encoding)
+
     def _cut(self, head: frozenset[int]) -> Cut:
         made = set(self.inputs) | {name for i in head for name in self.nodes[i].output if name}
         read = {name for i, node in enumerate(self.nodes) if i not in head for name in node.input if name}
