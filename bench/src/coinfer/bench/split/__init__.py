@@ -1,0 +1,1 @@
+"""Split inference measured: real image sets, workloads and the bench (issue 19)."""
