@@ -79,3 +79,45 @@ def export_onnx(path: str | os.PathLike, model: Any = None) -> Path:
     ort.InferenceSession(str(raw), options, providers=["CPUExecutionProvider"])
     raw.unlink()
     return path
+
+
+#: The block after which FrankenSplit-style bottlenecks replace the head: stride 8, 40 x 28 x 28.
+BOTTLENECK_AFTER_BLOCK = 4
+
+
+def split_network(model: Any, after_block: int = BOTTLENECK_AFTER_BLOCK) -> tuple[Any, Any]:
+    """The network as (head, tail) PyTorch modules: the stem and blocks up to ``after_block``
+    inclusive, then the remaining blocks, the head convolution, pooling and classifier
+    (``tail(head(x)) == model(x)`` in eval mode)."""
+    import torch
+
+    blocks = len(model._blocks)
+    if not 0 <= after_block < blocks - 1:
+        raise ValueError(f"after_block must be in [0, {blocks - 2}], got {after_block}")
+
+    class Head(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = torch.nn.Sequential(model._conv_stem, model._bn0, model._swish)
+            self.blocks = torch.nn.ModuleList(model._blocks[:after_block + 1])
+
+        def forward(self, x: Any) -> Any:
+            x = self.stem(x)
+            for block in self.blocks:
+                x = block(x)
+            return x
+
+    class Tail(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.blocks = torch.nn.ModuleList(model._blocks[after_block + 1:])
+            self.head = torch.nn.Sequential(model._conv_head, model._bn1, model._swish)
+            self.pool, self.dropout, self.fc = model._avg_pooling, model._dropout, model._fc
+
+        def forward(self, x: Any) -> Any:
+            for block in self.blocks:
+                x = block(x)
+            x = self.pool(self.head(x)).flatten(1)
+            return self.fc(self.dropout(x))
+
+    return Head().eval(), Tail().eval()
