@@ -8,11 +8,13 @@ takes; :mod:`coinfer.sdk.split.planner` chooses the cut and encoding for the lin
 :mod:`coinfer.sdk.split.entropy` codes its integers with tables that decode bit-exactly anywhere.
 """
 
+from coinfer.sdk.split.bundle import SplitBundleError, SplitSide, SplitSpec, export_split, load_split
 from coinfer.sdk.split.entropy import EntropyCodingError, EntropyTables, decode, encode, quantize
 from coinfer.sdk.split.graph import Cut, SplitGraph, SplitGraphError
 from coinfer.sdk.split.planner import Link, Option, Plan, Replanner, Weights, cut_options, plan
 from coinfer.sdk.split.profile import CutTimes, OperatorModel, load_profile, measure_cuts, save_profile
 
 __all__ = ["Cut", "CutTimes", "EntropyCodingError", "EntropyTables", "Link", "OperatorModel", "Option",
-           "Plan", "Replanner", "SplitGraph", "SplitGraphError", "Weights", "cut_options", "decode", "encode",
-           "load_profile", "measure_cuts", "plan", "quantize", "save_profile"]
+           "Plan", "Replanner", "SplitBundleError", "SplitGraph", "SplitGraphError", "SplitSide", "SplitSpec",
+           "Weights", "cut_options", "decode", "encode", "export_split", "load_profile", "load_split",
+           "measure_cuts", "plan", "quantize", "save_profile"]
