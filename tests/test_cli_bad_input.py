@@ -239,6 +239,38 @@ CASES: dict[str, tuple[Case, ...]] = {
         error("config.json not JSON", "--model", "{broken}", *CORPUS),
         error("tokenizer gives no tokens", "--model", "{tiny_gpt2}", *CORPUS, says="no tokens"),
     ),
+    "split export": (
+        usage("no model", "--cut", "1", *OUT),
+        usage("no cut", "--model", "{missing}", *OUT),
+        usage("unknown encoding", "--model", "{missing}", "--cut", "1", "--encoding", "bf16", *OUT),
+        error("missing model", "--model", "{missing}", "--cut", "1", *OUT, says="no such ONNX file"),
+        error("model not ONNX", "--model", "{junk_npz}", "--cut", "1", *OUT, says="not a readable ONNX"),
+        error("input shape without dims", "--model", "{junk_npz}", "--cut", "1", "--input-shape", "x", *OUT,
+              says="--input-shape"),
+        error("out exists", "--model", "{junk_npz}", "--cut", "1", *EXISTING_OUT),
+        out_below_file("--model", "{missing}", "--cut", "1"),
+    ),
+    "split serve": (
+        usage("no bundle"),
+        usage("port out of range", "--bundle", "{missing}", "--port", "99999"),
+        usage("zero max batch", "--bundle", "{missing}", "--max-batch", "0"),
+        error("missing bundle", "--bundle", "{missing}"),
+        error("manifest not JSON", "--bundle", "{broken}"),
+        error("links as bundle", "--bundle", "{links}"),
+        error("missing token file", "--bundle", "{missing}", "--token-file", "{missing}", says="token"),
+    ),
+    "split run": (
+        usage("no bundle", "--inputs", "{npy}"),
+        usage("no inputs", "--bundle", "{missing}"),
+        usage("zero threads", "--bundle", "{missing}", "--inputs", "{npy}", "--threads", "0"),
+        usage("json into a directory", "--bundle", "{missing}", "--inputs", "{npy}", "--json", "{existing}"),
+        error("missing inputs", "--bundle", "{missing}", "--inputs", "{missing}", says="no such input file"),
+        error("inputs not npy", "--bundle", "{missing}", "--inputs", "{junk_npz}",
+              says="not a readable .npy"),
+        error("missing bundle", "--bundle", "{missing}", "--inputs", "{npy}"),
+        error("manifest not JSON", "--bundle", "{broken}", "--inputs", "{npy}"),
+        error("links as bundle", "--bundle", "{links}", "--inputs", "{npy}"),
+    ),
     "stip serve": (
         usage("no bundle"),
         usage("port out of range", "--bundle", "{missing}", "--port", "-1"),
@@ -497,6 +529,8 @@ def inputs(tmp_path_factory) -> dict[str, Path]:
                 costs={"speech": {"ms": 1.0}}).save(paths["other_table"])
     paths["links"] = root / "links"
     LinkGraph.train(table.outputs, table.specs, LinkOptions(epochs=1)).save(paths["links"])
+    paths["npy"] = root / "batch.npy"
+    np.save(paths["npy"], np.zeros((1, 3, 8, 8), np.float32))
     paths["clients"] = root / "clients.txt"
     paths["clients"].write_text("edge-1\nedge-2\n")
     # A link to a folder that does not exist: nothing can be created below it. It lives outside

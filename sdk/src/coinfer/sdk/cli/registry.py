@@ -94,7 +94,11 @@ GROUPS: tuple[Group, ...] = (
         Action("bench", "MLink against standalone, random, Reducto-style and the optimum on real models",
                BENCH),
     )),
-    Group("split", "choose the device/edge DNN cut and compress the tensor across it", tracking_issue=19),
+    Group("split", "choose the device/edge DNN cut and compress the tensor across it (more in #19)", (
+        Action("export", "cut an ONNX model and write its device and edge halves", EDGE),
+        Action("serve", "the edge half: decode the crossing tensors, run the tail", EDGE),
+        Action("run", "run the head here and the tail on the edge for a batch of inputs", DEVICE),
+    ), tracking_issue=19),
     Group("evolve", "NestEvo: edge-assisted co-evolution of device models", tracking_issue=20),
     Group("data", "generate deterministic workloads (scenes, corpus, speech)", (
         Action("scenes", "multi-camera videos with real detector results and generative truth", BENCH),
