@@ -1,8 +1,9 @@
-"""Lazy, quiet imports of the training frameworks, with install hints when they are missing.
+"""Lazy, quiet imports of the frameworks, with install hints when they are missing.
 
 The sdk trains filters, predictors and links, but a device never does: TensorFlow and
-PyTorch are imported by the functions that need them, through these two, so a missing
-framework is one clear line rather than an ImportError deep in a call.
+PyTorch are imported by the functions that need them, through these, so a missing
+framework is one clear line rather than an ImportError deep in a call; so is ONNX Runtime,
+which split profiling measures on.
 """
 
 from __future__ import annotations
@@ -21,6 +22,16 @@ def import_tensorflow() -> ModuleType:
     except ImportError as error:
         raise CoinferError("TensorFlow is not installed; pip install 'coinfer-edge[train]'") from error
     return tensorflow
+
+
+def import_onnxruntime() -> ModuleType:
+    """Import ONNX Runtime."""
+    try:
+        import onnxruntime
+    except ImportError as error:
+        raise CoinferError("ONNX Runtime is not installed; pip install onnxruntime "
+                           "(or 'coinfer-sdk[split]')") from error
+    return onnxruntime
 
 
 def import_torch() -> ModuleType:

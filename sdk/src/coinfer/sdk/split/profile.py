@@ -66,7 +66,8 @@ from typing import Any
 import numpy as np
 
 from coinfer.sdk.artifact import ArtifactError, Manifest, load_artifact, save_artifact
-from coinfer.sdk.errors import CoinferError, InvalidArgumentError, one_line
+from coinfer.sdk.errors import InvalidArgumentError, one_line
+from coinfer.sdk.frameworks import import_onnxruntime
 from coinfer.sdk.split.graph import Cut, SplitGraph, SplitGraphError
 
 RUNTIME = "onnxruntime"
@@ -571,16 +572,8 @@ def _owner(kernel: str, owners: Mapping[str, int]) -> int | None:
     return None
 
 
-def _ort() -> Any:
-    try:
-        import onnxruntime
-    except ImportError as error:
-        raise CoinferError("ONNX Runtime is not installed; pip install onnxruntime") from error
-    return onnxruntime
-
-
 def _session(model: Any, threads: int, what: str, *, profile_prefix: str | None = None) -> Any:
-    ort = _ort()
+    ort = import_onnxruntime()
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
