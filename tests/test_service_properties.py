@@ -1,12 +1,13 @@
-"""Property-based fuzzing of coinfer's four HTTP services, each a real server on 127.0.0.1.
+"""Property-based fuzzing of coinfer's five HTTP services, each a real server on 127.0.0.1.
 
 The edge gateway (``gate serve``), the InFi detection service (``infi serve``), the STIP model
-server (``stip serve``) and the MLink aggregation service (``mlink serve``) each get random
-requests from hypothesis, sent as raw bytes on a fresh TCP connection: known routes and junk
-paths, every method, with and without the bearer token, random headers and content types,
-``Content-Length`` lies, chunked bodies, and bodies that are junk bytes, JSON, or valid
-wire frames (real video packets, embeddings, link-weight deltas, JPEGs) truncated and
-mutated in their fixed header, msgpack header, array table, dtypes, shapes and values.
+server (``stip serve``), the MLink aggregation service (``mlink serve``) and the split tail
+service (:mod:`coinfer.edge.split.service`) each get random requests from hypothesis, sent
+as raw bytes on a fresh TCP connection: known routes and junk paths, every method, with and
+without the bearer token, random headers and content types, ``Content-Length`` lies,
+chunked bodies, and bodies that are junk bytes, JSON, or valid wire frames (real video
+packets, embeddings, link-weight deltas, JPEGs, the int8 tensors crossing a split) truncated
+and mutated in their fixed header, msgpack header, array table, dtypes, shapes and values.
 
 After every request: no 5xx answer, an answer (not a reset or a silent close) to every
 well-formed HTTP request, and no 2xx answer without the token except ``/healthz``. After
@@ -1027,6 +1028,249 @@ def test_mlink_service_survives_random_requests(mlink: SimpleNamespace) -> None:
         assert status == 200 and json.loads(answer)["graph"] == aggregator.graph_id
         assert json.loads(answer)["description"] == json.loads(json.dumps(mlink.description))
         good_round(mlink)
+
+
+# ----------------------------------------------------------------------------- the split tail service
+
+#: The tiny split graph's sizes, and the samples one request may hold (the service's max_batch).
+SPLIT_FEATURES, SPLIT_WIDTH, SPLIT_CLASSES, SPLIT_MAX_BATCH = 16, 8, 10, 4
+#: The largest scale an int8 tensor may carry (255 steps of it stay finite), and the next float32.
+SPLIT_MAX_SCALE = np.float32(np.finfo(np.float32).max / 256)
+SCALE_EDGES = [0.0, -0.0, -1.0, 1e-45, float(SPLIT_MAX_SCALE),
+               float(np.nextafter(SPLIT_MAX_SCALE, np.float32(np.inf))), 3.4e38, float("nan"), float("inf"),
+               float("-inf")]
+ZERO_POINT_EDGES = [-128, 127, -129, 128, 2**31 - 1, -2**31]
+INDEX_EDGES = [SPLIT_FEATURES - 1, -SPLIT_FEATURES, SPLIT_FEATURES, -SPLIT_FEATURES - 1, *INT64_EDGES]
+
+
+def tiny_split_graph() -> Any:
+    """Two branches cut so that three tensors cross: the device makes ``a = relu(x @ w1)`` and
+    ``idx = argmax(x)`` (an int64 index, which travels in its own dtype); the edge runs
+    ``sigmoid(x) @ w2`` (so ``x`` crosses too, quantised like ``a``), looks ``idx`` up in a
+    table, and makes ``logits = (a + sigmoid(x) @ w2 + table[idx]) @ w3``."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from coinfer.sdk.split.graph import SplitGraph
+
+    rng = np.random.default_rng(5)
+    shapes = {"w1": (SPLIT_FEATURES, SPLIT_WIDTH), "w2": (SPLIT_FEATURES, SPLIT_WIDTH),
+              "table": (SPLIT_FEATURES, SPLIT_WIDTH), "w3": (SPLIT_WIDTH, SPLIT_CLASSES)}
+    weights = [numpy_helper.from_array((0.5 * rng.standard_normal(shape)).astype(np.float32), name)
+               for name, shape in shapes.items()]
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"]), helper.make_node("Relu", ["h"], ["a"]),
+             helper.make_node("ArgMax", ["x"], ["idx"], axis=1, keepdims=0),
+             helper.make_node("Sigmoid", ["x"], ["b"]), helper.make_node("MatMul", ["b", "w2"], ["c"]),
+             helper.make_node("Gather", ["table", "idx"], ["e"], axis=0),
+             helper.make_node("Add", ["a", "c"], ["s"]), helper.make_node("Add", ["s", "e"], ["t"]),
+             helper.make_node("MatMul", ["t", "w3"], ["logits"])]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", SPLIT_FEATURES])]
+    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", SPLIT_CLASSES])]
+    return SplitGraph(helper.make_model(helper.make_graph(nodes, "split", inputs, outputs, weights)))
+
+
+@pytest.fixture(scope="module")
+def split(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]:
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from coinfer.edge.split import SplitServer, SplitServiceOptions
+    from coinfer.sdk.split.bundle import export_split
+
+    graph = tiny_split_graph()
+    device, edge = export_split(graph, graph.cut_of(frozenset({0, 1, 2})),
+                                tmp_path_factory.mktemp("split") / "out", "int8")
+    assert [tensor.name for tensor in edge.spec.crossing] == ["x", "a", "idx"]
+    with SplitServer(edge, TOKEN, SplitServiceOptions(max_batch=SPLIT_MAX_BATCH)) as server:
+        yield SimpleNamespace(url=server.url, service=server.service, device=device, spec=edge.spec)
+
+
+def split_tensors(spec: Any, batch: int, seed: int, magnitude: float = 1.0) -> dict[str, np.ndarray]:
+    """Crossing tensors as the head makes them: floats of about ``magnitude`` (clipped to
+    float32's range), indices within the table."""
+    from coinfer.sdk.split.tensors import sample_shape
+
+    rng = np.random.default_rng(seed)
+    made = {}
+    for tensor in spec.crossing:
+        shape = (batch, *sample_shape(tensor))
+        if tensor.numpy_dtype.kind == "f":
+            with np.errstate(over="ignore"):
+                values = np.clip(magnitude * rng.standard_normal(shape), -3.4e38, 3.4e38)
+            made[tensor.name] = values.astype(tensor.numpy_dtype)
+        else:
+            made[tensor.name] = rng.integers(0, SPLIT_FEATURES, shape).astype(tensor.numpy_dtype)
+    return made
+
+
+def split_arrays(spec: Any, batch: int, seed: int, magnitude: float = 1.0) -> dict[str, np.ndarray]:
+    """A frame's arrays for ``batch`` samples, encoded as the device's codec does (for a batch
+    of 0, which the codec refuses, the layout's arrays with no rows)."""
+    if batch < 1:
+        return {array.name: np.zeros((0, *array.shape), array.dtype) for array in spec.codec.arrays}
+    return spec.codec.encode(split_tensors(spec, batch, seed, magnitude))
+
+
+def split_messages(spec: Any) -> st.SearchStrategy[wire.Message]:
+    """Requests for the tail: a batch (mostly within the limit) encoded by the device's codec,
+    as is or with one split field wrong: the identity in the header (fingerprint, cut,
+    encoding), an int8 tensor's scales or zero points, a tensor sent unquantised, an index,
+    or one array's batch."""
+    from coinfer.sdk.split import protocol
+
+    codec = spec.codec
+    scales = [array.name for array in codec.arrays if array.name.endswith(protocol.SCALE_SUFFIX)]
+    zero_points = [array.name for array in codec.arrays if array.name.endswith(protocol.ZERO_POINT_SUFFIX)]
+    floats = [tensor.name for tensor in spec.crossing if tensor.numpy_dtype.kind == "f"]
+    indices = [tensor.name for tensor in spec.crossing if tensor.numpy_dtype.kind in "iu"]
+    identity = dict(spec.identity)
+    others = {field: ["0" * len(value), value.upper(), value[:-1], value + "0"]
+              for field, value in identity.items() if field != "encoding"}
+    others["encoding"] = ["float32", "float16", "INT8", "int8 ", "int4"]
+    odd = st.sampled_from([None, "", 0, 2**64 - 1, -1.5, [], {}, b"int8"])
+
+    @st.composite
+    def infer(draw: st.DrawFn) -> wire.Message:
+        batch = draw(mostly(st.integers(1, SPLIT_MAX_BATCH), st.sampled_from(
+            [0, SPLIT_MAX_BATCH + 1, 3 * SPLIT_MAX_BATCH, protocol.MAX_BATCH + 1])))
+        magnitude = draw(st.sampled_from([1.0] * 4 + [0.0, 1e-30, 1e30, 1e36, 3e38]))
+        arrays = split_arrays(spec, batch, draw(st.integers(0, 3)), magnitude)
+        header: dict[str, Any] = {protocol.SPLIT_KEY: identity}
+        how = draw(st.sampled_from(["as-is"] * 4 + ["identity", "scale", "zero_point", "unquantised", "index",
+                                                     "batch"]))
+        if how == "identity":
+            field = draw(st.sampled_from([*others, "drop", "extra", "whole"]))
+            if field in others:
+                header = {protocol.SPLIT_KEY: {**identity, field: draw(st.sampled_from(others[field]) | odd)}}
+            elif field == "drop":
+                drop = draw(st.sampled_from(list(identity)))
+                header = {protocol.SPLIT_KEY: {key: value for key, value in identity.items() if key != drop}}
+            elif field == "extra":
+                key = draw(st.sampled_from(["head_nodes", "version", ""]))
+                header = {protocol.SPLIT_KEY: {**identity, key: draw(junk_values)}}
+            else:
+                wrong = [{}, {"Split": identity}, {protocol.SPLIT_KEY: [*identity.values()]},
+                         {protocol.SPLIT_KEY: spec.cut}]
+                header = draw(st.sampled_from(wrong) | odd.map(lambda value: {protocol.SPLIT_KEY: value}))
+        elif how in ("scale", "zero_point", "index") and batch:
+            name = draw(st.sampled_from({"scale": scales, "zero_point": zero_points, "index": indices}[how]))
+            edges = {"scale": SCALE_EDGES, "zero_point": ZERO_POINT_EDGES, "index": INDEX_EDGES}[how]
+            value = np.array(arrays[name], copy=True)
+            change = draw(st.sampled_from(["value"] * 4 + ["dtype", "shape"]))
+            with np.errstate(all="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                if change == "value":
+                    for _ in range(draw(st.integers(1, batch))):
+                        edge = draw(st.sampled_from(edges))
+                        if np.can_cast(np.min_scalar_type(edge), value.dtype) or value.dtype.kind == "f":
+                            value.reshape(batch, -1)[draw(st.integers(0, batch - 1)), 0] = edge
+                elif change == "dtype":
+                    value = value.astype(draw(st.sampled_from(["<f8", "<f2", "<i8", "<i4", "|i1", "|b1"])))
+                else:
+                    value = draw(st.sampled_from([value[:, None], value[:0], value[0], np.tile(value, 2)]))
+            arrays[name] = value
+        elif how == "unquantised":  # a device of another encoding (or none), with this one's identity
+            name = draw(st.sampled_from(floats))
+            raw = split_tensors(spec, max(batch, 1), 0, magnitude)[name][:batch]
+            dtype = draw(st.sampled_from(["<f4", "<f2", "<f8"]))
+            with np.errstate(all="ignore"):  # 1e300 overflows float32 and float16 to infinity, as meant
+                raw = raw.astype(dtype)
+                if raw.size and draw(st.booleans()):
+                    raw.reshape(-1)[draw(st.integers(0, raw.size - 1))] = draw(st.sampled_from(EDGE_FLOATS))
+            arrays[name] = raw
+            if draw(st.booleans()):
+                arrays.pop(protocol.scale_name(name))
+                arrays.pop(protocol.zero_point_name(name))
+        elif how == "batch" and batch:  # one array of another batch than the others
+            name = draw(st.sampled_from(list(arrays)))
+            rows = draw(st.sampled_from([0, batch - 1, batch + 1, 2 * batch]))
+            arrays[name] = np.resize(arrays[name], (rows, *arrays[name].shape[1:])).astype(arrays[name].dtype)
+        return wire.Message(wire.MessageType.REQUEST, header, arrays)
+
+    return infer()
+
+
+def split_seeds(spec: Any) -> list[Request]:
+    """A good batch of two with one field at an edge: a scale (0, the smallest float32, the
+    largest allowed and the next, NaN, infinities), a zero point, int8 values that
+    dequantise to float32's largest, an index (the table's ends, just past them, int64's
+    ends), the batch (0, the limit, one past it) and the identity (each field another's)."""
+    from coinfer.sdk.split import protocol
+
+    codec = spec.codec
+    good = split_arrays(spec, 2, 0)
+    identity = {protocol.SPLIT_KEY: dict(spec.identity)}
+
+    def frame(arrays: dict[str, np.ndarray], header: dict[str, Any] = identity) -> Request:
+        return post(protocol.INFER_PATH, pack(wire.MessageType.REQUEST, header, arrays))
+
+    seeds = []
+    for array in codec.arrays:
+        edges = (SCALE_EDGES if array.name.endswith(protocol.SCALE_SUFFIX) else ZERO_POINT_EDGES
+                 if array.name.endswith(protocol.ZERO_POINT_SUFFIX) else [])
+        seeds += [frame({**good, array.name: np.array([good[array.name][0], edge], array.dtype)})
+                  for edge in edges]
+    for tensor in spec.crossing:
+        if tensor.numpy_dtype.kind == "f":  # every step at float32's end: -255 and +255 x the largest scale
+            for low in (True, False):
+                steps = np.full_like(good[tensor.name], -128 if low else 127)
+                seeds.append(frame({**good, tensor.name: steps,
+                                    protocol.scale_name(tensor.name): np.full(2, SPLIT_MAX_SCALE, np.float32),
+                                    protocol.zero_point_name(tensor.name): np.full(2, 127 if low else -128,
+                                                                                   np.int32)}))
+    for batch in (0, SPLIT_MAX_BATCH, SPLIT_MAX_BATCH + 1):
+        seeds.append(frame(split_arrays(spec, batch, 1)))
+    for field in spec.identity:
+        other = {**spec.identity, field: "0" * len(spec.identity[field])}
+        seeds.append(frame(good, {protocol.SPLIT_KEY: other}))
+    for tensor in spec.crossing:
+        if tensor.numpy_dtype.kind in "iu":
+            fits = [edge for edge in INDEX_EDGES if np.can_cast(np.min_scalar_type(edge), tensor.numpy_dtype)]
+            seeds += [frame({**good, tensor.name: np.array([0, edge], tensor.numpy_dtype)}) for edge in fits]
+    return seeds
+
+
+def split_service(split: SimpleNamespace) -> Service:
+    from coinfer.sdk.split import protocol
+
+    messages = split_messages(split.spec)
+
+    def bodies(template: str, ident: str) -> st.SearchStrategy[bytes]:
+        return mostly(frame_bodies(messages, most=1), frame_bodies(messages, most=2) | junk_bodies)
+
+    routes = [("GET", protocol.INFO_PATH), ("POST", protocol.INFER_PATH), ("POST", protocol.INFER_PATH)]
+    return Service("the split tail service", split.url, routes, junk_ids, bodies,
+                   seeds=split_seeds(split.spec))
+
+
+def test_split_service_survives_random_requests(split: SimpleNamespace) -> None:
+    from coinfer.device.split import SplitClient
+    from coinfer.sdk.split import protocol
+
+    client = SplitClient.create_from_bundle(split.device, split.url, TOKEN, max_batch=SPLIT_MAX_BATCH)
+    inputs = np.random.default_rng(7).standard_normal((3, SPLIT_FEATURES)).astype(np.float32)
+    logits = client.infer(inputs)["logits"]
+    assert logits.shape == (3, SPLIT_CLASSES) and np.isfinite(logits).all()
+    service = split_service(split)
+    limits = split.spec.response_limits(SPLIT_MAX_BATCH)
+    served = split.service.info()["requests"]
+
+    def after_each(request: Request, answer: Answer) -> None:
+        nonlocal served
+        if answer.status == 200 and request.path == protocol.INFER_PATH:
+            # an answered request is the graph's outputs for a batch within the limit
+            served += 1
+            reply = wire.decode(answer.body, limits)
+            assert reply.type == wire.MessageType.RESPONSE and set(reply.arrays) == {"logits"}, request
+            batch = reply.arrays["logits"].shape[0]
+            assert reply.arrays["logits"].shape == (batch, SPLIT_CLASSES) and 1 <= batch <= SPLIT_MAX_BATCH
+            assert isinstance(reply.header.get(protocol.TAIL_MS_KEY), float), reply.header
+        assert split.service.info()["requests"] == served  # only what it answered ran the tail
+
+    with fuzzing(service):
+        run_fuzz(service, after_each)
+        np.testing.assert_array_equal(client.infer(inputs)["logits"], logits)
+        info = json.loads(call(split.url, "GET", protocol.INFO_PATH)[1])
+        assert info["requests"] == served + 1 and info["max_batch"] == SPLIT_MAX_BATCH
+        assert info["spec"] == split.spec.to_dict()
 
 
 if __name__ == "__main__":  # pragma: no cover - run one service's fuzz by hand

@@ -188,3 +188,11 @@ def test_layouts_that_cannot_cross_a_cut_are_refused(tensors, encoding, message)
 
 def test_check_specs_returns_the_specs():
     assert check_specs([SKIP, INDEX], "inputs") == (SKIP, INDEX)
+
+
+def test_int8_refuses_a_range_its_own_decoder_would_refuse():
+    codec = TensorCodec([TensorSpec("t", (None, 2), "float32")], "int8")
+    wide = np.array([[3.4e38, -3.4e38]], np.float32)
+    with pytest.raises(TensorCodecError, match="too wide for int8"):
+        codec.encode({"t": wide})
+    codec.decode(codec.encode({"t": wide / 4}))

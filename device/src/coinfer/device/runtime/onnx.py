@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from coinfer.device.runtime.base import Runner, RunnerError, RunnerOptions, check_model_file
+from coinfer.sdk.errors import one_line
 from coinfer.sdk.tensor import TensorSpec
 
 _ONNX_TYPES = {
@@ -55,8 +56,13 @@ class ONNXRunner(Runner):
         return cls(session, options)
 
     def _invoke(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument, RuntimeException
+
         names = [spec.name for spec in self._outputs]
-        return dict(zip(names, self._session.run(names, feeds), strict=True))
+        try:
+            return dict(zip(names, self._session.run(names, feeds), strict=True))
+        except (Fail, InvalidArgument, RuntimeException) as error:  # values the model cannot take
+            raise RunnerError(f"the model cannot run on these inputs: {one_line(error)}") from error
 
 
 def _spec(arg: Any) -> TensorSpec:

@@ -57,7 +57,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
-from coinfer.device.runtime.base import RunnerOptions
+from coinfer.device.runtime.base import RunnerError, RunnerOptions
 from coinfer.device.runtime.onnx import ONNXRunner
 from coinfer.sdk import wire
 from coinfer.sdk.errors import CoinferError, InvalidArgumentError
@@ -160,7 +160,10 @@ class SplitTailService:
         if self._runner is not None:
             feeds = {spec.name: crossing[spec.name] for spec in self._runner.input_specs}
             with self._slots:
-                made = self._runner.run(feeds)
+                try:
+                    made = self._runner.run(feeds)
+                except RunnerError as error:  # e.g. an index the tail's Gather cannot look up
+                    raise SplitServiceError(str(error), status=422) from error
         outputs = {spec.name: made[spec.name] if spec.name in made else crossing[spec.name]
                    for spec in self.spec.outputs}
         return outputs, (time.perf_counter() - started) * 1000.0

@@ -271,6 +271,9 @@ def _quantize(name: str, rows: np.ndarray, shape: tuple[int, ...]) -> dict[str, 
     scale = wanted.astype(np.float32)
     # Rounded down to float32, the scale would stretch the range past 255 steps and clip.
     scale = np.where(scale < wanted, np.nextafter(scale, np.float32(np.inf)), scale).astype(np.float32)
+    if (scale > _MAX_SCALE).any():  # what the decoder would refuse: say so here, not at the edge
+        raise TensorCodecError(f"tensor {name!r} spans {float((high - low).max()):.3g}, too wide for int8 "
+                               f"(a scale over {_MAX_SCALE:.3g}); send it as float32")
     zero_point = np.clip(np.round(-128.0 - low / scale), -128, 127).astype(np.int32)
     steps = np.round(rows / scale[:, None].astype(np.float64)) + zero_point[:, None]
     return {name: np.clip(steps, -128, 127).astype(np.int8).reshape(shape),
