@@ -1084,8 +1084,8 @@ def split(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]
 
 
 def split_tensors(spec: Any, batch: int, seed: int, magnitude: float = 1.0) -> dict[str, np.ndarray]:
-    """Crossing tensors as the head makes them: floats of about ``magnitude`` (clipped to
-    float32's range), indices within the table."""
+    """Crossing tensors as the head makes them: floats of about ``magnitude`` (clipped to half
+    float32's range, the widest span int8 can carry), indices within the table."""
     from coinfer.sdk.split.tensors import sample_shape
 
     rng = np.random.default_rng(seed)
@@ -1094,7 +1094,7 @@ def split_tensors(spec: Any, batch: int, seed: int, magnitude: float = 1.0) -> d
         shape = (batch, *sample_shape(tensor))
         if tensor.numpy_dtype.kind == "f":
             with np.errstate(over="ignore"):
-                values = np.clip(magnitude * rng.standard_normal(shape), -3.4e38, 3.4e38)
+                values = np.clip(magnitude * rng.standard_normal(shape), -1.6e38, 1.6e38)
             made[tensor.name] = values.astype(tensor.numpy_dtype)
         else:
             made[tensor.name] = rng.integers(0, SPLIT_FEATURES, shape).astype(tensor.numpy_dtype)

@@ -121,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Example:
 
-    >>> main(["split", "plan"])  # prints why on stderr
+    >>> main(["evolve", "train"])  # prints why on stderr
     69
     """
     argv = _renamed(list(sys.argv[1:] if argv is None else argv))
