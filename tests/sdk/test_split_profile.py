@@ -203,3 +203,24 @@ def test_a_tiny_graph_fits_with_every_type_on_the_fallback():
     assert isinstance(model, OperatorModel) and OperatorModel.from_dict(model.to_dict()) == model
     times = measure_cuts(graph, feeds, repeats=1, warmup=0)
     assert isinstance(times, CutTimes) and CutTimes.from_dict(times.to_dict()) == times
+
+
+def test_each_side_times_only_its_halves_and_merges_only_them():
+    graph = tiny_graph()
+    feeds = {"x": np.ones((1, 8), np.float32)}
+    heads = measure_cuts(graph, feeds, repeats=2, side="device")
+    tails = measure_cuts(graph, feeds, repeats=2, side="edge")
+    assert heads.side == "device" and not any(heads.edge_ms) and all(heads.device_ms[1:])
+    assert tails.side == "edge" and not any(tails.device_ms) and all(tails.edge_ms[:-1])
+    merged = merge_sides(heads, tails)
+    assert (merged.side, merged.device_ms, merged.edge_ms) == ("both", heads.device_ms, tails.edge_ms)
+    with pytest.raises(InvalidArgumentError, match="edge times were taken on the device side only"):
+        merge_sides(heads, heads)
+    record = tails.to_dict()
+    assert CutTimes.from_dict(record) == tails
+    del record["side"]  # a profile written before sides were recorded timed both
+    assert CutTimes.from_dict(record).side == "both"
+    nodes = profile_nodes(graph, feeds, repeats=2)
+    assert fit_operator_model(graph, nodes, tails).session_ms >= 0  # the overhead from the tails
+    with pytest.raises(InvalidArgumentError, match="unknown side"):
+        measure_cuts(graph, feeds, side="cloud")

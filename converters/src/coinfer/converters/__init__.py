@@ -11,6 +11,9 @@ Example::
                              representative_data=x_train[:200], samples=x_test)
     assert result.parity.top1_agreement >= 0.98
 
+Split heads (ONNX subgraphs) become TFLite through Keras: :func:`onnx_to_keras`,
+:func:`export_tflite_head` (see :mod:`coinfer.converters.split_heads`).
+
 TensorFlow and PyTorch are imported inside the export functions, not here.
 """
 
@@ -22,6 +25,8 @@ from coinfer.converters.export import (
     ParityReport,
 )
 from coinfer.converters.keras_tflite import QUANTIZATIONS, keras_to_tflite
+from coinfer.converters.onnx_keras import onnx_to_keras
+from coinfer.converters.split_heads import export_tflite_head
 from coinfer.converters.torch_onnx import torch_to_onnx
 from coinfer.converters.torch_tflite import torch_to_tflite
 
@@ -32,7 +37,9 @@ __all__ = [
     "ExportResult",
     "ParityLimits",
     "ParityReport",
+    "export_tflite_head",
     "keras_to_tflite",
+    "onnx_to_keras",
     "torch_to_onnx",
     "torch_to_tflite",
 ]

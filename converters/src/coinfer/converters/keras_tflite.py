@@ -35,12 +35,17 @@ def keras_to_tflite(
     representative_data: Samples | None = None,
     samples: Samples | None = None,
     options: ExportOptions = DEFAULT_OPTIONS,
+    integer_io: bool = True,
 ) -> ExportResult:
     """Convert a Keras model, check it against Keras on ``samples``, write an artifact.
 
     ``int8`` quantises weights, activations and the model's inputs and outputs to int8
     using ``representative_data`` for calibration; the device runtime quantises float
-    inputs and dequantises outputs with the scales recorded in the model. Example::
+    inputs and dequantises outputs with the scales recorded in the model. With
+    ``integer_io=False`` an int8 model keeps float32 inputs and outputs (it quantises and
+    dequantises inside), for callers that feed it with other runtimes than coinfer's. A model
+    with a dict of outputs is compared output by output in sorted key order, the order of the
+    TFLite signature. Example::
 
         result = keras_to_tflite(model, "out/digits-int8", quantization="int8",
                                  representative_data=x_train[:200], samples=x_test)
@@ -68,8 +73,9 @@ def keras_to_tflite(
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = lambda: _calibration_batches(calibration)
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        converter.inference_input_type = tf.int8
-        converter.inference_output_type = tf.int8
+        if integer_io:
+            converter.inference_input_type = tf.int8
+            converter.inference_output_type = tf.int8
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             flatbuffer = converter.convert()
@@ -78,6 +84,8 @@ def keras_to_tflite(
 
     def reference(batches: list[np.ndarray]) -> list[np.ndarray]:
         outputs = model(batches[0] if len(batches) == 1 else batches, training=False)
+        if isinstance(outputs, dict):
+            outputs = [outputs[name] for name in sorted(outputs)]
         outputs = outputs if isinstance(outputs, list | tuple) else [outputs]
         return [np.asarray(output) for output in outputs]
 

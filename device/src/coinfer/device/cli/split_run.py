@@ -49,5 +49,7 @@ def run(args: argparse.Namespace) -> int:
     found |= {"batch": stats.batch, "head_ms": stats.head_ms, "tail_ms": stats.tail_ms,
               "round_trip_ms": stats.round_trip_ms, "bytes_sent": stats.bytes_sent,
               "bytes_received": stats.bytes_received}
+    if client.spec.encoding == "entropy":  # latent values beyond the tables, sent as their ends
+        found["clipped"] = stats.clipped
     report(f"split run of {args.bundle}", found, args.json)
     return 0

@@ -2,12 +2,15 @@
 
 The device holds only its half of an export (``OUT/device`` of
 :func:`~coinfer.sdk.split.bundle.export_split`): the head as ONNX, run on ONNX Runtime
-(``pip install coinfer-device[split]``), and the spec of what crosses. Each
+(``pip install coinfer-device[split]``), or as TFLite (``head.tflite``, written by
+``coinfer.converters.split_heads.export_tflite_head``), run on LiteRT, and the spec of what
+crosses. Each
 :meth:`SplitClient.infer` checks the inputs against the graph's, runs the head, encodes the
-crossing tensors (float32, float16 or int8, as exported), posts them to the edge's tail
+crossing tensors (float32, float16, int8, or a bottleneck's latent range-coded with the
+side's ``tables.npz``, as exported; constriction codes it), posts them to the edge's tail
 service (:mod:`coinfer.edge.split.service`) and checks the outputs it answers. It measures
 what a planner needs (:class:`CallStats`): the head's milliseconds and the bytes sent.
-numpy, ONNX Runtime and the standard library only: no torch, no tensorflow.
+numpy, ONNX Runtime or LiteRT and the standard library only: no torch, no tensorflow.
 
 Inputs are refused before the head runs or anything is sent:
 
@@ -44,8 +47,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from coinfer.device.runtime.base import RunnerOptions
+from coinfer.device.runtime.base import Runner, RunnerOptions
 from coinfer.device.runtime.onnx import ONNXRunner
+from coinfer.device.runtime.tflite import TFLiteRunner
 from coinfer.sdk import wire
 from coinfer.sdk.errors import CoinferError
 from coinfer.sdk.split import protocol
@@ -68,7 +72,9 @@ class CallStats:
     ``head_ms``: the head on this device (0 where the cut leaves it no node); ``encode_ms``:
     encoding the crossing tensors and the frame; ``bytes_sent``/``bytes_received``: the
     request and answer bodies (frames); ``round_trip_ms``: from sending to the whole answer;
-    ``tail_ms``: the edge's time for the tail (its queue included), as it reports it.
+    ``tail_ms``: the edge's time for the tail (its queue included), as it reports it;
+    ``clipped``: values of an entropy-coded latent outside its tables' range, sent as the
+    range's ends (0 in the other encodings).
     """
 
     batch: int
@@ -78,14 +84,17 @@ class CallStats:
     bytes_received: int
     round_trip_ms: float
     tail_ms: float
+    clipped: int = 0
 
 
 class SplitClient:
     """One device running the head of an exported split against one edge tail service.
 
     ``max_batch`` must not exceed the service's (``GET /v1/split/info``); ``threads`` are
-    ONNX Runtime's intra-op threads for the head. ``last`` holds the :class:`CallStats` of
-    the latest call; ``calls``, ``bytes_sent``, ``bytes_received`` and ``head_ms`` add up.
+    the head runtime's threads (ONNX Runtime's intra-op threads, or LiteRT's for a
+    ``head.tflite``). ``last`` holds the :class:`CallStats` of
+    the latest call; ``calls``, ``bytes_sent``, ``bytes_received``, ``head_ms`` and
+    ``clipped`` add up.
     """
 
     def __init__(self, head: SplitSide, url: str, token: str, *, threads: int = 1, timeout: float = 60.0,
@@ -110,14 +119,13 @@ class SplitClient:
         self._request_limits = self.spec.request_limits(max_batch)
         self._response_limits = self.spec.response_limits(max_batch)
         self._max_response_bytes = protocol.frame_bytes(self._response_limits)
-        model = head.model
-        self._runner = (None if model is None else
-                        ONNXRunner.create_from_file(model, RunnerOptions(num_threads=threads)))
+        self._runner, self._feeds, self._made = self._head_runner(head, threads)
         self.last: CallStats | None = None
         self.calls = 0
         self.bytes_sent = 0
         self.bytes_received = 0
         self.head_ms = 0.0
+        self.clipped = 0
 
     @classmethod
     def create_from_bundle(cls, head_bundle: SplitSide | str | os.PathLike, url: str, token: str, *,
@@ -136,14 +144,15 @@ class SplitClient:
         except TensorCodecError as error:
             raise SplitClientError(str(error)) from None
         started = time.perf_counter()
-        made = {} if self._runner is None else self._runner.run(
-            {spec.name: named[spec.name] for spec in self._runner.input_specs})
+        made = {} if self._runner is None else {
+            self._made[name]: value for name, value in self._runner.run(
+                {name: named[graph_name] for name, graph_name in self._feeds.items()}).items()}
         head_ms = (time.perf_counter() - started) * 1000.0 if self._runner is not None else 0.0
         crossing = {spec.name: named[spec.name] if spec.name in named else made[spec.name]
                     for spec in self.spec.crossing}
         started = time.perf_counter()
         try:
-            arrays = self.spec.codec.encode(crossing)
+            arrays, clipped = self.spec.codec.encode_counting(crossing)
         except TensorCodecError as error:
             raise SplitClientError(f"cannot send the crossing tensors: {error}") from None
         frame = wire.encode(wire.Message(wire.MessageType.REQUEST, {protocol.SPLIT_KEY: self.spec.identity},
@@ -153,12 +162,37 @@ class SplitClient:
         answer = self._post(frame)
         round_trip_ms = (time.perf_counter() - started) * 1000.0
         outputs, tail_ms = self._read_answer(answer, batch)
-        self.last = CallStats(batch, head_ms, encode_ms, len(frame), len(answer), round_trip_ms, tail_ms)
+        self.last = CallStats(batch, head_ms, encode_ms, len(frame), len(answer), round_trip_ms, tail_ms,
+                              clipped)
         self.calls += 1
         self.bytes_sent += len(frame)
         self.bytes_received += len(answer)
         self.head_ms += head_ms
+        self.clipped += clipped
         return outputs
+
+    @staticmethod
+    def _head_runner(head: SplitSide, threads: int) -> tuple[Runner | None, dict[str, str], dict[str, str]]:
+        """The head's runner and how its input and output tensors map to the graph's names."""
+        model = head.model
+        if model is None:
+            return None, {}, {}
+        options = RunnerOptions(num_threads=threads)
+        if model.suffix != TFLiteRunner.suffix:
+            runner: Runner = ONNXRunner.create_from_file(model, options)
+            return (runner, {spec.name: spec.name for spec in runner.input_specs},
+                    {spec.name: spec.name for spec in runner.output_specs})
+        runner = TFLiteRunner.create_from_file(model, options)
+        names = head.head_tensors
+        assert names is not None  # load_side checked that a head.tflite comes with its names
+        feeds, made = names
+        for what, specs, mapping in (("inputs", runner.input_specs, feeds),
+                                     ("outputs", runner.output_specs, made)):
+            found = sorted(spec.name for spec in specs)
+            if found != sorted(mapping):
+                raise SplitClientError(f"{model}: the model's {what} {found[:4]} are not those its manifest "
+                                       f"names {sorted(mapping)[:4]}")
+        return runner, feeds, made
 
     def _name_inputs(self, inputs: np.ndarray | Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """``inputs`` by name, each in its graph dtype (a safe cast of the same kind, such as

@@ -16,7 +16,9 @@ frame over the limit, which is sized from the bundle (``max_batch`` samples of t
 tensors: a larger batch is refused before it is decoded); 400 for a body that is not a
 frame; 422 for a frame of another export or whose arrays are not exactly the crossing
 tensors (names, shapes after the batch axis, dtypes, finite values, valid int8
-parameters). None is a 500 or a traceback in the log.
+parameters, entropy-coded bitstreams that decode with the bundle's tables: a corrupt or
+truncated one is refused, never decoded to another latent). None is a 500 or a traceback
+in the log.
 
 Example, with the device's client (``y = relu(x) + sigmoid(x)`` cut after ``relu``):
 
@@ -145,10 +147,12 @@ class SplitTailService:
         named = message.header.get(protocol.SPLIT_KEY)
         if named != self.spec.identity:
             spec = self.spec
+            tables = f" with entropy tables {spec.tables_fingerprint}" if spec.tables_fingerprint else ""
             raise SplitServiceError(f"this service runs cut {spec.cut} of graph {spec.fingerprint[:12]}... "
-                                    f"in {spec.encoding}; the request names {_describe(named)}", status=422)
+                                    f"in {spec.encoding}{tables}; the request names {_describe(named)}",
+                                    status=422)
         try:  # the frame limit leaves room for max_batch samples of these arrays, no more
-            return self.spec.codec.decode(message.arrays)
+            return self.spec.codec.decode(message.arrays, max_batch=self.options.max_batch)
         except TensorCodecError as error:
             raise SplitServiceError(str(error), status=422) from None
 
@@ -191,7 +195,8 @@ def _describe(named: Any) -> str:
     """What a request's split header names, in one line of bounded length."""
     if not isinstance(named, dict):
         return "no split" if named is None else f"a {type(named).__name__} instead of a split"
-    parts = [f"{key}={str(named.get(key))[:16]!r}" for key in ("cut", "fingerprint", "encoding")]
+    parts = [f"{key}={str(named.get(key))[:16]!r}" for key in ("cut", "fingerprint", "encoding", "tables")
+             if key != "tables" or key in named]
     return "another split (" + ", ".join(parts) + ")"
 
 

@@ -177,6 +177,25 @@ def add_records(parser: argparse.ArgumentParser, what: str, *, required: bool = 
     parser.add_argument("--records", type=Path, required=required, metavar="NPZ", help=what)
 
 
+def add_input_shapes(parser: argparse.ArgumentParser) -> None:
+    """``--input-shape NAME=D0,D1,...`` (repeatable): fix an ONNX graph's symbolic input
+    dimensions; every ``split`` command that reads a graph takes it, and the same values make
+    the same graph (a profile is tied to the graph as its shapes were fixed)."""
+    parser.add_argument("--input-shape", action="append", default=[], metavar="NAME=D0,D1,...",
+                        help="fix a symbolic input dimension (a name keeps it symbolic); repeatable")
+
+
+def input_shapes(values: list[str]) -> dict[str, list[int | str]] | None:
+    """The shapes :func:`add_input_shapes` collected, for ``SplitGraph.load`` (None: none given)."""
+    shapes: dict[str, list[int | str]] = {}
+    for value in values:
+        name, _, dims = value.partition("=")
+        if not name or not dims:
+            raise InvalidArgumentError(f"--input-shape {value!r}: expected NAME=D0,D1,...")
+        shapes[name] = [int(d) if d.isdigit() else d for d in dims.split(",")]
+    return shapes or None
+
+
 def add_seed(parser: argparse.ArgumentParser, what: str = "the random draws", default: int = 0) -> None:
     parser.add_argument("--seed", type=int, default=default, help=f"seed of {what} (default {default})")
 

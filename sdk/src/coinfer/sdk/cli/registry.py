@@ -95,9 +95,17 @@ GROUPS: tuple[Group, ...] = (
                BENCH),
     )),
     Group("split", "choose the device/edge DNN cut and compress the tensor across it (more in #19)", (
+        Action("profile", "time both halves of every prefix cut here (heads on the device, tails on the "
+                          "edge)", DEVICE),
+        Action("plan", "the cut and encoding of least latency for a link, from a device's and an edge's "
+                       "profiles", EDGE),
+        Action("train", "a FrankenSplit bottleneck for EfficientNet-Lite0 (encoder, entropy tables, "
+                        "decoder)", BENCH),
         Action("export", "cut an ONNX model and write its device and edge halves", EDGE),
         Action("serve", "the edge half: decode the crossing tensors, run the tail", EDGE),
         Action("run", "run the head here and the tail on the edge for a batch of inputs", DEVICE),
+        Action("bench", "the planner on a quota-limited device over a tbf-shaped link, and bottlenecks "
+                        "against JPEG and WebP", BENCH),
     ), tracking_issue=19),
     Group("evolve", "NestEvo: edge-assisted co-evolution of device models", tracking_issue=20),
     Group("data", "generate deterministic workloads (scenes, corpus, speech)", (

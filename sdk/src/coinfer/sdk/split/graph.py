@@ -71,7 +71,12 @@ class Cut:
 
     def nbytes(self, encoding: str = "float32") -> int:
         """Bytes crossing per sample when float tensors are sent as ``encoding``; other
-        tensors (integer indices, masks) always at their own width."""
+        tensors (integer indices, masks) always at their own width. Only the fixed-size
+        encodings (:data:`ENCODING_BYTES`): an entropy-coded latent's size depends on its
+        values, so it is measured (``SplitClient``'s ``CallStats.bytes_sent``), not computed."""
+        if encoding == "entropy":
+            raise SplitGraphError("entropy-coded sizes depend on the values: measure them (the split "
+                                  "client's bytes_sent); nbytes knows float32, float16 and int8")
         if encoding not in ENCODING_BYTES:
             raise SplitGraphError(f"unknown tensor encoding {encoding!r}; known: {', '.join(ENCODING_BYTES)}")
         total = 0

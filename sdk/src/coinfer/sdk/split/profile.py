@@ -74,6 +74,9 @@ RUNTIME = "onnxruntime"
 #: How a :class:`CutTimes` came to be: both sides timed in one process, a device's heads
 #: joined with an edge's tails, or an operator model's prediction.
 METHODS = ("measured", "merged", "predicted")
+#: Which halves a :class:`CutTimes` timed: the heads (on the device), the tails (on the
+#: edge), or both; the halves not timed hold 0 and must come from another profile.
+SIDES = ("both", "device", "edge")
 CAPABILITY, KIND, PROFILE_FILE = "split", "profile", "profile.json"
 #: Bounds on the work one call may ask for (each cut builds two sessions and runs each
 #: ``warmup + repeats`` times).
@@ -98,6 +101,9 @@ class CutTimes:
     ``edge_threads`` are the intra-op threads of each side (equal unless merged); ``batch``
     is the leading size of the first input the times were taken with; ``repeats`` is 0 for
     a prediction. ``graph_sha256`` is :func:`graph_fingerprint` of the graph measured.
+    ``side`` says which halves were timed (:data:`SIDES`): a device profiles only its heads
+    and an edge only its tails, and :func:`merge_sides` refuses to take a half from a
+    profile that did not time it (its zeros are not times).
     """
 
     graph_sha256: str
@@ -111,6 +117,7 @@ class CutTimes:
     repeats: int
     runtime: str = RUNTIME
     method: str = "measured"
+    side: str = "both"
 
     def __post_init__(self) -> None:
         if not len(self.cuts) == len(self.device_ms) == len(self.edge_ms) > 0:
@@ -123,6 +130,8 @@ class CutTimes:
                 raise InvalidArgumentError(f"times must be finite milliseconds >= 0, got {ms}")
         if self.method not in METHODS:
             raise InvalidArgumentError(f"unknown method {self.method!r}; known: {', '.join(METHODS)}")
+        if self.side not in SIDES:
+            raise InvalidArgumentError(f"unknown side {self.side!r}; known: {', '.join(SIDES)}")
         if min(self.threads, self.edge_threads, self.batch) < 1 or self.repeats < 0:
             raise InvalidArgumentError(f"threads, edge_threads and batch must be >= 1 and repeats >= 0, got "
                                        f"{self.threads}, {self.edge_threads}, {self.batch}, {self.repeats}")
@@ -138,7 +147,7 @@ class CutTimes:
         return {"graph_sha256": self.graph_sha256, "runtime": self.runtime, "method": self.method,
                 "threads": self.threads, "edge_threads": self.edge_threads, "batch": self.batch,
                 "repeats": self.repeats, "whole_ms": self.whole_ms, "cuts": list(self.cuts),
-                "device_ms": list(self.device_ms), "edge_ms": list(self.edge_ms)}
+                "device_ms": list(self.device_ms), "edge_ms": list(self.edge_ms), "side": self.side}
 
     @classmethod
     def from_dict(cls, data: Any) -> CutTimes:
@@ -148,7 +157,8 @@ class CutTimes:
                    whole_ms=record.number("whole_ms"), threads=record.integer("threads"),
                    edge_threads=record.integer("edge_threads"), batch=record.integer("batch"),
                    repeats=record.integer("repeats"), runtime=record.text("runtime"),
-                   method=record.text("method"))
+                   method=record.text("method"),
+                   side=record.text("side") if "side" in record.data else "both")  # older profiles
 
 
 @dataclass(frozen=True)
@@ -250,16 +260,20 @@ def graph_fingerprint(graph: SplitGraph) -> str:
 
 def measure_cuts(graph: SplitGraph, inputs: Mapping[str, np.ndarray], *, threads: int = 1, repeats: int = 5,
                  warmup: int = 1, cuts: Iterable[int] | None = None,
-                 progress: Callable[[int, int], None] | None = None) -> CutTimes:
+                 progress: Callable[[int, int], None] | None = None, side: str = "both") -> CutTimes:
     """Time the head and the tail of every prefix cut (or the cut indices ``cuts``) and the
     whole model, each as its own ONNX Runtime session on the CPU with ``threads`` intra-op
     threads and the default (all) graph optimisations, as deployed; the median of
     ``repeats`` runs after ``warmup`` unrecorded ones.
 
     ``progress(done, total)`` is called after each cut. Run it in the device process for the
-    heads and on the edge for the tails, and join the two with :func:`merge_sides`.
+    heads (``side="device"``: tails are not run) and on the edge for the tails
+    (``side="edge"``: each head runs once, untimed, to make its tail's inputs), and join the
+    two with :func:`merge_sides`; the halves not timed are 0.
     """
     _check_counts(threads, repeats, warmup)
+    if side not in SIDES:
+        raise InvalidArgumentError(f"unknown side {side!r}; known: {', '.join(SIDES)}")
     feeds, batch = _check_inputs(graph, inputs)
     every = graph.cuts()
     chosen = _check_cuts(cuts, len(every))
@@ -271,9 +285,12 @@ def measure_cuts(graph: SplitGraph, inputs: Mapping[str, np.ndarray], *, threads
         head_ms = tail_ms = 0.0
         if head is not None:
             session = _session(head, threads, f"the head of cut {index}")
-            head_ms, made = _time(session, available, repeats, warmup)
+            if side == "edge":
+                _, made = _time(session, available, 1, 0)
+            else:
+                head_ms, made = _time(session, available, repeats, warmup)
             available.update(made)
-        if tail is not None:
+        if tail is not None and side != "device":
             session = _session(tail, threads, f"the tail of cut {index}")
             tail_ms, _ = _time(session, available, repeats, warmup)
         device_ms.append(head_ms)
@@ -281,14 +298,19 @@ def measure_cuts(graph: SplitGraph, inputs: Mapping[str, np.ndarray], *, threads
         if progress is not None:
             progress(done, len(chosen))
     return CutTimes(graph_fingerprint(graph), tuple(chosen), tuple(device_ms), tuple(edge_ms), whole_ms,
-                    threads, threads, batch, repeats)
+                    threads, threads, batch, repeats, side=side)
 
 
 def merge_sides(device: CutTimes, edge: CutTimes) -> CutTimes:
     """The heads as the device timed them and the tails as the edge timed them: one profile.
 
-    Both must be of one graph, the same cuts and batch; ``whole_ms`` stays the device's.
+    Both must be of one graph, the same cuts and batch, and each must have timed its half
+    (``side``); ``whole_ms`` stays the device's.
     """
+    for times, wanted in ((device, "device"), (edge, "edge")):
+        if times.side not in (wanted, "both"):
+            raise InvalidArgumentError(f"the {wanted} times were taken on the {times.side} side only; "
+                                       f"profile the {wanted} side (side={wanted!r} or 'both')")
     for name in ("graph_sha256", "cuts", "batch", "runtime"):
         ours, theirs = getattr(device, name), getattr(edge, name)
         if ours != theirs:
@@ -296,7 +318,7 @@ def merge_sides(device: CutTimes, edge: CutTimes) -> CutTimes:
                                        f"{_short(theirs)}); measure the same graph and cuts on both")
     return CutTimes(device.graph_sha256, device.cuts, device.device_ms, edge.edge_ms, device.whole_ms,
                     device.threads, edge.edge_threads, device.batch, min(device.repeats, edge.repeats),
-                    device.runtime, "merged")
+                    device.runtime, "merged", "both")
 
 
 def profile_nodes(graph: SplitGraph, inputs: Mapping[str, np.ndarray], *, threads: int = 1, repeats: int = 5,
@@ -388,7 +410,7 @@ def node_features(graph: SplitGraph) -> tuple[list[str], np.ndarray]:
 def fit_operator_model(graph: SplitGraph, nodes: NodeTimes, times: CutTimes | None = None) -> OperatorModel:
     """Fit the per-operator-type regression to ``nodes``; with ``times`` measured on the same
     machine, the per-session overhead is the median gap between measured and predicted heads
-    (else ONNX Runtime's run time less its kernels').
+    (tails, when only the tails were timed; else ONNX Runtime's run time less its kernels').
 
     A fused kernel's time is one observation of the sum over the nodes it covers, so fusion
     shows as a cheap absorbed type (Clip) rather than as noise in the other types' fits.
@@ -428,9 +450,13 @@ def fit_operator_model(graph: SplitGraph, nodes: NodeTimes, times: CutTimes | No
                           dict(sorted(seen.items())))
     predicted = model.node_ms(graph)
     every = graph.cuts()
-    gaps = ([ms - float(predicted[sorted(every[index].head)].sum())
-             for index, ms in zip(times.cuts, times.device_ms, strict=True) if every[index].head]
-            if times is not None else [])
+    gaps: list[float] = []
+    if times is not None and times.side != "edge":
+        gaps = [ms - float(predicted[sorted(every[index].head)].sum())
+                for index, ms in zip(times.cuts, times.device_ms, strict=True) if every[index].head]
+    elif times is not None:  # only the tails were timed: the gaps of the tails that ran
+        gaps = [ms - float(predicted[sorted(set(range(len(graph.nodes))) - every[index].head)].sum())
+                for index, ms in zip(times.cuts, times.edge_ms, strict=True) if ms > 0]
     overhead = float(np.median(gaps)) if gaps else nodes.run_ms - sum(nodes.node_ms.values())
     return replace(model, session_ms=max(overhead, 0.0))
 

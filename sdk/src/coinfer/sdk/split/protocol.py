@@ -42,6 +42,9 @@ TAIL_MS_KEY = "tail_ms"
 #: float32 scale and int32 zero point (``'#'`` does not occur in exported ONNX names).
 SCALE_SUFFIX = "#scale"
 ZERO_POINT_SUFFIX = "#zero_point"
+#: Suffix of the array that travels with an entropy-coded tensor ``name``: the int32 byte
+#: length of each sample's bitstream (``name`` itself is every bitstream, concatenated).
+LENGTHS_SUFFIX = "#lengths"
 
 #: Samples in one request unless the service is told otherwise.
 DEFAULT_MAX_BATCH = 16
@@ -62,6 +65,11 @@ def scale_name(tensor: str) -> str:
 def zero_point_name(tensor: str) -> str:
     """The array carrying the per-sample zero points of the int8 tensor ``tensor``."""
     return tensor + ZERO_POINT_SUFFIX
+
+
+def lengths_name(tensor: str) -> str:
+    """The array carrying the per-sample bitstream lengths of the entropy-coded tensor ``tensor``."""
+    return tensor + LENGTHS_SUFFIX
 
 
 def frame_limits(arrays: Sequence[tuple[str, int]], payload_bytes: int) -> WireLimits:
@@ -86,6 +94,7 @@ def frame_bytes(limits: WireLimits) -> int:
     return FIXED_HEADER_SIZE + limits.max_header_bytes + limits.max_payload_bytes
 
 
-__all__ = ["CONTENT_TYPE", "DEFAULT_MAX_BATCH", "INFER_PATH", "INFO_PATH", "MAX_BATCH", "MAX_FRAME_BYTES",
-           "SCALE_SUFFIX", "SPLIT_KEY", "TAIL_MS_KEY", "USER_HEADER_BYTES", "ZERO_POINT_SUFFIX",
-           "frame_bytes", "frame_limits", "scale_name", "zero_point_name"]
+__all__ = ["CONTENT_TYPE", "DEFAULT_MAX_BATCH", "INFER_PATH", "INFO_PATH", "LENGTHS_SUFFIX", "MAX_BATCH",
+           "MAX_FRAME_BYTES", "SCALE_SUFFIX", "SPLIT_KEY", "TAIL_MS_KEY", "USER_HEADER_BYTES",
+           "ZERO_POINT_SUFFIX", "frame_bytes", "frame_limits", "lengths_name", "scale_name",
+           "zero_point_name"]

@@ -18,7 +18,19 @@ Layout of one frame's arrays (one array per crossing tensor, of the tensor's nam
   So each sample pays 8 bytes per tensor besides its elements, exactly what
   :meth:`Cut.nbytes("int8") <coinfer.sdk.split.graph.Cut.nbytes>` counts. The range always
   holds 0, so zeros (every ReLU6's) come back exact; per sample, so that a sample's result
-  does not depend on the batch it was sent in; the error is at most ``scale / 2``.
+  does not depend on the batch it was sent in; the error is at most ``scale / 2``;
+- ``entropy``: the one float tensor ``(batch, C, H, W)`` that crosses after a bottleneck's
+  rounding, range-coded per sample with the bottleneck's
+  :class:`~coinfer.sdk.split.entropy.EntropyTables` (:func:`~coinfer.sdk.split.entropy.encode`:
+  rounded, clipped to the tables' range, a 29-byte checked header per sample). Two arrays:
+  ``name`` (``|u1``, 1-D: every sample's bitstream, concatenated in batch order) and
+  ``name#lengths`` (``<i4``, ``(batch,)``: each bitstream's bytes). Its size depends on the
+  values, so there is no fixed per-sample size: :attr:`TensorCodec.sample_bytes` is the bound
+  a receiver allows (:func:`~coinfer.sdk.split.entropy.max_stream_bytes` plus the length),
+  every length is checked against it and the lengths against the bytes present before
+  anything is decoded, and a corrupt, truncated or foreign bitstream is refused, never
+  decoded to another tensor. The edge gets back the integers, in the graph's float dtype,
+  exactly (the tables' range must be exact in that dtype).
 
 Tensors that are not float (indices, masks) travel in their own dtype in every encoding.
 Decoding returns every tensor in the dtype the graph has for it. numpy only.
@@ -40,6 +52,28 @@ True
 Traceback (most recent call last):
     ...
 coinfer.sdk.split.tensors.TensorCodecError: array 'features' must have shape (batch, 2, 3), got (2, 1, 3)
+
+The entropy encoding, with tables of a two-channel latent (symbols -2..2 and 0..1):
+
+>>> from coinfer.sdk.split.entropy import EntropyTables
+>>> tables = EntropyTables.from_probabilities([np.array([1, 2, 8, 2, 1]), np.array([3, 1])], lows=[-2, 0])
+>>> codec = TensorCodec([TensorSpec("latent", (None, 2, 3, 3), "float32")], "entropy", tables=tables)
+>>> codec.sample_bytes, [array.name for array in codec.arrays]     # the bound on one sample
+(49, ['latent', 'latent#lengths'])
+>>> latent = np.zeros((2, 2, 3, 3), np.float32)
+>>> latent[1, 0, 0, 0] = 7.0                                       # beyond the tables: clipped to 2
+>>> sent, clipped = codec.encode_counting({"latent": latent})
+>>> sent["latent"].shape, sent["latent#lengths"], clipped
+((66,), array([33, 33], dtype=int32), 1)
+>>> back = codec.decode(sent)["latent"]
+>>> back.dtype, float(back[1, 0, 0, 0]), bool((back[0] == 0).all())
+(dtype('float32'), 2.0, True)
+>>> broken = sent["latent"].copy()
+>>> broken[-1] ^= 1                                            # a bit of sample 1's payload
+>>> codec.decode({**sent, "latent": broken})
+Traceback (most recent call last):
+    ...
+coinfer.sdk.split.tensors.TensorCodecError: array 'latent', sample 1: bitstream fails its CRC32: ...
 """
 
 from __future__ import annotations
@@ -51,12 +85,25 @@ import numpy as np
 
 from coinfer.sdk.errors import CoinferError
 from coinfer.sdk.split import protocol
+from coinfer.sdk.split.entropy import (
+    HEADER_BYTES,
+    EntropyCodingError,
+    EntropyTables,
+    decode,
+    encode,
+    max_stream_bytes,
+    quantize,
+)
 from coinfer.sdk.split.graph import ENCODING_BYTES
 from coinfer.sdk.tensor import TensorSpec
 from coinfer.sdk.wire import WireLimits
 
-#: The encodings of float tensors on the wire (:data:`coinfer.sdk.split.graph.ENCODING_BYTES`).
-ENCODINGS = tuple(ENCODING_BYTES)
+#: The encodings whose size per sample is fixed (:data:`coinfer.sdk.split.graph.ENCODING_BYTES`).
+FIXED_ENCODINGS = tuple(ENCODING_BYTES)
+#: A bottleneck's integer latent, range-coded with its tables: sizes are measured, not computed.
+ENTROPY = "entropy"
+#: The encodings of float tensors on the wire.
+ENCODINGS = (*FIXED_ENCODINGS, ENTROPY)
 #: At most this many tensors cross one cut, and this many dimensions after the batch axis.
 MAX_TENSORS = 256
 MAX_SAMPLE_NDIM = 8
@@ -66,6 +113,7 @@ MAX_SAMPLE_BYTES = 256 << 20
 _ENCODED: dict[str, np.dtype] = {"float32": np.dtype("<f4"), "float16": np.dtype("<f2"),
                                  "int8": np.dtype("i1")}
 _SCALE, _ZERO_POINT = np.dtype("<f4"), np.dtype("<i4")
+_BITSTREAM, _LENGTHS = np.dtype("|u1"), np.dtype("<i4")
 _FLOAT16_MAX = float(np.finfo(np.float16).max)
 #: Larger scales would dequantise 255 steps past float32's range, to infinity.
 _MAX_SCALE = float(np.finfo(np.float32).max) / 256
@@ -147,14 +195,31 @@ def check_tensors(tensors: Sequence[TensorSpec], arrays: Mapping[str, np.ndarray
 
 class TensorCodec:
     """Encodes the tensors crossing a cut for the wire in one of :data:`ENCODINGS`, and checks
-    and decodes what arrives."""
+    and decodes what arrives.
 
-    def __init__(self, tensors: Sequence[TensorSpec], encoding: str) -> None:
-        if encoding not in _ENCODED:
+    ``tables`` are the bottleneck's entropy tables, required by (and only by) the ``entropy``
+    encoding, which takes exactly one float tensor of per-sample shape ``(C, H, W)`` with
+    ``C`` the tables' channels (the latent after the bottleneck's rounding).
+    """
+
+    def __init__(self, tensors: Sequence[TensorSpec], encoding: str, *,
+                 tables: EntropyTables | None = None) -> None:
+        if encoding not in ENCODINGS:
             raise TensorCodecError(f"unknown tensor encoding {encoding!r}; known: {', '.join(ENCODINGS)}")
         self.tensors = check_specs(tensors, "crossing tensors")
         self.encoding = encoding
         self.batch: int | None = self.tensors[0].shape[0]
+        self.tables = tables
+        #: The most bytes one sample's bitstream may have (entropy only; 0 otherwise).
+        self.max_stream_bytes = 0
+        if encoding == ENTROPY:
+            self.max_stream_bytes = _check_entropy(self.tensors, tables)
+            name = self.tensors[0].name
+            self.arrays: tuple[WireArray, ...] = (WireArray(name, _BITSTREAM, ()),
+                                                  WireArray(protocol.lengths_name(name), _LENGTHS, ()))
+            return
+        if tables is not None:
+            raise TensorCodecError(f"entropy tables are for the {ENTROPY!r} encoding, not {encoding!r}")
         arrays = []
         for spec in self.tensors:
             shape = sample_shape(spec)
@@ -172,7 +237,11 @@ class TensorCodec:
 
     @property
     def sample_bytes(self) -> int:
-        """Payload bytes per sample: ``Cut.nbytes(encoding)`` of the cut these tensors cross."""
+        """Payload bytes per sample: ``Cut.nbytes(encoding)`` of the cut these tensors cross; for
+        ``entropy``, which has no fixed size, the most a sample may take (its longest bitstream
+        and its length), what the frame limits allow."""
+        if self.encoding == ENTROPY:
+            return self.max_stream_bytes + _LENGTHS.itemsize
         return sum(int(np.prod(array.shape, dtype=np.int64)) * array.dtype.itemsize for array in self.arrays)
 
     def limits(self, max_batch: int) -> WireLimits:
@@ -183,7 +252,14 @@ class TensorCodec:
     def encode(self, tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The arrays of a frame for ``tensors`` as the graph makes them (exact names, shapes
         and dtypes); float values must be finite, and within float16's range for float16."""
+        return self.encode_counting(tensors)[0]
+
+    def encode_counting(self, tensors: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], int]:
+        """:meth:`encode`'s arrays and how many values were clipped to the entropy tables'
+        range (the distortion the tables add beyond rounding; 0 in the other encodings)."""
         batch = check_tensors(self.tensors, tensors)
+        if self.encoding == ENTROPY:
+            return self._entropy_encode(tensors[self.tensors[0].name])
         arrays: dict[str, np.ndarray] = {}
         for spec in self.tensors:
             value = tensors[spec.name]
@@ -199,14 +275,19 @@ class TensorCodec:
                 arrays.update(_quantize(spec.name, value.reshape(batch, -1), value.shape))
             else:
                 arrays[spec.name] = value.astype(_ENCODED[self.encoding], copy=False)
-        return arrays
+        return arrays, 0
 
-    def decode(self, arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def decode(self, arrays: Mapping[str, np.ndarray], *,
+               max_batch: int | None = None) -> dict[str, np.ndarray]:
         """The crossing tensors, in the graph's dtypes, from a frame's ``arrays``: refused
-        unless the arrays are exactly this layout, of one batch of at least 1 sample, with
-        finite floats and valid int8 parameters. Returns new arrays. (The frame's limits,
-        :meth:`limits`, bound the batch.)"""
-        batch = _check_layout(self.arrays, arrays, None, self.batch)
+        unless the arrays are exactly this layout, of one batch of at least 1 and at most
+        ``max_batch`` samples, with finite floats, valid int8 parameters or bitstreams that
+        decode. Returns new arrays. (The frame's limits, :meth:`limits`, bound the bytes; an
+        entropy-coded sample can be far smaller than its bound, so a receiver passes
+        ``max_batch`` too.)"""
+        if self.encoding == ENTROPY:
+            return self._entropy_decode(arrays, max_batch)
+        batch = _check_layout(self.arrays, arrays, max_batch, self.batch)
         tensors = {}
         for spec in self.tensors:
             value = arrays[spec.name]
@@ -221,18 +302,116 @@ class TensorCodec:
         """Whether ``spec`` travels in the encoding (float) or in its own dtype."""
         return spec.numpy_dtype.kind == "f"
 
+    def _entropy_encode(self, value: np.ndarray) -> tuple[dict[str, np.ndarray], int]:
+        """Each sample quantised and range-coded; the bitstreams concatenated, and their lengths."""
+        assert self.tables is not None  # the constructor requires them for this encoding
+        name = self.tensors[0].name
+        if not np.isfinite(value).all():
+            raise TensorCodecError(f"tensor {name!r} holds NaN or infinity; it cannot be sent")
+        streams, clipped = [], 0
+        for index, sample in enumerate(value):
+            try:
+                symbols, outside = quantize(sample, self.tables)
+                stream = encode(symbols, self.tables)
+            except EntropyCodingError as error:
+                raise TensorCodecError(f"tensor {name!r}, sample {index}: {error}") from None
+            if len(stream) > self.max_stream_bytes:  # would be refused by the receiver: a bug, say so here
+                raise TensorCodecError(f"tensor {name!r}, sample {index}: a {len(stream)}-byte bitstream, "
+                                       f"over the {self.max_stream_bytes}-byte bound")
+            streams.append(stream)
+            clipped += outside
+        data = np.frombuffer(b"".join(streams), dtype=_BITSTREAM)
+        lengths = np.array([len(stream) for stream in streams], dtype=_LENGTHS)
+        return {name: data, protocol.lengths_name(name): lengths}, clipped
 
-def _check_layout(layout: Sequence[WireArray], arrays: Mapping[str, np.ndarray], max_batch: int | None,
-                  fixed_batch: int | None) -> int:
-    expected = [array.name for array in layout]
-    if not expected:
-        raise TensorCodecError("no tensors to check the arrays against")
+    def _entropy_decode(self, arrays: Mapping[str, np.ndarray],
+                        max_batch: int | None) -> dict[str, np.ndarray]:
+        """The latent of a frame's bitstreams, every length checked before any is decoded."""
+        assert self.tables is not None
+        spec = self.tensors[0]
+        name, lengths_name = spec.name, protocol.lengths_name(spec.name)
+        _check_names([name, lengths_name], arrays)
+        data, lengths = arrays[name], arrays[lengths_name]
+        for key, value, dtype in ((name, data, _BITSTREAM), (lengths_name, lengths, _LENGTHS)):
+            if not isinstance(value, np.ndarray):
+                raise TensorCodecError(f"array {key!r} is a {type(value).__name__}, not a numpy array")
+            if value.ndim != 1:
+                what = "bytes" if key == name else "batch"
+                raise TensorCodecError(f"array {key!r} must have shape ({what},), got {value.shape}")
+            if value.dtype != dtype:
+                raise TensorCodecError(f"array {key!r} must be {dtype.name}, got {value.dtype.name}")
+        batch = lengths.size
+        if batch < 1:
+            raise TensorCodecError("the arrays hold no sample")
+        if self.batch is not None and batch != self.batch:
+            raise TensorCodecError(f"the graph takes batches of exactly {self.batch}, got {batch}")
+        if max_batch is not None and batch > max_batch:
+            raise TensorCodecError(f"a batch of {batch} is over the limit of {max_batch} samples per request")
+        wrong = np.flatnonzero((lengths < HEADER_BYTES) | (lengths > self.max_stream_bytes))
+        if wrong.size:
+            raise TensorCodecError(f"array {lengths_name!r}: sample {wrong[0]}'s bitstream is "
+                                   f"{lengths[wrong[0]]} bytes, outside [{HEADER_BYTES}, "
+                                   f"{self.max_stream_bytes}]")
+        total = int(lengths.sum(dtype=np.int64))
+        if total != data.size:
+            raise TensorCodecError(f"array {name!r} holds {data.size} bytes, its lengths add up to {total}")
+        shape = sample_shape(spec)
+        latent = np.empty((batch, *shape), dtype=spec.numpy_dtype)
+        starts = np.concatenate(([0], np.cumsum(lengths, dtype=np.int64)[:-1]))
+        for index, (start, length) in enumerate(zip(starts.tolist(), lengths.tolist(), strict=True)):
+            try:
+                latent[index] = decode(data[start:start + length].tobytes(), self.tables, shape)
+            except EntropyCodingError as error:
+                raise TensorCodecError(f"array {name!r}, sample {index}: {error}") from None
+        return {name: latent}
+
+
+def _check_names(expected: Sequence[str], arrays: Mapping[str, np.ndarray]) -> None:
     known = set(expected)
     if set(arrays) != known:
         missing = [name for name in expected if name not in arrays]
         unknown = [name for name in arrays if name not in known]
         raise TensorCodecError(f"expected the arrays {_names(expected)}; missing {_names(missing)}, "
                                f"unknown {_names(unknown)}")
+
+
+def _check_entropy(tensors: Sequence[TensorSpec], tables: EntropyTables | None) -> int:
+    """The bound on one sample's bitstream, if ``tensors`` can be entropy-coded with ``tables``."""
+    if tables is None:
+        raise TensorCodecError(f"the {ENTROPY!r} encoding needs the bottleneck's entropy tables")
+    if not isinstance(tables, EntropyTables):
+        raise TensorCodecError(f"entropy tables must be EntropyTables, got {type(tables).__name__}")
+    if len(tensors) != 1 or tensors[0].numpy_dtype.kind != "f":
+        described = ", ".join(spec.describe() for spec in tensors[:4])
+        raise TensorCodecError(f"the {ENTROPY!r} encoding codes one float tensor (a bottleneck's latent); "
+                               f"{len(tensors)} cross: {described}")
+    spec = tensors[0]
+    shape = sample_shape(spec)
+    if len(shape) != 3 or shape[0] != tables.channels or 0 in shape:
+        raise TensorCodecError(f"the {ENTROPY!r} encoding codes a latent (batch, C, H, W) with C = the "
+                               f"tables' {tables.channels} channels; {spec.describe()} crosses")
+    exact = 2 ** (np.finfo(spec.numpy_dtype).nmant + 1)  # every integer up to this is exact in the dtype
+    widest = max(-int(tables.lows.min()), int(tables.highs.max()))
+    if widest > exact:
+        raise TensorCodecError(f"the tables' symbols reach {widest}, beyond the integers "
+                               f"{spec.numpy_dtype.name} holds exactly ({exact}); {spec.name!r} would not "
+                               "decode to what was coded")
+    try:
+        most = max_stream_bytes(tables, shape)
+    except EntropyCodingError as error:
+        raise TensorCodecError(f"{spec.describe()}: {error}") from None
+    if most + _LENGTHS.itemsize > MAX_SAMPLE_BYTES:
+        raise TensorCodecError(f"{spec.describe()}: a bitstream may need {most} bytes, over the "
+                               f"{MAX_SAMPLE_BYTES}-byte limit of a sample")
+    return most
+
+
+def _check_layout(layout: Sequence[WireArray], arrays: Mapping[str, np.ndarray], max_batch: int | None,
+                  fixed_batch: int | None) -> int:
+    expected = [array.name for array in layout]
+    if not expected:
+        raise TensorCodecError("no tensors to check the arrays against")
+    _check_names(expected, arrays)
     batches: list[int] = []
     for array in layout:
         value = arrays[array.name]
@@ -293,6 +472,6 @@ def _dequantize(name: str, value: np.ndarray, arrays: Mapping[str, np.ndarray], 
     return (rows * scale[:, None]).reshape(value.shape)
 
 
-__all__ = ["ENCODINGS", "MAX_SAMPLE_BYTES", "MAX_SAMPLE_NDIM", "MAX_TENSORS", "TensorCodec",
-           "TensorCodecError", "WireArray", "check_specs", "check_tensors", "sample_nbytes",
+__all__ = ["ENCODINGS", "ENTROPY", "FIXED_ENCODINGS", "MAX_SAMPLE_BYTES", "MAX_SAMPLE_NDIM", "MAX_TENSORS",
+           "TensorCodec", "TensorCodecError", "WireArray", "check_specs", "check_tensors", "sample_nbytes",
            "sample_shape"]
