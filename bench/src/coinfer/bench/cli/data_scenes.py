@@ -13,6 +13,7 @@ import argparse
 import os
 import time
 
+from coinfer.bench.data.actors import BACKGROUNDS
 from coinfer.bench.data.scenes import (
     CODECS,
     TASK_KINDS,
@@ -51,6 +52,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--silent-from", metavar="HH:MM",
                         help="with --audio: the people in view keep quiet from this clock time on "
                         "(a drift in how speech follows presence)")
+    parser.add_argument("--backgrounds", metavar="NAMES",
+                        help=f"comma-separated photographs the cameras watch, from {','.join(BACKGROUNDS)} "
+                        "(default: the campus ones)")
     parser.add_argument("--workers", type=int,
                         help="processes (default: CPU count); the outputs do not depend on it")
     add_quiet(parser)
@@ -67,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
         codec=args.codec, gop=args.gop, bframes=args.bframes, bitrate=args.bitrate,
         tasks=parse_tasks(args.tasks), seed=args.seed, day_start=args.day_start, day_end=args.day_end,
         crowd=args.crowd, audio=args.audio, silent_from=args.silent_from,
+        backgrounds=None if args.backgrounds is None else parse_tasks(args.backgrounds),
     )
     if args.workers is not None and args.workers < 1:
         raise CoinferError(f"--workers must be >= 1, got {args.workers}")

@@ -186,15 +186,36 @@ def _loader(name: str) -> Callable[[], np.ndarray]:
     return load
 
 
+def _tinted(name: str, colour: tuple[int, int, int]) -> Callable[[], np.ndarray]:
+    """A grey ``skimage.data`` texture photograph coloured by ``colour`` (its mean level kept),
+    as a country camera would see grass or a gravel track in daylight."""
+    def load() -> np.ndarray:
+        from skimage import data
+
+        gain = np.asarray(colour, np.float32) / np.mean(colour)
+        return np.clip(getattr(data, name)()[..., None] * gain + 0.5, 0, 255).astype(np.uint8)
+
+    return load
+
+
 #: Background name -> loader of an RGB uint8 photograph. Scenes a fixed camera might
 #: watch; photographs with faces, cats or text in them are left out so that the detectors'
-#: only true positives are the actors.
+#: only true positives are the actors. The campus photographs come first; the country
+#: ones (grass and gravel photographed from above, coloured) are only drawn when asked for.
 BACKGROUNDS: dict[str, Callable[[], np.ndarray]] = {
     "launch-pad": _loader("rocket"),
     "garage": _garage,
     "cafe": _loader("coffee"),
     "lawn": _lawn,
+    "meadow": _tinted("grass", (150, 185, 90)),
+    "gravel-track": _tinted("gravel", (190, 170, 140)),
 }
+#: What a camera draws its background from when the options do not say: the campus
+#: photographs, the whole list before the country ones were added, so that scene sets
+#: generated with the same options stay byte-identical.
+DEFAULT_BACKGROUNDS: tuple[str, ...] = ("launch-pad", "garage", "cafe", "lawn")
+#: The country photographs (the drift workload's rural domain).
+RURAL_BACKGROUNDS: tuple[str, ...] = ("meadow", "gravel-track")
 
 
 @functools.lru_cache(maxsize=len(BACKGROUNDS))

@@ -57,7 +57,14 @@ from typing import Any, cast
 
 import numpy as np
 
-from coinfer.bench.data.actors import BACKGROUNDS, KINDS, Sprite, background, sprite_library
+from coinfer.bench.data.actors import (
+    BACKGROUNDS,
+    DEFAULT_BACKGROUNDS,
+    KINDS,
+    Sprite,
+    background,
+    sprite_library,
+)
 from coinfer.sdk.datadir import sha256_file
 from coinfer.sdk.errors import CoinferError
 from coinfer.sdk.fsutil import atomic_directory, atomic_write_json
@@ -154,6 +161,10 @@ class SceneOptions:
     ``audio`` adds an aligned audio track per camera (speech while people are in view, ambient
     noise throughout); it needs fps to divide :data:`AUDIO_RATE`. ``silent_from`` (with audio):
     from this clock time to the end of the clip the people in view are silent.
+    ``backgrounds`` (names of :data:`~coinfer.bench.data.actors.BACKGROUNDS`, or ``"a,b"``)
+    restricts the photographs cameras watch; None draws from the campus ones
+    (:data:`~coinfer.bench.data.actors.DEFAULT_BACKGROUNDS`), as sets always did. Only the
+    background's draw reads the list, so every other draw of a camera stays the same.
     """
 
     cameras: int = 4
@@ -172,10 +183,14 @@ class SceneOptions:
     crowd: float = 1.0
     audio: bool = False
     silent_from: str | None = None
+    backgrounds: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         tasks = parse_tasks(self.tasks) if isinstance(self.tasks, str) else tuple(dict.fromkeys(self.tasks))
         object.__setattr__(self, "tasks", tasks)
+        if self.backgrounds is not None:
+            names = parse_tasks(self.backgrounds) if isinstance(self.backgrounds, str) else self.backgrounds
+            object.__setattr__(self, "backgrounds", tuple(sorted(dict.fromkeys(names), key=str)))
         if self.gop is None and isinstance(self.fps, int):
             object.__setattr__(self, "gop", 2 * self.fps)
         errors = []
@@ -220,6 +235,12 @@ class SceneOptions:
         unknown = [task for task in self.tasks if task not in TASK_KINDS]
         if unknown:
             errors.append(f"unknown task(s) {unknown}; choose from {', '.join(TASK_KINDS)}")
+        if self.backgrounds is not None:
+            strange = [name for name in self.backgrounds if name not in BACKGROUNDS]
+            if strange:
+                errors.append(f"unknown background(s) {strange}; choose from {', '.join(BACKGROUNDS)}")
+            elif not self.backgrounds:
+                errors.append(f"backgrounds must name at least one of {', '.join(BACKGROUNDS)} (or be None)")
         for name in ("day_start", "day_end"):
             try:
                 parse_clock(getattr(self, name))
@@ -296,7 +317,7 @@ class CameraPlan:
     @staticmethod
     def draw(options: SceneOptions, index: int) -> CameraPlan:
         rng = camera_rng(options.seed, index, 0)
-        names = sorted(BACKGROUNDS)
+        names = sorted(options.backgrounds if options.backgrounds is not None else DEFAULT_BACKGROUNDS)
         name = names[int(rng.integers(len(names)))]
         photo_h, photo_w = background(name).shape[:2]
         aspect = (options.width + 2 * SHAKE_MARGIN) / (options.height + 2 * SHAKE_MARGIN)
@@ -937,5 +958,6 @@ def _index(options: SceneOptions, cameras: list[dict[str, Any]], files: dict[str
         "seconds": options.seconds, "frames": options.frames, "tasks": list(options.tasks),
         "actor_kinds": list(KINDS), "clock": {"start": options.day_start, "end": options.day_end},
         "crowd": options.crowd, **({"audio": _audio_index(options)} if options.audio else {}),
+        **({"backgrounds": list(options.backgrounds)} if options.backgrounds is not None else {}),
         "cameras": cameras, "files": dict(sorted(files.items())),
     }

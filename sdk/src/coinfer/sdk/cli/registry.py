@@ -108,10 +108,11 @@ GROUPS: tuple[Group, ...] = (
                         "against JPEG and WebP", BENCH),
     ), tracking_issue=19),
     Group("evolve", "NestEvo: edge-assisted co-evolution of device models", tracking_issue=20),
-    Group("data", "generate deterministic workloads (scenes, corpus, speech)", (
+    Group("data", "generate deterministic workloads (scenes, corpus, speech, drift)", (
         Action("scenes", "multi-camera videos with real detector results and generative truth", BENCH),
         Action("corpus", "a text corpus of messages labelled by a real zero-shot classifier", BENCH),
         Action("speech", "speech and noise clips labelled by the real Silero VAD", BENCH),
+        Action("drift", "drifting camera domains (campus, rural, night, real footage), labelled", BENCH),
     )),
     Group("export", "export Keras / PyTorch models to TFLite / ONNX with parity checks", (
         Action("keras", "Keras (.keras) -> TFLite", CONVERTERS),

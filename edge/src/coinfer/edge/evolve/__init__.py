@@ -1,0 +1,1 @@
+"""Evolve on the edge: the store that publishes evolved device models by hash."""
