@@ -77,7 +77,9 @@ class EvolveOptions:
 
 @dataclass
 class Camera:
-    """One camera: its domain, its device architecture and its features and labels."""
+    """One camera: its domain, its device architecture, the prefix features and labels of its
+    uploaded and held-out frames, and the uploaded frames themselves with their small-object
+    flags (for adaptive compression)."""
 
     id: str
     architecture: ArchitectureSpec
@@ -85,6 +87,8 @@ class Camera:
     upload_labels: np.ndarray
     test: np.ndarray
     test_labels: np.ndarray
+    upload_frames: np.ndarray
+    upload_small: np.ndarray
 
 
 @dataclass
@@ -125,7 +129,8 @@ def build_world(drift: DriftSet, pretrained: Any, options: EvolveOptions, say: S
         camera_features = training.prefix_features(global_model, domain.frames)
         train, test = domain.train(), domain.test()
         cameras.append(Camera(camera_id, spec, camera_features[train], domain.labels[train],
-                              camera_features[test], domain.labels[test]))
+                              camera_features[test], domain.labels[test], domain.frames[train],
+                              domain.small[train]))
     prefix_seconds = time.perf_counter() - started
     say(f"prefix features of {len(source) + sum(len(c.upload) + len(c.test) for c in cameras)} frames: "
         f"{prefix_seconds:.1f} s")

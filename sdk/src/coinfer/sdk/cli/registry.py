@@ -107,7 +107,10 @@ GROUPS: tuple[Group, ...] = (
         Action("bench", "the planner on a quota-limited device over a tbf-shaped link, and bottlenecks "
                         "against JPEG and WebP", BENCH),
     ), tracking_issue=19),
-    Group("evolve", "NestEvo: edge-assisted co-evolution of device models", tracking_issue=20),
+    Group("evolve", "NestEvo: edge-assisted co-evolution of device models", (
+        Action("bench", "NestEvo against baselines A1-A4 on drifting cameras, adaptive compression, and the "
+                        "knapsack scheduler against serial and random", BENCH),
+    ), tracking_issue=20),
     Group("data", "generate deterministic workloads (scenes, corpus, speech, drift)", (
         Action("scenes", "multi-camera videos with real detector results and generative truth", BENCH),
         Action("corpus", "a text corpus of messages labelled by a real zero-shot classifier", BENCH),

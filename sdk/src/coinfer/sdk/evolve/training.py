@@ -30,7 +30,7 @@ coinfer.sdk.errors.InvalidArgumentError: epochs must be an integer in [1, 10000]
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -139,36 +139,55 @@ def _seed(options: TrainOptions) -> None:
     torch.manual_seed(options.seed)
 
 
-def fine_tune(model: Any, features: np.ndarray, labels: np.ndarray, options: TrainOptions,
-              progress: Progress | None = None) -> list[float]:
+def fine_tune(model: Any, features: np.ndarray | Sequence[np.ndarray], labels: np.ndarray,
+              options: TrainOptions, progress: Progress | None = None) -> list[float]:
     """Supervised training on labelled frames (how the deployed models are made from the
     source domain). Returns the mean loss of every epoch."""
     return distill(model, None, features, labels, options, progress=progress)
 
 
-def distill(student: Any, teacher_logits: np.ndarray | None, features: np.ndarray, labels: np.ndarray,
-            options: TrainOptions, progress: Progress | None = None) -> list[float]:
+def _grouped_batches(sizes: Sequence[int], options: TrainOptions, epoch: int) -> list[tuple[int, np.ndarray]]:
+    """Batches that never mix groups (feature maps of different sizes cannot share a batch),
+    in a shuffled order: (group, rows within the group)."""
+    batches = [(group, index) for group, size in enumerate(sizes)
+               for index in _batches(size, replace(options, seed=options.seed + 7919 * group), epoch)]
+    order = np.random.default_rng([options.seed, epoch, 3]).permutation(len(batches))
+    return [batches[i] for i in order]
+
+
+def distill(student: Any, teacher_logits: np.ndarray | None, features: np.ndarray | Sequence[np.ndarray],
+            labels: np.ndarray, options: TrainOptions, progress: Progress | None = None) -> list[float]:
     """Knowledge distillation of ``teacher_logits`` (N, T), the teacher's outputs on the same
     frames, into ``student``: ``alpha CE(y) + (1 - alpha) KL(p_teacher || p_student)``. With no
-    teacher it is plain fine-tuning. Returns the mean loss of every epoch."""
-    _check_data(features, labels, len(student.spec.tasks))
+    teacher it is plain fine-tuning. Returns the mean loss of every epoch.
+
+    ``features`` may be a list of groups of different spatial sizes (full-resolution frames and
+    pooled ones, see :mod:`coinfer.sdk.evolve.compression`); ``labels`` and ``teacher_logits``
+    then follow the groups' concatenation, and no batch mixes two groups."""
+    groups = [features] if isinstance(features, np.ndarray) else list(features)
+    offsets = np.cumsum([0, *(len(group) for group in groups)])
+    for group, start, stop in zip(groups, offsets[:-1], offsets[1:], strict=True):
+        _check_data(group, labels[start:stop], len(student.spec.tasks))
+    if len(labels) != offsets[-1]:
+        raise InvalidArgumentError(f"{offsets[-1]} frames need as many labels, got {len(labels)}")
     _seed(options)
     optimizer = _optimizer(student, options)
     history = []
     student.train()
     for epoch in range(options.epochs):
         total = 0.0
-        for index in _batches(len(features), options, epoch):
-            logits = student.from_prefix(_tensor(features[index]))
-            loss = _bce(logits, _tensor(labels[index]))
+        for number, index in _grouped_batches([len(g) for g in groups], options, epoch):
+            rows = offsets[number] + index
+            logits = student.from_prefix(_tensor(groups[number][index]))
+            loss = _bce(logits, _tensor(labels[rows]))
             if teacher_logits is not None:
                 loss = options.alpha * loss + (1 - options.alpha) * _bernoulli_kl(
-                    _tensor(teacher_logits[index]), logits)
+                    _tensor(teacher_logits[rows]), logits)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             total += float(loss.detach()) * len(index)
-        history.append(total / len(features))
+        history.append(total / len(labels))
         if progress:
             progress("distill" if teacher_logits is not None else "fine-tune", epoch + 1, options.epochs)
     student.eval()
