@@ -436,6 +436,14 @@ CASES: dict[str, tuple[Case, ...]] = {
         usage("negative latent channels", "--latent-channels", "-4", *OUT),
         error("out exists", *EXISTING_OUT),
     ),
+    "evolve bench": (
+        usage("unknown option", "--quick", "--bogus"),
+        usage("unknown part", "--quick", "--part", "bogus"),
+        usage("life is not positive", "--quick", "--life-seconds", "0"),
+        usage("json into a directory", "--quick", "--json", "{existing}"),
+        usage("workdir is a file", "--quick", "--workdir", "{junk_npz}"),
+        json_below_file("--quick"),
+    ),
     "split bench": (
         usage("unknown option", "--quick", "--bogus"),
         usage("unknown part", "--quick", "--part", "bogus"),
