@@ -14,7 +14,6 @@ import pytest
 from coinfer.bench.data import actors, drift, scenes
 from coinfer.bench.data.drift import (
     DOMAIN_IDS,
-    QUICK,
     TASKS,
     DriftFormatError,
     DriftOptions,
@@ -273,19 +272,6 @@ def test_an_existing_output_is_refused_before_any_work(tmp_path):
     with pytest.raises(InvalidArgumentError, match="workers must be an integer"):
         generate_drift(tmp_path / "new", TINY, workers=0, progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
-
-
-@pytest.mark.slow  # the quick preset: about 900 frames through four real detectors
-def test_quick_preset_has_usable_shares_of_people_and_faces(tmp_path, capsys):
-    assert main(["data", "drift", "--out", str(tmp_path / "quick"), "--quick", "--quiet"]) == 0
-    assert "coinfer data drift" in capsys.readouterr().out
-    loaded = DriftSet.load(tmp_path / "quick")
-    assert loaded.index["options"] == dataclasses.asdict(QUICK)
-    for entry in loaded.index["domains"]:
-        if entry["kind"] == "generated":
-            assert 0.05 <= entry["positives"]["people"] <= 0.95, entry
-            assert 0.05 <= entry["positives"]["faces"] <= 0.95, entry
-            assert entry["agreement"]["faces"]["accuracy"] >= 0.8, entry
 
 
 def test_modules_import_without_video_or_vision_libraries():
