@@ -121,8 +121,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Example:
 
-    >>> main(["evolve", "train"])  # an action that does not exist: says why on stderr
-    2
+    >>> main(["data", "scenes", "--out", "scenes", "--backgrounds", "moon"])  # says why on stderr
+    1
     """
     argv = _renamed(list(sys.argv[1:] if argv is None else argv))
     name = "coinfer"
