@@ -192,8 +192,8 @@ class DriftOptions:
             raise InvalidArgumentError("invalid drift options: " + "; ".join(errors))
 
 
-#: ``coinfer data drift --quick``: about 830 generated frames and 90 of footage.
-QUICK = DriftOptions(seconds=12.0, cameras=2, source_cameras=3, footage_frames=30)
+#: ``coinfer data drift --quick``: about 1,300 generated frames (320 of the source) and 90 of footage.
+QUICK = DriftOptions(seconds=16.0, cameras=2, source_cameras=4, footage_frames=30)
 #: ``coinfer data drift``: a few hundred frames per generated domain, every footage frame.
 FULL = DriftOptions()
 PRESETS: dict[str, DriftOptions] = {"quick": QUICK, "full": FULL}
