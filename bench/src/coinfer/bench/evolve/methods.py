@@ -30,9 +30,10 @@ new model (``seconds``) is the training time its model depended on, run alone on
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -244,6 +245,17 @@ def _distill_all(world: World, teacher: Any, devices: dict[str, Any], seconds: d
         seconds[camera.id] += time.perf_counter() - started
 
 
+def _mutual_round(world: World, devices: dict[str, Any], middles: dict[str, Any],
+                  seconds: dict[str, float], options: training.TrainOptions, generator: Any = None,
+                  pool: np.ndarray | None = None) -> None:
+    """Every camera's device model and middle model learn from each other on its uploads."""
+    for camera in world.cameras:
+        started = time.perf_counter()
+        training.mutual_learning(devices[camera.id], middles[camera.id], camera.upload,
+                                 camera.upload_labels, options, generator=generator, label_pool=pool)
+        seconds[camera.id] += time.perf_counter() - started
+
+
 def _co_evolve(world: World, devices: dict[str, Any], seconds: dict[str, float], options: EvolveOptions,
                generate: bool, say: Say) -> Any:
     """Mutual learning of every (device, middle) pair, optionally with the generator, the
@@ -252,28 +264,15 @@ def _co_evolve(world: World, devices: dict[str, Any], seconds: dict[str, float],
     middles = {c.id: _copy(world.global_model) for c in world.cameras}
     shared = 0.0
     if generate:
-        first = training.TrainOptions(**{**evolve.__dict__, "epochs": 1})
-        rest = training.TrainOptions(**{**evolve.__dict__, "epochs": max(1, evolve.epochs - 1)})
-        for camera in world.cameras:
-            started = time.perf_counter()
-            training.mutual_learning(devices[camera.id], middles[camera.id], camera.upload,
-                                     camera.upload_labels, first)
-            seconds[camera.id] += time.perf_counter() - started
+        _mutual_round(world, devices, middles, seconds, replace(evolve, epochs=1))
         started = time.perf_counter()
         pool = np.concatenate([camera.upload_labels for camera in world.cameras])
         generator = training.train_generator(list(middles.values()), pool, options.generator)
         shared += time.perf_counter() - started
-        for camera in world.cameras:
-            started = time.perf_counter()
-            training.mutual_learning(devices[camera.id], middles[camera.id], camera.upload,
-                                     camera.upload_labels, rest, generator=generator, label_pool=pool)
-            seconds[camera.id] += time.perf_counter() - started
+        _mutual_round(world, devices, middles, seconds, replace(evolve, epochs=max(1, evolve.epochs - 1)),
+                      generator, pool)
     else:
-        for camera in world.cameras:
-            started = time.perf_counter()
-            training.mutual_learning(devices[camera.id], middles[camera.id], camera.upload,
-                                     camera.upload_labels, evolve)
-            seconds[camera.id] += time.perf_counter() - started
+        _mutual_round(world, devices, middles, seconds, evolve)
     started = time.perf_counter()
     new_global = _average(world.global_model, list(middles.values()), options.aggregate)
     shared += time.perf_counter() - started
@@ -287,7 +286,12 @@ def _co_evolve(world: World, devices: dict[str, Any], seconds: dict[str, float],
 def summarize(result: MethodResult) -> dict[str, Any]:
     """The bench JSON entry of one method (means over cameras)."""
     cameras = list(result.device_before)
-    mean = lambda values: float(np.mean([values[c] for c in cameras]))  # noqa: E731
+    def mean(values: Mapping[str, float]) -> float:
+        """Over the cameras whose accuracy is defined (a camera whose held-out labels hold one
+        class of every task has none)."""
+        finite = [values[c] for c in cameras if math.isfinite(values[c])]
+        return float(np.mean(finite)) if finite else float("nan")
+
     return {
         "device_accuracy_before": mean(result.device_before),
         "device_accuracy_after": mean(result.device_after),

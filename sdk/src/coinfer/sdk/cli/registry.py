@@ -108,6 +108,10 @@ GROUPS: tuple[Group, ...] = (
                         "against JPEG and WebP", BENCH),
     ), tracking_issue=19),
     Group("evolve", "NestEvo: edge-assisted co-evolution of device models", (
+        Action("serve", "the edge evolution service: label device uploads, evolve and publish their models",
+               EDGE),
+        Action("device", "serve a device model on video or frames, upload to the edge, install evolved "
+                         "models", DEVICE),
         Action("bench", "NestEvo against baselines A1-A4 on drifting cameras, adaptive compression, and the "
                         "knapsack scheduler against serial and random", BENCH),
     ), tracking_issue=20),
