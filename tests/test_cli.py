@@ -37,7 +37,7 @@ def test_console_script_version():
 def test_catalogue_matches_the_design():
     assert [group.name for group in GROUPS] == EXPECTED
     services = {g.name for g in GROUPS if any(a.name == "serve" for a in g.actions)}
-    assert services == {"gate", "infi", "stip", "mlink", "split"}
+    assert services == {"gate", "infi", "stip", "mlink", "split", "evolve"}
 
 
 def test_every_catalogued_command_has_an_installed_entry_point_and_no_other():

