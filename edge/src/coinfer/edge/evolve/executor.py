@@ -103,7 +103,7 @@ from coinfer.sdk.evolve.memory import (
 )
 from coinfer.sdk.evolve.networks import ArchitectureSpec
 from coinfer.sdk.evolve.profiling import layer_costs, task_features
-from coinfer.sdk.evolve.scheduler import EvolutionTask, Policy, SerialPolicy
+from coinfer.sdk.evolve.scheduler import EvolutionTask, Policy, SerialPolicy, TaskOutcome
 from coinfer.sdk.evolve.timing import MeasuredRun, TaskFeatures, TrainingTimeModel
 from coinfer.sdk.evolve.training import TrainOptions
 from coinfer.sdk.fsutil import atomic_write_json
@@ -257,13 +257,19 @@ class TaskRecord:
         return self.exit_code == 0
 
     @property
+    def outcome(self) -> TaskOutcome:
+        """The record as a schedule's outcome: the task, its start and its finish."""
+        return TaskOutcome(self.task, self.start, self.finish)
+
+    @property
     def wait(self) -> float:
-        return self.start - self.task.arrival
+        """Arrival to start, as the scheduler counts it (:attr:`TaskOutcome.wait`)."""
+        return self.outcome.wait
 
     @property
     def latency(self) -> float:
-        """Arrival to finish: what the device waits for its new model."""
-        return self.finish - self.task.arrival
+        """Arrival to finish, what the device waits for its new model (:attr:`TaskOutcome.latency`)."""
+        return self.outcome.latency
 
     @property
     def run_seconds(self) -> float:

@@ -225,6 +225,7 @@ class TaskOutcome:
 
     @property
     def wait(self) -> float:
+        """Arrival to start: how long the task waited before the policy started it."""
         return self.start - self.task.arrival
 
     @property
