@@ -109,7 +109,7 @@ def run_threads(targets: list[Callable[[], None]]) -> None:
 
 # ----------------------------------------------------------------------------- the edge gateway
 
-CAMERAS, LAPS, WARMUP = 8, 12, 3
+CAMERAS, LAPS, WARMUP = 8, 8, 3
 
 
 @pytest.fixture(scope="module")
@@ -201,7 +201,7 @@ def test_gateway_with_eight_cameras_and_junk_stays_exact_and_flat(clip: SimpleNa
 
 # ----------------------------------------------------------------------------- the STIP model server
 
-OWNERS, STIP_ROUNDS, NEW_TOKENS, VOCAB, HIDDEN = 4, 10, 12, 97, 32
+OWNERS, STIP_ROUNDS, NEW_TOKENS, VOCAB, HIDDEN = 4, 6, 12, 97, 32
 
 
 @pytest.fixture(scope="module")
@@ -257,7 +257,7 @@ def test_stip_concurrent_sessions_match_sequential_greedy_and_stay_flat(stip: Si
 
 # ----------------------------------------------------------------------------- the MLink aggregation service
 
-FED_ROUNDS = 16
+FED_ROUNDS = 10
 HONEST = {f"edge-{k}": f"edge-{k}-token" for k in range(3)}
 ATTACKER, ATTACKER_TOKEN = "edge-3", "edge-3-token"  # registered: its stolen (or its own) credential
 
