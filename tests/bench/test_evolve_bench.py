@@ -26,12 +26,18 @@ def world(tmp_path_factory):
     return build_world(drift, load_efficientnet_lite0(), options, say=lambda line: None), options
 
 
-@pytest.mark.slow
-def test_every_method_reports_every_key(world):
+@pytest.fixture(scope="module")
+def methods(world):
     from coinfer.bench.evolve.bench import methods_report
 
     world, options = world
-    report = methods_report(world, options, 600.0, say=lambda line: None)
+    return methods_report(world, options, 600.0, say=lambda line: None)
+
+
+@pytest.mark.slow
+def test_every_method_reports_every_key(world, methods):
+    world, _ = world
+    report = methods
     assert set(report) == set(METHODS)
     for name, summary in report.items():
         for key in ("device_accuracy_before", "device_accuracy_after", "device_gain",
@@ -46,6 +52,14 @@ def test_every_method_reports_every_key(world):
     assert report["nestevo"]["mode"] in ("device-only", "co-evolution")
     source = source_accuracy(world)
     assert set(drift_drop(world, source)) == {"A", "E", "F"}
+
+
+@pytest.mark.slow
+def test_the_accuracy_over_time_plot_is_written(methods, tmp_path):
+    from coinfer.bench.evolve.plots import write_plots
+
+    (plot,) = write_plots({"methods": methods}, tmp_path / "evolve", 600.0)
+    assert plot.name == "evolve-accuracy.png" and plot.read_bytes().startswith(b"\x89PNG")
 
 
 @pytest.mark.slow

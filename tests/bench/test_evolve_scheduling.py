@@ -51,3 +51,8 @@ def test_a_tiny_run_reports_every_key(tmp_path):
     assert report["time_model"]["median_relative_error"] >= 0
     assert any("budget" in line for line in lines)
     assert not list(tmp_path.iterdir())  # every run's temporary files removed
+    assert all(len(summary["latencies_s"]) == 2 for summary in report["policies"].values())
+    from coinfer.bench.evolve.plots import write_plots
+
+    (plot,) = write_plots({"scheduler": report}, tmp_path / "bench", 600.0)
+    assert plot.name == "bench-latency.png" and plot.read_bytes().startswith(b"\x89PNG")

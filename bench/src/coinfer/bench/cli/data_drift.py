@@ -28,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", type=int, default=128, help="side of the square frames (default 128)")
     add_seed(parser, "the generator")
     parser.add_argument("--quick", action="store_true",
-                        help="a small set (about 900 frames; a minute or two on 2 cores)")
+                        help="a small set (about 400 frames of 64x64; under a minute on 2 cores)")
     parser.add_argument("--workers", type=int,
                         help="processes (default: CPU count); the outputs do not depend on it")
     add_quiet(parser)

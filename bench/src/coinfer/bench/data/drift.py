@@ -56,7 +56,7 @@ Format (version 1), a directory holding::
         split   int8 [N]            0 uploaded for evolution, 1 held-out test
         time    float32 [N]         seconds since the domain's first frame
 
-Generating and loading (the :data:`QUICK` preset takes a minute or two on 2 cores)::
+Generating and loading (the :data:`QUICK` preset takes under a minute on 2 cores)::
 
     drift = generate_drift("data/drift", QUICK)
     source = DriftSet.load("data/drift").domain("source")
@@ -192,8 +192,8 @@ class DriftOptions:
             raise InvalidArgumentError("invalid drift options: " + "; ".join(errors))
 
 
-#: ``coinfer data drift --quick``: about 1,300 generated frames (320 of the source) and 90 of footage.
-QUICK = DriftOptions(seconds=16.0, cameras=2, source_cameras=4, footage_frames=30)
+#: ``coinfer data drift --quick``: 64x64 frames, 336 generated (120 of the source) and 60 of footage.
+QUICK = DriftOptions(size=64, seconds=8.0, cameras=1, source_cameras=3, footage_frames=20)
 #: ``coinfer data drift``: a few hundred frames per generated domain, every footage frame.
 FULL = DriftOptions()
 PRESETS: dict[str, DriftOptions] = {"quick": QUICK, "full": FULL}

@@ -16,7 +16,9 @@
   serial and random baselines.
 
 The workload is ``coinfer data drift`` (the quick or the full preset), generated into the
-work directory unless one is there already. The full run also writes the accuracy plot.
+work directory unless one is there already. With ``--json`` the run also writes its plots beside
+the JSON (:mod:`coinfer.bench.evolve.plots`): accuracy over time per camera and method, and
+latency per scheduler.
 """
 
 from __future__ import annotations
@@ -82,17 +84,21 @@ def methods_report(world: Any, options: Any, life_seconds: float, say: Any) -> d
 
 
 def run(args: argparse.Namespace) -> int:
-    from coinfer.bench.evolve.methods import EvolveOptions, build_world, drift_drop, source_accuracy
+    from coinfer.bench.evolve.methods import (
+        QUICK_OPTIONS,
+        EvolveOptions,
+        build_world,
+        drift_drop,
+        source_accuracy,
+    )
     from coinfer.bench.machine import machine_description
     from coinfer.bench.models.efficientnet_lite import load_efficientnet_lite0
     from coinfer.sdk.cli.report import print_metrics
-    from coinfer.sdk.evolve.training import TrainOptions
     from coinfer.sdk.fsutil import atomic_write_json
 
     started = time.perf_counter()
     report: dict[str, Any] = {"quick": args.quick}
-    options = EvolveOptions(pretrain=TrainOptions(epochs=6 if args.quick else 8),
-                            evolve=TrainOptions(epochs=4 if args.quick else 6))
+    options = QUICK_OPTIONS if args.quick else EvolveOptions()
     with tempfile.TemporaryDirectory(prefix="coinfer-evolve-bench-") as scratch:
         workdir = args.workdir or Path(scratch)
         if args.part in ("all", "methods", "compression"):
@@ -126,8 +132,10 @@ def run(args: argparse.Namespace) -> int:
     report["machine"] = machine_description()
     report["seconds"] = round(time.perf_counter() - started, 1)
     if args.json is not None:
-        if not args.quick and "methods" in report:
-            report["plots"] = [str(write_plot(report, args.json.with_suffix("")))]
+        from coinfer.bench.evolve.plots import write_plots
+
+        plots = write_plots(report, args.json.with_suffix(""), args.life_seconds)
+        report["plots"] = [str(path) for path in plots]
         atomic_write_json(args.json, report)
     print_metrics("coinfer evolve bench" + (" --quick" if args.quick else ""),
                   {key: report[key] for key in HEADLINE if key in report})
@@ -135,30 +143,3 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {args.json}")
     return 0
 
-
-def write_plot(report: dict[str, Any], stem: Path) -> Path:
-    """Device accuracy before and after, per camera and method."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    methods = report["methods"]
-    cameras = list(next(iter(methods.values()))["per_camera"])
-    figure, axis = plt.subplots(figsize=(8, 4))
-    width = 0.8 / len(methods)
-    for index, (name, summary) in enumerate(methods.items()):
-        after = [summary["per_camera"][camera]["after"] for camera in cameras]
-        axis.bar([c + index * width for c in range(len(cameras))], after, width, label=name)
-    before = [methods["no_evolution"]["per_camera"][camera]["before"] for camera in cameras]
-    axis.scatter([c + 0.4 - width / 2 for c in range(len(cameras))], before, color="black", zorder=3,
-                 label="before evolution")
-    axis.set_xticks([c + 0.4 - width / 2 for c in range(len(cameras))], cameras)
-    axis.set_ylabel("device balanced accuracy")
-    axis.set_ylim(0.4, 1.0)
-    axis.legend(fontsize=7)
-    path = stem.with_name(stem.name + "-accuracy.png")
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-    return path

@@ -15,12 +15,13 @@ The methods (paper section 7.1):
 - ``domain_adaptation`` (A1): each device model aligned to its camera's (unlabelled) frames
   while keeping the source task (CORAL feature alignment);
 - ``co_evolution_without_generation`` (A2): each device model learns mutually with a middle
-  copy of the global model; the middle models are averaged into a new global (the robust
-  federated aggregate MLink uses), which is then distilled into every device model;
+  copy of the global model, in federated rounds whose middle models are averaged into a new
+  global (FedAvg on MLink's aggregate), which is then distilled into every device model
+  (:mod:`coinfer.sdk.evolve.coevolution`);
 - ``nestevo``: drift decides (:class:`~coinfer.sdk.evolve.drift.DriftPolicy`); below
   ``epsilon`` drifted cameras it is A4 on the drifted cameras, otherwise A2 with the
-  conditional feature generator: after the first mutual-learning epoch the generator learns
-  from the middle models' predictors and every pair then also trains on generated samples.
+  conditional feature generator: after every round but the last the generator learns from
+  the middle models' predictors and the next rounds also train on generated samples.
 
 Accuracy is the balanced accuracy over tasks (:func:`coinfer.sdk.evolve.training.
 balanced_accuracy`): 0.5 is chance whatever the class balance. The time a camera waits for its
@@ -33,7 +34,7 @@ import copy
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -41,9 +42,9 @@ import numpy as np
 from coinfer.bench.data.drift import DriftSet
 from coinfer.sdk.errors import InvalidArgumentError
 from coinfer.sdk.evolve import training
+from coinfer.sdk.evolve.coevolution import CoEvolutionOptions, Participant, co_evolve
 from coinfer.sdk.evolve.drift import DriftPolicy, class_drift
 from coinfer.sdk.evolve.networks import ArchitectureSpec, build_network
-from coinfer.sdk.mlink.robust import RobustOptions, aggregate
 
 METHODS = ("no_evolution", "independent_distillation", "domain_adaptation",
            "co_evolution_without_generation", "nestevo")
@@ -59,7 +60,8 @@ class EvolveOptions:
     ``pretrain`` and ``evolve`` training options, the ``generator`` options, the drift
     policy's ``gamma`` (eq. 12, on the global model's 128-wide embeddings: on the full drift set
     the source's own two halves differ by about 17 and the drifted cameras by 40 to 48) and
-    ``epsilon``, the aggregate of the middle models."""
+    ``epsilon``, the co-evolution's federated ``rounds`` and the ``aggregate`` of its middle
+    models."""
 
     cameras: tuple[str, ...] = ("A", "D", "E", "F")
     pretrain: training.TrainOptions = field(default_factory=lambda: training.TrainOptions(epochs=8))
@@ -67,13 +69,20 @@ class EvolveOptions:
     generator: training.GeneratorOptions = field(default_factory=training.GeneratorOptions)
     gamma: float = 30.0
     epsilon: int = 2
-    aggregate: str = "trimmed-mean"
+    rounds: int = 3
+    aggregate: str = "mean"
     seed: int = 0
 
     def __post_init__(self) -> None:
         if not self.cameras or len(set(self.cameras)) != len(self.cameras) or "source" in self.cameras:
             raise InvalidArgumentError(f"cameras must be distinct domain ids other than source, "
                                        f"got {self.cameras}")
+
+
+#: ``coinfer evolve bench --quick``: fewer epochs, rounds and generator steps (a smoke run).
+QUICK_OPTIONS = EvolveOptions(pretrain=training.TrainOptions(epochs=4),
+                              evolve=training.TrainOptions(epochs=2),
+                              generator=training.GeneratorOptions(steps=100), rounds=2)
 
 
 @dataclass
@@ -167,21 +176,6 @@ def _union(world: World) -> tuple[np.ndarray, np.ndarray]:
             np.concatenate([camera.test_labels for camera in world.cameras]))
 
 
-def _copy(model: Any) -> Any:
-    return copy.deepcopy(model)
-
-
-def _average(global_model: Any, middles: Sequence[Any], kind: str) -> Any:
-    """The middle models' robust average (MLink's federated aggregate) as a new global model."""
-    base = training.state_arrays(global_model)
-    deltas = [{name: training.state_arrays(mid)[name] - value for name, value in base.items()}
-              for mid in middles]
-    result = aggregate(base, deltas, None, RobustOptions(aggregate=kind))
-    merged = _copy(global_model)
-    training.load_state_arrays(merged, result.weights)
-    return merged
-
-
 def drift_deltas(world: World) -> tuple[dict[str, float], float]:
     """Each camera's drift (eq. 11) on the global model's embeddings of its uploaded frames
     against the source's, and the source's own drift between its two halves (the noise floor)."""
@@ -204,7 +198,7 @@ def run_method(name: str, world: World, options: EvolveOptions, say: Say = print
     union, union_labels = _union(world)
     before = {c.id: _accuracy(world.devices[c.id], c.test, c.test_labels) for c in world.cameras}
     global_before = _accuracy(world.global_model, union, union_labels)
-    devices = {c.id: _copy(world.devices[c.id]) for c in world.cameras}
+    devices = {c.id: copy.deepcopy(world.devices[c.id]) for c in world.cameras}
     seconds = {c.id: 0.0 for c in world.cameras}
     global_after, mode = global_before, ""
     deltas: dict[str, float] = {}
@@ -245,42 +239,17 @@ def _distill_all(world: World, teacher: Any, devices: dict[str, Any], seconds: d
         seconds[camera.id] += time.perf_counter() - started
 
 
-def _mutual_round(world: World, devices: dict[str, Any], middles: dict[str, Any],
-                  seconds: dict[str, float], options: training.TrainOptions, generator: Any = None,
-                  pool: np.ndarray | None = None) -> None:
-    """Every camera's device model and middle model learn from each other on its uploads."""
-    for camera in world.cameras:
-        started = time.perf_counter()
-        training.mutual_learning(devices[camera.id], middles[camera.id], camera.upload,
-                                 camera.upload_labels, options, generator=generator, label_pool=pool)
-        seconds[camera.id] += time.perf_counter() - started
-
-
 def _co_evolve(world: World, devices: dict[str, Any], seconds: dict[str, float], options: EvolveOptions,
                generate: bool, say: Say) -> Any:
-    """Mutual learning of every (device, middle) pair, optionally with the generator, the
-    middle models' aggregate as the new global, then distillation into every device."""
-    evolve = options.evolve
-    middles = {c.id: _copy(world.global_model) for c in world.cameras}
-    shared = 0.0
-    if generate:
-        _mutual_round(world, devices, middles, seconds, replace(evolve, epochs=1))
-        started = time.perf_counter()
-        pool = np.concatenate([camera.upload_labels for camera in world.cameras])
-        generator = training.train_generator(list(middles.values()), pool, options.generator)
-        shared += time.perf_counter() - started
-        _mutual_round(world, devices, middles, seconds, replace(evolve, epochs=max(1, evolve.epochs - 1)),
-                      generator, pool)
-    else:
-        _mutual_round(world, devices, middles, seconds, evolve)
-    started = time.perf_counter()
-    new_global = _average(world.global_model, list(middles.values()), options.aggregate)
-    shared += time.perf_counter() - started
-    say(f"middle models averaged ({options.aggregate}) into the new global model")
-    for camera in world.cameras:
-        seconds[camera.id] += shared
-    _distill_all(world, new_global, devices, seconds, evolve)
-    return new_global
+    """Every camera's device model co-evolved (:func:`coinfer.sdk.evolve.coevolution.co_evolve`),
+    with the generator or without (A2); returns the new global model."""
+    participants = [Participant(c.id, devices[c.id], c.upload, c.upload_labels) for c in world.cameras]
+    result = co_evolve(world.global_model, participants, CoEvolutionOptions(
+        train=options.evolve, rounds=options.rounds, generator=options.generator if generate else None,
+        aggregate=options.aggregate), say)
+    for camera_id, spent in result.seconds.items():
+        seconds[camera_id] += spent
+    return result.global_model
 
 
 def summarize(result: MethodResult) -> dict[str, Any]:

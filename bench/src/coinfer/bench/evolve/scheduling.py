@@ -127,10 +127,10 @@ class SchedulerWorkload:
 
     @classmethod
     def for_mode(cls, quick: bool) -> SchedulerWorkload:
-        """The quick run (4 cameras x 2 rounds, one random seed; one to two minutes on 2 cores)
+        """The quick run (4 cameras x 2 rounds of small tasks, one random seed; about a minute on 2 cores)
         or the full one (8 cameras x 3 rounds, two random seeds; several minutes)."""
         if quick:
-            return cls(cameras=4, rounds=2, frames=(48, 320), epochs=(1, 2, 3),
+            return cls(cameras=4, rounds=2, frames=(32, 192), epochs=(1, 2),
                        calibration=((96, 1), (160, 2)))
         return cls(cameras=8, rounds=3, frames=(48, 480), epochs=(1, 2, 3),
                    calibration=((96, 1), (160, 2), (256, 1)), random_seeds=(0, 1))
@@ -211,7 +211,8 @@ def _summary(report: ExecutionReport) -> dict[str, Any]:
     return {"mean_latency_s": report.mean_latency, "makespan_s": report.makespan,
             "budget_violations": report.budget_violations, "failed": report.failed,
             "reserved_peak_bytes": report.reserved_peak_bytes,
-            "measured_peak_sum_bytes": _measured_peak_sum(report)}
+            "measured_peak_sum_bytes": _measured_peak_sum(report),
+            "latencies_s": [round(record.latency, 3) for record in report.records]}
 
 
 def _measured_peak_sum(report: ExecutionReport) -> int:
