@@ -126,15 +126,16 @@ def co_evolve(global_model: Any, participants: Sequence[Participant], options: C
             middles.append(middle)
         started = time.perf_counter()
         current = average_models(current, middles, options.aggregate, counts)
-        learns = options.generator is not None and number + 1 < options.rounds
-        if learns:
+        note = ""
+        if options.generator is not None and number + 1 < options.rounds:
             generator = training.train_generator(middles, pool, options.generator)
+            note = ", generator trained"
         shared = time.perf_counter() - started
         for participant in participants:
             seconds[participant.id] += shared
         if say:
             say(f"co-evolution round {number + 1}/{options.rounds}: {len(middles)} middle models "
-                f"averaged ({options.aggregate})" + (", generator trained" if learns else ""))
+                f"averaged ({options.aggregate}){note}")
     for participant in participants:
         started = time.perf_counter()
         teacher = training.logits(current, participant.features)
