@@ -633,10 +633,44 @@ CASES["evolve device"] = (
     error("links as model", *CAMERA, "--model", "{links}", "--frames", "{npy}", says="expected 'evolve'"),
 )
 
+# `coinfer evolve run`: {evolve_good} parses (its weights files do not exist, which no case
+# reaches); {evolve_small} and {evolve_empty} hold frames of another size and none.
+ROUND = ("--config", "{evolve_good}", "--mode", "device-only")
+CASES["evolve run"] = (
+    usage("no config", "--frames", "cam1={npy}"),
+    usage("no frames", *ROUND),
+    usage("frames without a device", *ROUND, "--frames", "{npy}", says="expected DEVICE=PATH"),
+    usage("unknown mode", *ROUND, "--frames", "cam1={npy}", "--mode", "federated"),
+    usage("negative gamma", *ROUND, "--frames", "cam1={npy}", "--gamma", "-1"),
+    usage("negative epsilon", *ROUND, "--frames", "cam1={npy}", "--epsilon", "-1"),
+    usage("zero rounds", *ROUND, "--frames", "cam1={npy}", "--rounds", "0"),
+    usage("zero max frames", *ROUND, "--frames", "cam1={npy}", "--max-frames", "0"),
+    usage("json into a directory", *ROUND, "--frames", "cam1={npy}", "--json", "{existing}"),
+    json_below_file(*ROUND, "--frames", "cam1={npy}"),
+    error("missing config", "--config", "{missing}", "--frames", "cam1={npy}",
+          says="no such configuration file"),
+    error("config not JSON", "--config", "{broken}/config.json", "--frames", "cam1={npy}",
+          says="not a readable JSON configuration"),
+    error("unknown device", *ROUND, "--frames", "cam9={npy}",
+          says="unknown device 'cam9' (configured: cam1)"),
+    error("device given twice", *ROUND, "--frames", "cam1={npy}", "--frames", "cam1={npy}",
+          says="device 'cam1' is given more than once"),
+    error("auto without source statistics", "--config", "{evolve_good}", "--frames", "cam1={npy}",
+          says="mode 'auto' needs the configuration's source statistics"),
+    error("missing frames", *ROUND, "--frames", "cam1={missing}", says="no such frames file"),
+    error("frames not an npz", *ROUND, "--frames", "cam1={junk_npz}", says="frames file"),
+    error("frames of another size", *ROUND, "--frames", "cam1={evolve_small}",
+          says="frames must be uint8 (N >= 1, 128, 128, 3)"),
+    error("no frames in the file", *ROUND, "--frames", "cam1={evolve_empty}",
+          says="got uint8 (0, 128, 128, 3)"),
+    error("video not readable", *ROUND, "--frames", "cam1={junk_mp4}", says="not a readable video"),
+)
+
 
 def _evolve_inputs(root: Path, paths: dict[str, Path]) -> None:
     """Configurations of ``coinfer evolve serve`` that parse as JSON but are refused before any
-    model is loaded."""
+    model is loaded, one that is only refused when its weights are read, and frames files of
+    ``coinfer evolve run`` that do not fit it."""
     folder = root / "evolve"
     folder.mkdir()
 
@@ -652,6 +686,10 @@ def _evolve_inputs(root: Path, paths: dict[str, Path]) -> None:
     config("key", tiny, tiny, bogus=1)
     huge = {"family": "tiny", "input_size": 1024}
     config("upload", huge, huge, max_upload_frames=1024, max_buffer_frames=1)
+    config("good", tiny, tiny)
+    for name, count, side in (("small", 2, 64), ("empty", 0, 128)):
+        paths[f"evolve_{name}"] = folder / f"{name}.npz"
+        np.savez(paths[f"evolve_{name}"], frames=np.zeros((count, side, side, 3), np.uint8))
 
 
 def commands() -> list[str]:

@@ -174,7 +174,8 @@ class FrameUploader:
         log.warning("uploading %d frame(s) to %s failed: %s", frames, self.url, reason)
 
 
-def _frames_from_npz(path: Path, side: int) -> Iterator[np.ndarray]:
+def frames_from_npz(path: Path, side: int) -> Iterator[np.ndarray]:
+    """The frames file's ``frames`` (uint8 (N, side, side, 3)), checked before any is used."""
     from coinfer.sdk.errors import InvalidArgumentError
     from coinfer.sdk.npz import read_arrays
 
@@ -185,7 +186,7 @@ def _frames_from_npz(path: Path, side: int) -> Iterator[np.ndarray]:
     return iter(frames)
 
 
-def _frames_from_video(path: Path, side: int) -> Iterator[np.ndarray]:
+def frames_from_video(path: Path, side: int) -> Iterator[np.ndarray]:
     """The video's frames as RGB ``side`` x ``side``; opening (and its errors) happens now."""
     import av
 
@@ -232,7 +233,7 @@ def run(args: argparse.Namespace) -> int:
     if not isinstance(side, int) or slot.input_spec.shape[1:] != (side, side, 3):
         raise InvalidArgumentError(f"{args.model}: the model takes {slot.input_spec.describe()}, not "
                                    "square RGB frames")
-    frames = _frames_from_video(args.video, side) if args.video else _frames_from_npz(args.frames, side)
+    frames = frames_from_video(args.video, side) if args.video else frames_from_npz(args.frames, side)
     with contextlib.ExitStack() as stack:
         cache = args.cache or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="coinfer-evolve-")))
         updater = ModelUpdater(args.edge, token, slot, cache)

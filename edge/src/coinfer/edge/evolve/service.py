@@ -13,7 +13,9 @@ few devices drifted): ``alpha CE(annotators' labels) + (1 - alpha) KL(p_global |
 on the prefix features of the device's uploads (:func:`~coinfer.sdk.evolve.training.distill`;
 the global model is the teacher and stays as it is). Co-evolution, the mutual learning of every
 device model with a middle copy of the global model and the new global model averaged from
-them, is the next step and is not run here.
+them, is not run by the service: ``coinfer evolve run`` (:mod:`coinfer.edge.evolve.offline`)
+runs it, offline, on the same configuration and root, and the service starts from the global
+model it leaves.
 
 Evolution requests become :class:`~coinfer.edge.evolve.executor.TrainingJob` trained in
 processes of their own by the :class:`~coinfer.edge.evolve.executor.EvolutionExecutor` under
@@ -42,7 +44,7 @@ Routes (every one needs ``Authorization: Bearer <token>``, as do ``/docs``, ``/r
 - ``GET /v1/evolve/jobs/{job}``: the job (``status`` queued, running, done or failed, the
   ``error`` line of a failed one, the ``version`` a done one published); 404 for an unknown id;
 - ``GET /v1/evolve/status``: the devices (buffered frames, published versions, active job),
-  the jobs and the labelling queue;
+  the jobs, the labelling queue and the global model's version;
 - ``GET /v1/evolve/models/{device}`` and its files: the store's routes
   (:func:`~coinfer.edge.evolve.store.store_routes`).
 
@@ -54,8 +56,13 @@ file): ``models/`` (the store, which survives restarts), ``buffers/DEVICE.npz`` 
 labelled uploads, rewritten whole on each upload, at most ``max_buffer_frames``: the oldest are
 dropped first, the newest show the scene as it is now), ``states/DEVICE/vN.npz`` (the weights
 behind published version N, written before the publication; the next evolution starts from the
-latest published version's weights, else from the configured initial state) and ``work/``
-(the executor's temporary files).
+latest published version's weights, else from the configured initial state),
+``global/vN.npz`` (the global models co-evolution made, N from 2: the configured state is
+version 1; the service and ``coinfer evolve run`` start from the newest), ``work/`` (the
+executor's temporary files) and ``.lock``: one process at a time evolves a root, so the service
+holds an exclusive ``flock`` on it from start to :meth:`EvolutionService.close` and ``coinfer
+evolve run`` for its round; the other is refused with ``ROOT is in use by another coinfer
+evolve process`` (:class:`RootLock`, Linux).
 
 The configuration (JSON; relative paths are relative to its folder; :class:`EvolutionConfig`)::
 
@@ -75,8 +82,11 @@ architecture (the frozen prefix is the pretrained EfficientNet-Lite0 trunk, neve
 ``model``: optionally the device's initial TFLite artifact, published when the store holds no
 version of the device yet; ``source``: optionally an ``.npz`` of the global model's
 ``embeddings`` (M, E) and ``labels`` (M, T) on the source domain, with which every job reports
-the drift of the device's uploads (:func:`~coinfer.sdk.evolve.drift.class_drift`). Every
-model shares the input size and the tasks, which must be annotators' tasks.
+the drift of the device's uploads (:func:`~coinfer.sdk.evolve.drift.class_drift`). The
+statistics are the configured global model's (``global.state``), so the uploads are embedded
+by that model too (:func:`drift_network`), also once co-evolution wrote newer global models:
+drift stays measured in the space the statistics were made in. Every model shares the input
+size and the tasks, which must be annotators' tasks.
 
 Checked before anything is loaded:
 
@@ -96,11 +106,13 @@ coinfer.sdk.errors.InvalidArgumentError: global.architecture: missing
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
 import logging
 import math
 import os
 import queue
+import re
 import tempfile
 import threading
 import time
@@ -145,8 +157,11 @@ MAX_STATE_BYTES = 512 << 20
 MAX_BUFFER_BYTES = 2 << 30
 #: Finished jobs remembered for ``GET /v1/evolve/jobs/{job}``; older ones are forgotten.
 KEEP_FINISHED_JOBS = 1000
+#: The file in the root whose ``flock`` says which process evolves the root.
+LOCK_NAME = ".lock"
 #: Status of a job: waiting for the trainer, training (or exporting), finished.
 QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
+_GLOBAL_FILE = re.compile(r"v([1-9][0-9]*)\.npz")
 
 
 class EvolutionRequestError(ServiceError):
@@ -347,6 +362,222 @@ class EvolutionConfig:
                             _precision(entry.get("precision", precision), f"{where}.precision"))
 
 
+class RootInUseError(CoinferError):
+    """Another ``coinfer evolve`` process (a service or an offline round) holds the root."""
+
+
+class RootLock:
+    """An exclusive :func:`fcntl.flock` on ``ROOT/.lock`` (the root is made if missing), taken at
+    once or refused with :class:`RootInUseError`; held until :meth:`release`, the end of a
+    ``with`` block or the process (the kernel drops it with the file), so a crash never leaves a
+    root locked.
+
+    >>> import tempfile
+    >>> work = tempfile.TemporaryDirectory()
+    >>> with RootLock(work.name):
+    ...     RootLock(work.name)
+    Traceback (most recent call last):
+        ...
+    coinfer.edge.evolve.service.RootInUseError: ... is in use by another coinfer evolve process
+    >>> RootLock(work.name).release()
+    >>> work.cleanup()
+    """
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(self.root / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(descriptor)
+            raise RootInUseError(f"{self.root} is in use by another coinfer evolve process") from None
+        except BaseException:
+            os.close(descriptor)
+            raise
+        self._descriptor: int | None = descriptor
+
+    def release(self) -> None:
+        """Let another process have the root (again: nothing)."""
+        descriptor, self._descriptor = self._descriptor, None
+        if descriptor is not None:
+            os.close(descriptor)
+
+    def __enter__(self) -> RootLock:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+
+def load_network(spec: ArchitectureSpec, path: Path, what: str, pretrained: Any = None) -> Any:
+    """The network of ``spec`` with the weights in ``path`` (refused in one line naming the file
+    and ``what`` when they do not fit or are not finite). Without ``pretrained`` the prefix is
+    random: enough to check a weights file."""
+    from coinfer.sdk.evolve.networks import build_network
+    from coinfer.sdk.evolve.training import load_state_arrays
+
+    network = build_network(spec, pretrained)
+    arrays = read_arrays(path, max_bytes=MAX_STATE_BYTES, what=f"weights file of the {what}")
+    try:
+        load_state_arrays(network, arrays)
+    except InvalidArgumentError as error:
+        raise InvalidArgumentError(f"{path}: the {what} ({spec.id}): {error}") from None
+    return network
+
+
+def check_weights(config: EvolutionConfig) -> tuple[np.ndarray, np.ndarray] | None:
+    """Check the weights files the configuration names (global and every device) and read its
+    source statistics (None without): what the service and ``coinfer evolve run`` refuse a
+    configuration for before they touch its root."""
+    load_network(config.global_architecture, config.global_state, "global model")
+    for entry in config.devices:
+        load_network(entry.architecture, entry.state, f"device '{entry.id}'")
+    return None if config.source is None else load_source(config)
+
+
+def load_source(config: EvolutionConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The source statistics ``config.source`` names: the global model's embeddings (M, E) as
+    float32 and the annotators' labels (M, T) on the source domain."""
+    if config.source is None:
+        raise InvalidArgumentError("the configuration names no source statistics ('source')")
+    path = config.source
+    arrays = read_arrays(path, required=("embeddings", "labels"), max_bytes=MAX_STATE_BYTES,
+                         what="source statistics file")
+    embeddings, labels = arrays["embeddings"], arrays["labels"]
+    width, tasks = config.global_architecture.embedding, len(config.tasks)
+    if embeddings.ndim != 2 or embeddings.shape[1] != width or labels.shape != (len(embeddings), tasks) \
+            or not len(embeddings) or labels.dtype != bool:
+        raise InvalidArgumentError(f"{path}: source statistics must be embeddings (M, {width}) and "
+                                   f"bool labels (M, {tasks}), got {embeddings.shape} and "
+                                   f"{labels.dtype} {labels.shape}")
+    return embeddings.astype(np.float32), labels
+
+
+def annotate(frames: np.ndarray, annotators: Mapping[str, Detector], tasks: Sequence[str],
+             side: int) -> np.ndarray:
+    """The annotators' labels of uint8 frames (n, S, S, 3): bool (n, T), True where the
+    task's annotator finds at least one box on the frame scaled to ``side`` x ``side``."""
+    import cv2
+
+    labels = np.zeros((len(frames), len(tasks)), bool)
+    with single_threaded():
+        for row, frame in enumerate(frames):
+            seen = frame if frame.shape[0] == side else cv2.resize(frame, (side, side),
+                                                                   interpolation=cv2.INTER_LINEAR)
+            for column, task in enumerate(tasks):
+                labels[row, column] = len(annotators[task](seen)) > 0
+    return labels
+
+
+def drift_network(config: EvolutionConfig, version: int, global_model: Any, pretrained: Any) -> Any:
+    """The network that embeds frames for drift: the configured global model, whose embeddings
+    the source statistics hold; ``global_model`` itself when it is that one (``version`` 1)."""
+    if version == 1:
+        return global_model
+    return load_network(config.global_architecture, config.global_state, "global model", pretrained)
+
+
+def global_versions(config: EvolutionConfig) -> list[int]:
+    """The versions of the global model written under ``root/global`` (from 2), oldest first."""
+    folder = config.root / "global"
+    found = [_GLOBAL_FILE.fullmatch(path.name) for path in folder.iterdir()] if folder.is_dir() else []
+    return sorted(int(match.group(1)) for match in found if match)
+
+
+def latest_global(config: EvolutionConfig) -> tuple[int, Path]:
+    """The newest global model: its version and weights file, ``root/global/vN.npz`` when
+    co-evolution wrote one, else ``(1, config.global_state)``."""
+    versions = global_versions(config)
+    if not versions:
+        return 1, config.global_state
+    return versions[-1], config.root / "global" / f"v{versions[-1]}.npz"
+
+
+def write_global(config: EvolutionConfig, network: Any) -> int:
+    """Write ``network``'s weights as the next global version (atomically; the last
+    ``keep_versions`` stay) and return that version."""
+    from coinfer.sdk.evolve.training import state_arrays
+
+    version = latest_global(config)[0] + 1
+    folder = config.root / "global"
+    write_arrays(folder / f"v{version}.npz", state_arrays(network))
+    for old in global_versions(config)[:-config.keep_versions]:
+        (folder / f"v{old}.npz").unlink(missing_ok=True)
+    return version
+
+
+def open_store(config: EvolutionConfig) -> ModelStore:
+    """The root's model store with every configured device registered and its initial model
+    (``model``) published while the store holds no version of it."""
+    store = ModelStore(config.root / "models", keep=config.keep_versions)
+    for entry in config.devices:
+        store.register(entry.id, entry.architecture.id, entry.architecture.tasks)
+        if entry.model is not None and store.latest(entry.id) is None:
+            store.publish(entry.id, entry.model)
+    return store
+
+
+def state_path(config: EvolutionConfig, device: str, version: int) -> Path:
+    """Where the weights behind ``device``'s published ``version`` are kept."""
+    return config.root / "states" / device / f"v{version}.npz"
+
+
+def latest_state(config: EvolutionConfig, store: ModelStore,
+                 device: str) -> tuple[int, dict[str, np.ndarray]]:
+    """The weights ``device``'s next evolution starts from and the version they stand behind:
+    its latest published version's, else its configured initial state (version 1)."""
+    latest = store.latest(device)
+    version, path = 1, config.device(device).state
+    if latest is not None and state_path(config, device, latest.version).exists():
+        version, path = latest.version, state_path(config, device, latest.version)
+    return version, read_arrays(path, max_bytes=MAX_STATE_BYTES, what=f"weights file of device '{device}'")
+
+
+@dataclass(frozen=True)
+class ExportedModel:
+    """A device model exported and not yet published: the ``version`` it will be published as,
+    its artifact folder and the weights behind it."""
+
+    device: str
+    version: int
+    artifact: Path
+    arrays: dict[str, np.ndarray]
+
+
+def export_model(config: EvolutionConfig, store: ModelStore, exporter: Exporter, device: str,
+                 arrays: Mapping[str, np.ndarray], frames: np.ndarray, metrics: Mapping[str, Any],
+                 scratch: Path, pretrained: Any) -> ExportedModel:
+    """Export trained weights of ``device`` (refused when they do not fit its architecture or are
+    not finite) as its next version, calibrated on ``frames``, into ``scratch``."""
+    from coinfer.sdk.evolve.networks import build_network
+    from coinfer.sdk.evolve.training import load_state_arrays
+
+    entry = config.device(device)
+    network = build_network(entry.architecture, pretrained)
+    load_state_arrays(network, arrays)  # refuses NaN or infinite weights
+    latest = store.latest(device)
+    version = (1 if latest is None else latest.version) + 1
+    artifact = exporter(network, scratch / f"{device}-v{version}", device=device, version=version,
+                        precision=entry.precision, calibration=frames, metrics=dict(metrics))
+    return ExportedModel(device, version, Path(artifact), dict(arrays))
+
+
+def publish_model(config: EvolutionConfig, store: ModelStore, exported: ExportedModel) -> int:
+    """Publish an exported model: its weights are written first (``states/DEVICE/vN.npz``), then
+    the store makes it the device's latest; the weights of versions the store no longer keeps
+    are removed. Returns the version."""
+    state = state_path(config, exported.device, exported.version)
+    state.parent.mkdir(parents=True, exist_ok=True)
+    write_arrays(state, exported.arrays)
+    store.publish(exported.device, exported.artifact)
+    kept = {f"v{number}.npz" for number in store.versions(exported.device)}
+    for old in state.parent.glob("v*.npz"):
+        if old.name not in kept:
+            old.unlink(missing_ok=True)
+    return exported.version
+
+
 @dataclass
 class EvolutionJob:
     """One evolution request: its ``id`` and ``device``, its ``status`` (queued, running,
@@ -429,8 +660,9 @@ class EvolutionService:
     ``pretrained``: the ImageNet EfficientNet-Lite0 every network's prefix is taken from
     (loaded with :func:`coinfer.sdk.evolve.networks.load_pretrained` when not given). Loading
     checks every file the configuration names (weights that do not fit their architecture, an initial model of
-    another architecture) and starts two threads, the labeller and the trainer; :meth:`close`
-    stops them.
+    another architecture), takes the root (:class:`RootLock`; refused while another process
+    holds it), loads the newest global model (:func:`latest_global`) and starts two threads, the
+    labeller and the trainer; :meth:`close` stops them and lets the root go.
     """
 
     def __init__(self, config: EvolutionConfig | str | os.PathLike, exporter: Exporter, *,
@@ -439,29 +671,31 @@ class EvolutionService:
         self.exporter = exporter
         config = self.config
         self.pretrained = pretrained if pretrained is not None else load_pretrained()
-        self.global_model = self._load_network(config.global_architecture, config.global_state,
-                                               "global model")
-        for entry in config.devices:
-            self._check_state(entry.architecture, entry.state, f"device '{entry.id}'")
-        self.source = self._load_source(config.source) if config.source is not None else None
+        self.source = check_weights(config)
         side = config.input_size
         self.frame_bytes = side * side * 3
         self.limits = wire.WireLimits(max_header_bytes=MAX_UPLOAD_HEADER_BYTES,
                                       max_payload_bytes=config.max_upload_frames * self.frame_bytes,
                                       max_arrays=1, max_ndim=4)
         self.max_request_bytes = config.max_request_bytes
-        for folder in ("buffers", "states", "work"):
-            (config.root / folder).mkdir(parents=True, exist_ok=True)
-        self.store = ModelStore(config.root / "models", keep=config.keep_versions)
-        for entry in config.devices:
-            self.store.register(entry.id, entry.architecture.id, entry.architecture.tasks)
-            if entry.model is not None and self.store.latest(entry.id) is None:
-                self.store.publish(entry.id, entry.model)
-        self.buffers = {entry.id: _Buffer(config.root / "buffers" / f"{entry.id}.npz", side,
-                                          len(config.tasks), config.max_buffer_frames)
-                        for entry in config.devices}
-        self.annotators: dict[str, Detector] = {task: create_detector(task) for task in config.tasks}
-        self.executor = EvolutionExecutor(config.budget_bytes, work_dir=config.root / "work")
+        self._root = RootLock(config.root)
+        try:
+            self.global_version, global_state = latest_global(config)
+            self.global_model = load_network(config.global_architecture, global_state, "global model",
+                                             self.pretrained)
+            self.drift_model = None if self.source is None else drift_network(
+                config, self.global_version, self.global_model, self.pretrained)
+            for folder in ("buffers", "states", "work"):
+                (config.root / folder).mkdir(parents=True, exist_ok=True)
+            self.store = open_store(config)
+            self.buffers = {entry.id: _Buffer(config.root / "buffers" / f"{entry.id}.npz", side,
+                                              len(config.tasks), config.max_buffer_frames)
+                            for entry in config.devices}
+            self.annotators: dict[str, Detector] = {task: create_detector(task) for task in config.tasks}
+            self.executor = EvolutionExecutor(config.budget_bytes, work_dir=config.root / "work")
+        except BaseException:
+            self._root.release()
+            raise
         self.predictor = TaskPredictor(config.workspace_bytes)
         self._annotating = threading.Lock()
         self._labels: queue.Queue[tuple[str, np.ndarray, Future[dict[str, Any]]] | None] = \
@@ -476,40 +710,6 @@ class EvolutionService:
                                          daemon=True)
         self._labeller.start()
         self._trainer.start()
-
-    def _load_network(self, spec: ArchitectureSpec, path: Path, what: str) -> Any:
-        from coinfer.sdk.evolve.networks import build_network
-
-        network = build_network(spec, self.pretrained)
-        self._load_weights(network, path, what)
-        return network
-
-    def _check_state(self, spec: ArchitectureSpec, path: Path, what: str) -> None:
-        from coinfer.sdk.evolve.networks import build_network
-
-        self._load_weights(build_network(spec), path, what)
-
-    @staticmethod
-    def _load_weights(network: Any, path: Path, what: str) -> None:
-        from coinfer.sdk.evolve.training import load_state_arrays
-
-        arrays = read_arrays(path, max_bytes=MAX_STATE_BYTES, what=f"weights file of the {what}")
-        try:
-            load_state_arrays(network, arrays)
-        except InvalidArgumentError as error:
-            raise InvalidArgumentError(f"{path}: the {what} ({network.spec.id}): {error}") from None
-
-    def _load_source(self, path: Path) -> tuple[np.ndarray, np.ndarray]:
-        arrays = read_arrays(path, required=("embeddings", "labels"), max_bytes=MAX_STATE_BYTES,
-                             what="source statistics file")
-        embeddings, labels = arrays["embeddings"], arrays["labels"]
-        width, tasks = self.config.global_architecture.embedding, len(self.config.tasks)
-        if embeddings.ndim != 2 or embeddings.shape[1] != width or labels.shape != (len(embeddings), tasks) \
-                or not len(embeddings) or labels.dtype != bool:
-            raise InvalidArgumentError(f"{path}: source statistics must be embeddings (M, {width}) and "
-                                       f"bool labels (M, {tasks}), got {embeddings.shape} and "
-                                       f"{labels.dtype} {labels.shape}")
-        return embeddings.astype(np.float32), labels
 
     # Requests ----------------------------------------------------------------------------------------
 
@@ -566,18 +766,10 @@ class EvolutionService:
 
     def label(self, frames: np.ndarray) -> np.ndarray:
         """The annotators' labels of uint8 frames (n, S, S, 3): bool (n, T), True where the
-        task's annotator finds at least one box on the frame scaled to ``annotate_side``."""
-        import cv2
-
-        side = self.config.annotate_side
-        labels = np.zeros((len(frames), len(self.config.tasks)), bool)
-        with self._annotating, single_threaded():
-            for row, frame in enumerate(frames):
-                seen = frame if frame.shape[0] == side else cv2.resize(frame, (side, side),
-                                                                       interpolation=cv2.INTER_LINEAR)
-                for column, task in enumerate(self.config.tasks):
-                    labels[row, column] = len(self.annotators[task](seen)) > 0
-        return labels
+        task's annotator finds at least one box on the frame scaled to ``annotate_side``
+        (:func:`annotate`; one call at a time, the annotators are not thread-safe)."""
+        with self._annotating:
+            return annotate(frames, self.annotators, self.config.tasks, self.config.annotate_side)
 
     def request_evolution(self, device: str) -> EvolutionJob:
         """Queue an evolution of ``device`` on its buffered frames; refused (409) while one is
@@ -607,7 +799,8 @@ class EvolutionService:
             return dataclasses.replace(found)
 
     def status(self) -> dict[str, Any]:
-        """The devices, the jobs by status and the labelling queue."""
+        """The devices, the jobs by status, the labelling queue and the global model's version
+        (1: the configured one; co-evolution writes the next ones)."""
         with self._changed:
             jobs = list(self._jobs.values())
             active = {entry.id: self._active(entry.id) for entry in self.config.devices}
@@ -626,17 +819,20 @@ class EvolutionService:
         recent = sorted(jobs, key=lambda job: job.submitted)[-20:]
         return {"devices": devices, "jobs": counts, "recent_jobs": [job.to_dict() for job in recent],
                 "labelling": {"waiting": self._labels.qsize(), "capacity": self.config.label_queue},
+                "global_version": self.global_version,
                 "input_size": self.config.input_size, "tasks": list(self.config.tasks),
                 "max_upload_frames": self.config.max_upload_frames, "budget_bytes": self.config.budget_bytes}
 
     def close(self) -> None:
-        """Stop the labeller (after the uploads it holds) and the trainer (after its batch)."""
+        """Stop the labeller (after the uploads it holds) and the trainer (after its batch), then
+        let the root go."""
         with self._changed:
             self._closing = True
             self._changed.notify_all()
         self._labels.put(None)
         self._labeller.join()
         self._trainer.join()
+        self._root.release()
 
     def _active(self, device: str) -> EvolutionJob | None:
         """The queued or running job of ``device``; call with ``_changed`` held."""
@@ -725,17 +921,10 @@ class EvolutionService:
                     continue
                 self._update(item.job, status=DONE, version=version, finished=time.time())
 
-    def _state_path(self, device: str, version: int) -> Path:
-        return self.config.root / "states" / device / f"v{version}.npz"
-
     def current_state(self, device: str) -> dict[str, np.ndarray]:
         """The weights of ``device``'s latest published version (those its next evolution
-        starts from), else its configured initial state."""
-        latest = self.store.latest(device)
-        path = self.config.device(device).state
-        if latest is not None and self._state_path(device, latest.version).exists():
-            path = self._state_path(device, latest.version)
-        return read_arrays(path, max_bytes=MAX_STATE_BYTES, what=f"weights file of device '{device}'")
+        starts from), else its configured initial state (:func:`latest_state`)."""
+        return latest_state(self.config, self.store, device)[1]
 
     def _prepare(self, job: EvolutionJob, scratch: Path) -> _Prepared:
         from coinfer.sdk.evolve import training
@@ -746,7 +935,7 @@ class EvolutionService:
         teacher = training.logits(self.global_model, features)
         drift = None
         if self.source is not None:
-            embeddings = training.embeddings(self.global_model, features)
+            embeddings = training.embeddings(self.drift_model, features)
             drift = class_drift(self.source[0], self.source[1], embeddings, labels).delta
         entry = self.config.device(job.device)
         task = TrainingJob(job.id, job.device, entry.architecture, features, labels, self.config.training,
@@ -762,33 +951,17 @@ class EvolutionService:
 
     def _publish(self, item: _Prepared, scratch: Path) -> int:
         """Check, export and publish a trained job's weights; returns the version published."""
-        from coinfer.sdk.evolve.networks import build_network
-        from coinfer.sdk.evolve.training import load_state_arrays
-
-        job, entry = item.job, self.config.device(item.job.device)
+        job = item.job
         output = item.training.output
         if output is None:
             raise InvalidArgumentError("the job wrote no weights")
         arrays = read_arrays(output, max_bytes=MAX_STATE_BYTES, what="trained weights")
-        network = build_network(entry.architecture, self.pretrained)
-        load_state_arrays(network, arrays)  # refuses NaN or infinite weights
-        latest = self.store.latest(job.device)
-        version = (1 if latest is None else latest.version) + 1
-        state = self._state_path(job.device, version)
-        state.parent.mkdir(parents=True, exist_ok=True)
-        write_arrays(state, arrays)
         metrics: dict[str, Any] = {"job": job.id, "frames": len(item.frames)}
         if job.drift is not None:
             metrics["drift"] = job.drift
-        exported = self.exporter(network, scratch / f"{job.device}-v{version}", device=job.device,
-                                 version=version, precision=entry.precision, calibration=item.frames,
-                                 metrics=metrics)
-        self.store.publish(job.device, exported)
-        kept = {f"v{number}.npz" for number in self.store.versions(job.device)}
-        for old in state.parent.glob("v*.npz"):
-            if old.name not in kept:
-                old.unlink(missing_ok=True)
-        return version
+        exported = export_model(self.config, self.store, self.exporter, job.device, arrays, item.frames,
+                                metrics, scratch, self.pretrained)
+        return publish_model(self.config, self.store, exported)
 
 
 def create_evolution_app(service: EvolutionService, token: str) -> Any:
@@ -839,6 +1012,9 @@ class EvolutionServer(ThreadedServer):
                          name="the evolution service")
 
 
-__all__ = ["DEVICES_PATH", "JOBS_PATH", "PRECISIONS", "STATUS_PATH", "DeviceConfig", "EvolutionConfig",
-           "EvolutionJob", "EvolutionRequestError", "EvolutionServer", "EvolutionService", "Exporter",
-           "create_evolution_app"]
+__all__ = ["DEVICES_PATH", "JOBS_PATH", "LOCK_NAME", "PRECISIONS", "STATUS_PATH", "DeviceConfig",
+           "EvolutionConfig", "EvolutionJob", "EvolutionRequestError", "EvolutionServer", "EvolutionService",
+           "ExportedModel", "Exporter", "RootInUseError", "RootLock", "annotate", "check_weights",
+           "create_evolution_app", "drift_network", "export_model", "global_versions", "latest_global",
+           "latest_state", "load_network", "load_source", "open_store", "publish_model", "state_path",
+           "write_global"]

@@ -110,6 +110,8 @@ GROUPS: tuple[Group, ...] = (
     Group("evolve", "NestEvo: edge-assisted co-evolution of device models", (
         Action("serve", "the edge evolution service: label device uploads, evolve and publish their models",
                EDGE),
+        Action("run", "one round offline on recorded frames: drift decides device-only evolution or "
+                      "co-evolution with the global model; publish the new models", EDGE),
         Action("device", "serve a device model on video or frames, upload to the edge, install evolved "
                          "models", DEVICE),
         Action("bench", "NestEvo against baselines A1-A4 on drifting cameras, adaptive compression, and the "
