@@ -14,6 +14,7 @@ pytest.importorskip("efficientnet_lite_pytorch")
 
 from coinfer.sdk.evolve import training  # noqa: E402
 from coinfer.sdk.evolve.coevolution import (  # noqa: E402
+    CANDIDATES,
     CoEvolutionOptions,
     Participant,
     average_models,
@@ -69,7 +70,11 @@ def test_co_evolution_moves_the_global_model_to_every_camera(pretrained):
     assert accuracy(devices["far"], tests["far"]) > before["far"] + 0.2
     assert accuracy(devices["near"], tests["near"]) > 0.8
     assert set(result.seconds) == set(domains) and min(result.seconds.values()) > 0
-    assert len(lines) == 2 and "generator trained" in lines[0] and "generator" not in lines[-1]
+    assert len(lines) == 3 and "generator trained" in lines[0] and "generator" not in lines[1]
+    assert lines[2].startswith("kept per device")
+    for name in domains:  # each device ended as the candidate its held-out uploads rated best
+        scores = result.validation[name]
+        assert set(scores) == set(CANDIDATES) and scores[result.chosen[name]] == max(scores.values())
     for name, value in training.state_arrays(global_model).items():  # the global model is not touched
         np.testing.assert_array_equal(value, original[name])
 
@@ -101,3 +106,27 @@ def test_bad_co_evolution_input_gets_one_line(pretrained):
         co_evolve(model, [Participant("a", model, features, labels)] * 2, CoEvolutionOptions())
     with pytest.raises(InvalidArgumentError, match="aggregate must be one of"):
         CoEvolutionOptions(aggregate="max")
+    with pytest.raises(InvalidArgumentError, match="validation must be in"):
+        CoEvolutionOptions(validation=0.9)
+
+
+def test_a_device_keeps_its_model_when_every_new_candidate_validates_worse(pretrained):
+    """Training that destroys the models (a learning rate of 1): the guard must hand every
+    device its old model back, weights unchanged."""
+    spec = ArchitectureSpec("tiny", input_size=SIZE)
+    participants, before = [], {}
+    for k in range(2):
+        features, labels = camera(160, 3 + k, slice(0, 4))
+        model = build_network(spec, pretrained)
+        training.fine_tune(model, features, labels, training.TrainOptions(epochs=4, batch_size=32))
+        before[f"cam{k}"] = copy.deepcopy(training.state_arrays(model))
+        participants.append(Participant(f"cam{k}", model, features, labels))
+    global_model = build_network(ArchitectureSpec("efficientnet-lite0", input_size=SIZE), pretrained)
+    wrecking = training.TrainOptions(epochs=2, batch_size=32, lr=1.0)
+    result = co_evolve(global_model, participants,
+                       CoEvolutionOptions(train=wrecking, rounds=1, generator=None))
+    for participant in participants:
+        scores = result.validation[participant.id]
+        assert result.chosen[participant.id] == "kept" and scores["kept"] > 0.8, scores
+        for name, value in training.state_arrays(participant.model).items():
+            np.testing.assert_array_equal(value, before[participant.id][name])

@@ -23,6 +23,10 @@ The methods (paper section 7.1):
   conditional feature generator: after every round but the last the generator learns from
   the middle models' predictors and the next rounds also train on generated samples.
 
+Both co-evolution methods hold out a quarter of each camera's uploads and end each device as
+the candidate that labels them best (co-evolved, distilled from the old global model, or
+kept: :mod:`coinfer.sdk.evolve.coevolution`); ``per_camera`` says which.
+
 Accuracy is the balanced accuracy over tasks (:func:`coinfer.sdk.evolve.training.
 balanced_accuracy`): 0.5 is chance whatever the class balance. The time a camera waits for its
 new model (``seconds``) is the training time its model depended on, run alone on this machine.
@@ -42,7 +46,7 @@ import numpy as np
 from coinfer.bench.data.drift import DriftSet
 from coinfer.sdk.errors import InvalidArgumentError
 from coinfer.sdk.evolve import training
-from coinfer.sdk.evolve.coevolution import CoEvolutionOptions, Participant, co_evolve
+from coinfer.sdk.evolve.coevolution import CoEvolutionOptions, CoEvolutionResult, Participant, co_evolve
 from coinfer.sdk.evolve.drift import DriftPolicy, class_drift
 from coinfer.sdk.evolve.networks import ArchitectureSpec, build_network
 
@@ -169,6 +173,7 @@ class MethodResult:
     seconds: dict[str, float]
     mode: str = ""
     deltas: dict[str, float] = field(default_factory=dict)
+    chosen: dict[str, str] = field(default_factory=dict)
 
 
 def _union(world: World) -> tuple[np.ndarray, np.ndarray]:
@@ -202,6 +207,7 @@ def run_method(name: str, world: World, options: EvolveOptions, say: Say = print
     seconds = {c.id: 0.0 for c in world.cameras}
     global_after, mode = global_before, ""
     deltas: dict[str, float] = {}
+    chosen: dict[str, str] = {}
     evolve = options.evolve
     if name == "independent_distillation":
         _distill_all(world, world.global_model, devices, seconds, evolve)
@@ -224,10 +230,11 @@ def run_method(name: str, world: World, options: EvolveOptions, say: Say = print
                 drifted = [c for c in world.cameras if c.id in decision.drifted]
                 _distill_all(world, world.global_model, devices, seconds, evolve, drifted)
         if mode != "device-only":
-            new_global = _co_evolve(world, devices, seconds, options, generate, say)
-            global_after = _accuracy(new_global, union, union_labels)
+            evolved = _co_evolve(world, devices, seconds, options, generate, say)
+            global_after = _accuracy(evolved.global_model, union, union_labels)
+            chosen = evolved.chosen
     after = {c.id: _accuracy(devices[c.id], c.test, c.test_labels) for c in world.cameras}
-    return MethodResult(name, before, after, global_before, global_after, seconds, mode, deltas)
+    return MethodResult(name, before, after, global_before, global_after, seconds, mode, deltas, chosen)
 
 
 def _distill_all(world: World, teacher: Any, devices: dict[str, Any], seconds: dict[str, float],
@@ -240,16 +247,16 @@ def _distill_all(world: World, teacher: Any, devices: dict[str, Any], seconds: d
 
 
 def _co_evolve(world: World, devices: dict[str, Any], seconds: dict[str, float], options: EvolveOptions,
-               generate: bool, say: Say) -> Any:
+               generate: bool, say: Say) -> CoEvolutionResult:
     """Every camera's device model co-evolved (:func:`coinfer.sdk.evolve.coevolution.co_evolve`),
-    with the generator or without (A2); returns the new global model."""
+    with the generator or without (A2)."""
     participants = [Participant(c.id, devices[c.id], c.upload, c.upload_labels) for c in world.cameras]
     result = co_evolve(world.global_model, participants, CoEvolutionOptions(
         train=options.evolve, rounds=options.rounds, generator=options.generator if generate else None,
         aggregate=options.aggregate), say)
     for camera_id, spent in result.seconds.items():
         seconds[camera_id] += spent
-    return result.global_model
+    return result
 
 
 def summarize(result: MethodResult) -> dict[str, Any]:
@@ -268,7 +275,8 @@ def summarize(result: MethodResult) -> dict[str, Any]:
         "global_accuracy_before": result.global_before,
         "global_accuracy_after": result.global_after,
         "per_camera": {c: {"before": result.device_before[c], "after": result.device_after[c],
-                           "seconds": result.seconds[c]} for c in cameras},
+                           "seconds": result.seconds[c],
+                           **({"chosen": result.chosen[c]} if c in result.chosen else {})} for c in cameras},
         **({"mode": result.mode, "drift": result.deltas} if result.mode else {}),
     }
 

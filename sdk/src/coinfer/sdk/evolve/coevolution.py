@@ -10,12 +10,20 @@ each starting every middle model from the latest average, keeps the middle model
 the conditional feature generator is learnt from the round's middle predictors after every
 round and its embeddings of labels drawn from all cameras join the next rounds' training.
 
+Why a guard: averaging serves the majority. A camera unlike all the others (the real footage
+among generated scenes, here) can get a new global model that is worse on its frames than the
+old one, and a device distilled from it gets worse too. So a share of every device's uploads
+(``validation``) is held out from training, and each device ends with whichever of three
+candidates labels its held-out frames best (balanced accuracy on the annotators' labels):
+the co-evolved model, the old global model distilled into it (device-only evolution) or the
+model it had. The edge never publishes a model that validated worse than the one it replaces.
+
 The algorithm works on prefix features (see :mod:`coinfer.sdk.evolve.training`); the edge
 service and the bench call it the same way.
 
 >>> options = CoEvolutionOptions(rounds=3)
->>> options.round_options.epochs, options.aggregate
-(2, 'mean')
+>>> options.round_options.epochs, options.aggregate, options.validation
+(2, 'mean', 0.25)
 >>> CoEvolutionOptions(rounds=0)
 Traceback (most recent call last):
     ...
@@ -46,14 +54,19 @@ class CoEvolutionOptions:
     federated rounds of mutual learning (at least one epoch each) and used again for the final
     distillation. ``generator``: the conditional feature generator's options, or None for
     co-evolution without generation (baseline A2). ``aggregate``: how the middle models are
-    combined (MLink's aggregates; ``mean`` weighted by upload counts is FedAvg)."""
+    combined (MLink's aggregates; ``mean`` weighted by upload counts is FedAvg). ``validation``:
+    the share of each device's uploads held out to choose its final model (0: no guard, every
+    device keeps its co-evolved model)."""
 
     train: training.TrainOptions = field(default_factory=lambda: training.TrainOptions(epochs=6))
     rounds: int = 3
     generator: training.GeneratorOptions | None = field(default_factory=training.GeneratorOptions)
     aggregate: str = "mean"
+    validation: float = 0.25
 
     def __post_init__(self) -> None:
+        if not isinstance(self.validation, (int, float)) or not 0 <= self.validation <= 0.5:
+            raise InvalidArgumentError(f"validation must be in [0, 0.5], got {self.validation!r}")
         if not isinstance(self.rounds, int) or isinstance(self.rounds, bool) or not 1 <= self.rounds <= 1000:
             raise InvalidArgumentError(f"rounds must be an integer in [1, 1000], got {self.rounds!r}")
         if self.aggregate not in AGGREGATES:
@@ -77,13 +90,21 @@ class Participant:
     labels: np.ndarray
 
 
+#: The candidates a device's final model is chosen from, in the order ties are broken.
+CANDIDATES = ("co-evolved", "distilled", "kept")
+
+
 @dataclass
 class CoEvolutionResult:
     """The new global model and, per participant, the training seconds its new model waited
-    for (its own training plus the shared aggregation and generator steps)."""
+    for (its own training plus the shared aggregation and generator steps), the candidate it
+    ended with (one of :data:`CANDIDATES`) and every candidate's held-out accuracy (empty
+    without validation)."""
 
     global_model: Any
     seconds: dict[str, float]
+    chosen: dict[str, str] = field(default_factory=dict)
+    validation: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 def average_models(global_model: Any, models: Sequence[Any], kind: str = "mean",
@@ -103,14 +124,20 @@ def average_models(global_model: Any, models: Sequence[Any], kind: str = "mean",
 
 def co_evolve(global_model: Any, participants: Sequence[Participant], options: CoEvolutionOptions,
               say: Say | None = None) -> CoEvolutionResult:
-    """Co-evolve ``participants``' models with ``global_model`` (left unchanged); the
-    participants' models end distilled from the new global model."""
+    """Co-evolve ``participants``' models with ``global_model`` (left unchanged); each
+    participant's model ends as the co-evolved one (distilled from the new global model) or,
+    with ``options.validation``, as the candidate its held-out uploads chose."""
     if not participants:
         raise InvalidArgumentError("co-evolution needs at least one participant")
     ids = [p.id for p in participants]
     if len(set(ids)) != len(ids):
         raise InvalidArgumentError(f"participant ids must be distinct, got {ids}")
     seconds = {p.id: 0.0 for p in participants}
+    held = {p.id: _held_out(len(p.labels), options.validation, options.train.seed) for p in participants}
+    original = {p.id: copy.deepcopy(p.model) for p in participants} if options.validation else {}
+    validation_sets = [(p.features[held[p.id]], p.labels[held[p.id]]) for p in participants]
+    participants = [Participant(p.id, p.model, p.features[~held[p.id]], p.labels[~held[p.id]])
+                    for p in participants]
     pool = np.concatenate([p.labels for p in participants])
     counts = [len(p.labels) for p in participants]
     current, generator = global_model, None
@@ -141,4 +168,41 @@ def co_evolve(global_model: Any, participants: Sequence[Participant], options: C
         teacher = training.logits(current, participant.features)
         training.distill(participant.model, teacher, participant.features, participant.labels, options.train)
         seconds[participant.id] += time.perf_counter() - started
-    return CoEvolutionResult(current, seconds)
+    result = CoEvolutionResult(current, seconds)
+    if options.validation:
+        for participant, (features, labels) in zip(participants, validation_sets, strict=True):
+            started = time.perf_counter()
+            _choose(participant, original[participant.id], global_model, features, labels, options, result)
+            seconds[participant.id] += time.perf_counter() - started
+        if say:
+            say("kept per device: " + ", ".join(f"{k} {v}" for k, v in result.chosen.items()))
+    return result
+
+
+def _held_out(count: int, share: float, seed: int) -> np.ndarray:
+    """A fixed random ``share`` of ``count`` uploads (at least one, and one left to train on)."""
+    mask = np.zeros(count, bool)
+    if share and count >= 2:
+        size = min(count - 1, max(1, round(share * count)))
+        mask[np.random.default_rng([seed, count, 11]).choice(count, size, replace=False)] = True
+    return mask
+
+
+def _choose(participant: Participant, original: Any, global_model: Any, features: np.ndarray,
+            labels: np.ndarray, options: CoEvolutionOptions, result: CoEvolutionResult) -> None:
+    """Replace ``participant.model``'s weights by the candidate that labels the held-out frames
+    best: the co-evolved model, the old global model distilled into the old device model, or
+    the old device model."""
+    distilled = copy.deepcopy(original)
+    training.distill(distilled, training.logits(global_model, participant.features), participant.features,
+                     participant.labels, options.train)
+    candidates = dict(zip(CANDIDATES, (participant.model, distilled, original), strict=True))
+    scores = {name: training.balanced_accuracy(training.logits(model, features) > 0, labels)
+              for name, model in candidates.items()}
+    defined = {name: score for name, score in scores.items() if math.isfinite(score)}
+    best = (max(defined, key=lambda name: (defined[name], -CANDIDATES.index(name))) if defined
+            else CANDIDATES[0])
+    if best != CANDIDATES[0]:
+        training.load_state_arrays(participant.model, training.state_arrays(candidates[best]))
+    result.chosen[participant.id] = best
+    result.validation[participant.id] = scores
