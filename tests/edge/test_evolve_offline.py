@@ -130,7 +130,7 @@ def test_co_evolution_publishes_every_device_and_a_global_model_the_next_round_a
         own, uploads, pretrained):
     lines: list[str] = []
     report = evolve_offline(own, uploads, export_device_model, gamma=0.0, epsilon=2, rounds=2,
-                            pretrained=pretrained, say=lines.append)
+                            validation=0.0, pretrained=pretrained, say=lines.append)
     assert report["mode"] == "co-evolution" and report["requested_mode"] == "auto"
     assert report["reason"] == "2 of 2 device(s) drifted above gamma 0, at least epsilon 2"
     assert report["drifted"] == ["cam1", "cam2"]

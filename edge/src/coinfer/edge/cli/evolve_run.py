@@ -2,7 +2,7 @@
 
     coinfer evolve run --config evolve.json --frames cam1=cam1.mp4 --frames cam2=cam2.npz
                        [--mode auto|device-only|co-evolution] [--gamma 30] [--epsilon 2]
-                       [--rounds 3] [--max-frames 512] [--json round.json]
+                       [--rounds 3] [--validation 0.25] [--max-frames 512] [--json round.json]
 
 Why a command next to ``coinfer evolve serve``: the service evolves one device at a time,
 device-only, when the device asks; this runs the round NestEvo runs for the fleet. It reads the
@@ -33,7 +33,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from coinfer.sdk.cli.flags import add_json, count
+from coinfer.sdk.cli.flags import add_json, count, fraction
 
 if TYPE_CHECKING:
     import numpy as np
@@ -79,6 +79,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="co-evolve when at least this many devices drifted (default 2)")
     parser.add_argument("--rounds", type=count(1000), default=3, metavar="N",
                         help="federated rounds of co-evolution (default 3)")
+    parser.add_argument("--validation", type=fraction, default=0.25, metavar="SHARE",
+                        help="share of each device's frames co-evolution holds out to choose between the "
+                             "co-evolved, the distilled and the old model (default 0.25; 0: no check)")
     parser.add_argument("--max-frames", type=count(100_000), default=512, metavar="N",
                         help="frames of each device used at most, from the start (default 512)")
     add_json(parser, "the round's report")
@@ -124,7 +127,8 @@ def run(args: argparse.Namespace) -> int:
         raise CoinferError("evolving device models needs coinfer-converters: "
                            "pip install 'coinfer-edge[export]'") from error
     report = evolve_offline(config, frames, export_device_model, mode=args.mode, gamma=args.gamma,
-                            epsilon=args.epsilon, rounds=args.rounds, say=_say)
+                            epsilon=args.epsilon, rounds=args.rounds,
+                            validation=args.validation, say=_say)
     if args.json is not None:
         atomic_write_json(args.json, report)
     _summarize(report)

@@ -143,12 +143,15 @@ class _Device:
 
 def evolve_offline(config: EvolutionConfig, frames: Mapping[str, np.ndarray], exporter: Exporter, *,
                    mode: str = AUTO, gamma: float = 30.0, epsilon: int = 2, rounds: int = 3,
-                   pretrained: Any = None, say: Say = print) -> dict[str, Any]:
+                   validation: float = 0.25, pretrained: Any = None, say: Say = print) -> dict[str, Any]:
     """Run one round on ``frames`` (device id -> uint8 (N, S, S, 3)) and return its report.
 
     ``exporter`` writes a device-model artifact
     (:func:`coinfer.converters.evolve_models.export_device_model`); ``gamma`` and ``epsilon``
-    are the drift policy's thresholds; ``rounds`` the co-evolution's federated rounds;
+    are the drift policy's thresholds; ``rounds`` the co-evolution's federated rounds and
+    ``validation`` the share of each device's frames it holds out to choose the device's model
+    (:class:`~coinfer.sdk.evolve.coevolution.CoEvolutionOptions`; a device whose old model
+    validates best is not republished);
     ``pretrained`` the ImageNet EfficientNet-Lite0 (loaded when not given); ``say`` gets the
     progress lines.
 
@@ -160,13 +163,15 @@ def evolve_offline(config: EvolutionConfig, frames: Mapping[str, np.ndarray], ex
     (frames per task the annotators found it on), ``drift`` (None without source statistics),
     ``drifted`` (None when not measured), ``from_version`` (the published version whose weights
     its evolution started from, 1 for the configured state; None if it did not evolve),
-    ``version`` (published; None if it did not evolve) and ``seconds`` (its training and export).
+    ``version`` (published; None if it did not evolve or kept its model), ``candidate`` (after
+    co-evolution: co-evolved, distilled or kept; else None) and ``seconds`` (its training and
+    export).
     """
     started = time.perf_counter()
     check_plan(config, list(frames), mode)
     uploads = check_frames(config, frames)
     policy = DriftPolicy(gamma, epsilon)
-    options = CoEvolutionOptions(train=config.training, rounds=rounds)
+    options = CoEvolutionOptions(train=config.training, rounds=rounds, validation=validation)
     source = check_weights(config)
     with RootLock(config.root):
         report = _round(config, uploads, exporter, mode, policy, options, source,
@@ -221,6 +226,7 @@ def _round(config: EvolutionConfig, uploads: dict[str, np.ndarray], exporter: Ex
         starts[name], arrays = latest_state(config, store, name)
         models[name] = _device_network(config, name, arrays, pretrained)
     new_global = None
+    candidates: dict[str, str] = {}
     if chosen == CO_EVOLUTION:
         say(f"training: co-evolution of {len(evolving)} device model(s) with the global model, "
             f"{options.rounds} round(s)")
@@ -229,6 +235,7 @@ def _round(config: EvolutionConfig, uploads: dict[str, np.ndarray], exporter: Ex
         result = co_evolve(global_model, participants, options, say=say)
         new_global = result.global_model
         seconds.update(result.seconds)
+        candidates = result.chosen
     else:
         for name in evolving:
             say(f"{name}: training: distilling the global model ({len(devices[name].frames)} frames)")
@@ -243,8 +250,13 @@ def _round(config: EvolutionConfig, uploads: dict[str, np.ndarray], exporter: Ex
     work.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="coinfer-evolve-run-", dir=work) as scratch:
         for name in evolving:
+            if candidates.get(name) == "kept":
+                say(f"{name}: every new model validated worse than the one it has: nothing to publish")
+                continue
             clock = time.perf_counter()
             metrics: dict[str, Any] = {"evolution": chosen, "frames": len(devices[name].frames)}
+            if name in candidates:
+                metrics["candidate"] = candidates[name]
             if devices[name].drift is not None:
                 metrics["drift"] = devices[name].drift
             exported.append(export_model(config, store, exporter, name, training.state_arrays(models[name]),
@@ -270,7 +282,7 @@ def _round(config: EvolutionConfig, uploads: dict[str, np.ndarray], exporter: Ex
             "positives": {task: int(count)
                           for task, count in zip(config.tasks, device.labels.sum(0), strict=True)},
             "drift": device.drift, "drifted": drifted.get(name), "from_version": starts.get(name),
-            "version": published.get(name),
+            "version": published.get(name), "candidate": candidates.get(name),
             "seconds": round(seconds[name], 3) if name in seconds else None,
         } for name, device in devices.items()},
     }
