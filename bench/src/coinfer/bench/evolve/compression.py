@@ -26,7 +26,7 @@ from coinfer.sdk.evolve.compression import pool_frames
 #: JPEG quality of uploads, as a camera would send them.
 UPLOAD_QUALITY = 90
 #: Epochs at the end of adaptive training that see the pooled frames restored to full size.
-FINAL_EPOCHS = 1
+FINAL_EPOCHS = 2
 
 
 def jpeg_bytes(frames: np.ndarray) -> int:
