@@ -114,7 +114,8 @@ def main(argv: list[str]) -> int:
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     commands = {
         "demo": [python, "-m", "coinfer.sdk.cli", "demo", *rest],
-        "test": [python, "-m", "pytest", *rest],
+        # The slowest tests are listed at the end of every run, so a CI log shows where the time goes.
+        "test": [python, "-m", "pytest", "--durations=25", *rest],
         "lint": [python, "-m", "ruff", "check", ".", *rest],
         "setup": [python, "-m", "coinfer.sdk.cli", "--version"],
     }
