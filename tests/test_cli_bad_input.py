@@ -469,6 +469,7 @@ CASES: dict[str, tuple[Case, ...]] = {
         error("clock out of range", "--day-start", "25:00", *OUT),
         error("zero workers", "--workers", "0", *OUT),
         error("unknown background", "--backgrounds", "bogus", *OUT, says="unknown background(s) ['bogus']"),
+        usage("unknown sensor", "--sensor", "bogus", *OUT, says="invalid choice: 'bogus'"),
         out_below_file(),
         out_below_dangling(),
     ),

@@ -116,13 +116,18 @@ def test_footage_frames_are_the_clips_frames(tiny):
     assert min(np.abs(frame.astype(np.int16) - expected).mean() for frame in footage.frames[:3]) < 3.0
 
 
-def test_night_domain_is_infrared_grey_and_day_domains_are_in_colour(tiny):
+def test_night_is_infrared_grey_the_country_is_mono_and_the_campus_in_colour(tiny):
     index = {d["id"]: d for d in tiny.index["domains"]}
     assert index["E"]["night"] == 1.0 and all(index[i]["night"] == 0.0 for i in ("source", "A", "D"))
-    night = tiny.domain("E").frames.astype(np.float32)
-    assert np.abs(night[..., 0] - night[..., 2]).mean(axis=(1, 2)).max() < 2.0
-    day = tiny.domain("D").frames.astype(np.float32)  # coloured meadow or gravel
-    assert np.abs(day[..., 1] - day[..., 2]).mean() > 10.0
+    assert index["D"]["scenes"]["sensor"] == "mono" and index["A"]["scenes"]["sensor"] == "colour"
+
+    def colour(domain: str) -> np.ndarray:
+        """Per frame, the mean spread between a pixel's strongest and weakest channel."""
+        frames = tiny.domain(domain).frames.astype(np.float32)
+        return (frames.max(axis=-1) - frames.min(axis=-1)).mean(axis=(1, 2))
+
+    assert colour("E").max() < 2.0 and colour("D").max() < 2.0  # grey by night, grey on a mono sensor
+    assert colour("A").max() > 5.0  # the campus by day (once the morning is bright enough), in colour
 
 
 def test_domains_watch_their_own_backgrounds(tiny):
@@ -283,7 +288,7 @@ def test_modules_import_without_video_or_vision_libraries():
     assert out.strip() == "[]"
 
 
-# --- the scenes' backgrounds option -------------------------------------------------------
+# --- the scenes' backgrounds and sensor options -----------------------------------------
 
 
 def test_backgrounds_restrict_what_cameras_watch():
@@ -317,12 +322,23 @@ def test_backgrounds_are_validated(value, message):
     assert message in str(caught.value)
 
 
-def test_scenes_cli_takes_backgrounds(tmp_path, capsys):
+def test_sensor_is_validated():
+    with pytest.raises(CoinferError, match="unknown sensor 'infrared'; choose from colour, mono"):
+        SceneOptions(sensor="infrared")
+
+
+def test_scenes_cli_takes_backgrounds_and_sensor(tmp_path, capsys):
     out = tmp_path / "rural"
     assert main(["data", "scenes", "--out", str(out), "--cameras", "2", "--seconds", "1", "--fps", "2",
-                 "--size", "160x96", "--tasks", "", "--backgrounds", "meadow", "--quiet"]) == 0
+                 "--size", "160x96", "--tasks", "", "--backgrounds", "meadow", "--sensor", "mono",
+                 "--day-start", "12:00", "--day-end", "13:00", "--quiet"]) == 0
     index = json.loads((out / "scenes.json").read_text())
     assert index["backgrounds"] == ["meadow"] and {c["background"] for c in index["cameras"]} == {"meadow"}
+    assert index["sensor"] == "mono"
+    frames = np.stack([frame for _, frame in scenes.decode_frames(out / index["cameras"][0]["video"])])
+    # Noon on a mono sensor: grey (the green meadow photograph has lost its colour) and flat.
+    assert np.abs(frames[..., 1].astype(int) - frames[..., 2]).mean() < 3
+    assert frames.min() >= scenes.MONO_LIFT - 20
     capsys.readouterr()
     bad = ["--out", str(tmp_path / "bad"), "--backgrounds", "meadow,mars", "--quiet"]
     assert main(["data", "scenes", *bad]) == 1

@@ -16,6 +16,7 @@ import time
 from coinfer.bench.data.actors import BACKGROUNDS
 from coinfer.bench.data.scenes import (
     CODECS,
+    SENSORS,
     TASK_KINDS,
     SceneOptions,
     generate_scenes,
@@ -55,6 +56,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backgrounds", metavar="NAMES",
                         help=f"comma-separated photographs the cameras watch, from {','.join(BACKGROUNDS)} "
                         "(default: the campus ones)")
+    parser.add_argument("--sensor", choices=SENSORS, default="colour",
+                        help="the day sensor: colour (default) or mono, a cheap grey camera with flat "
+                        "contrast; at night every camera is in infrared")
     parser.add_argument("--workers", type=int,
                         help="processes (default: CPU count); the outputs do not depend on it")
     add_quiet(parser)
@@ -72,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
         tasks=parse_tasks(args.tasks), seed=args.seed, day_start=args.day_start, day_end=args.day_end,
         crowd=args.crowd, audio=args.audio, silent_from=args.silent_from,
         backgrounds=None if args.backgrounds is None else parse_tasks(args.backgrounds),
+        sensor=args.sensor,
     )
     if args.workers is not None and args.workers < 1:
         raise CoinferError(f"--workers must be >= 1, got {args.workers}")

@@ -23,7 +23,9 @@ The domains (ids fixed; domain ``i`` of :data:`DOMAINS` draws from seed stream `
   global models are fine-tuned on before deployment (``source_cameras`` cameras);
 - ``A``, ``B``, ``C``: daytime campus on other cameras (the garage and the lawn) at 10, 5 and
   2 fps over the same clip length, so ``C`` has the fewest frames;
-- ``D``: daytime rural (meadow and gravel track, no campus photograph) at 5 fps;
+- ``D``: daytime rural (meadow and gravel track, no campus photograph) at 5 fps, seen by cheap
+  monochrome cameras (grey, flat contrast: ``SceneOptions.sensor="mono"``), as farm and trail
+  cameras often are;
 - ``E``: night campus (20:30-22:30 on the clock: every frame infrared grey and noisy, with an
   evening crowd) at 5 fps;
 - ``F``: real footage, the frames of ``bikes.mp4``, ``bigbuckbunny.mp4`` and
@@ -123,6 +125,7 @@ class DomainPlan:
     day_end: str
     crowd: float
     source: bool = False
+    sensor: str = "colour"
 
 
 #: The generated domains, in seed-stream order; the footage domain ``F`` comes last.
@@ -135,8 +138,8 @@ DOMAINS: tuple[DomainPlan, ...] = (
                ("garage", "lawn"), "08:00", "18:00", 3.0),
     DomainPlan("C", "daytime campus on other cameras (garage, lawn) at 2 fps", 2,
                ("garage", "lawn"), "08:00", "18:00", 3.0),
-    DomainPlan("D", "daytime rural (meadow, gravel track) at 5 fps", 5,
-               RURAL_BACKGROUNDS, "08:00", "18:00", 3.0),
+    DomainPlan("D", "daytime rural (meadow, gravel track) on cheap monochrome cameras at 5 fps", 5,
+               RURAL_BACKGROUNDS, "08:00", "18:00", 3.0, sensor="mono"),
     DomainPlan("E", "night campus in infrared (20:30-22:30) at 5 fps", 5,
                DEFAULT_BACKGROUNDS, "20:30", "22:30", 12.0),
 )
@@ -293,7 +296,7 @@ def _generated_domain(plan: DomainPlan, stream: int, options: DriftOptions, scra
         cameras=options.source_cameras if plan.source else options.cameras, seconds=options.seconds,
         fps=plan.fps, width=options.width, height=options.height, tasks=TASKS,
         seed=domain_seed(options.seed, stream), day_start=plan.day_start, day_end=plan.day_end,
-        crowd=plan.crowd, backgrounds=plan.backgrounds,
+        crowd=plan.crowd, backgrounds=plan.backgrounds, sensor=plan.sensor,
     )
     directory = scratch / plan.id
     scene_set = generate_scenes(directory, scene_options, workers=workers, progress=progress)
@@ -310,7 +313,7 @@ def _generated_domain(plan: DomainPlan, stream: int, options: DriftOptions, scra
                    "seconds": scene_options.seconds, "fps": plan.fps, "width": options.width,
                    "height": options.height, "codec": scene_options.codec,
                    "clock": [plan.day_start, plan.day_end], "crowd": plan.crowd,
-                   "backgrounds": list(plan.backgrounds)},
+                   "backgrounds": list(plan.backgrounds), "sensor": plan.sensor},
         "sources": [{"camera": camera.id, "background": camera.entry["background"],
                      "busyness": camera.entry["busyness"], "frames": camera.frame_count}
                     for camera in scene_set.cameras],

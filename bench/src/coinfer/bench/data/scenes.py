@@ -109,6 +109,8 @@ NOISE_MARGIN = 16  # the noise bank is this much larger, so each frame takes a r
 NOISE_BANK = 2
 POSE_SECONDS = 0.2  # a walker changes pose five times a second (a brisk step cadence)
 IR_THRESHOLD = 0.3  # daylight level under which the camera switches to infrared
+SENSORS = ("colour", "mono")  # the day sensors SceneOptions.sensor names
+MONO_CONTRAST, MONO_LIFT = 0.6, 50.0  # a mono day sensor: grey * contrast + lift
 LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 
 # Audio (``audio=True``): one track per camera at AUDIO_RATE, every frame owning
@@ -165,6 +167,9 @@ class SceneOptions:
     restricts the photographs cameras watch; None draws from the campus ones
     (:data:`~coinfer.bench.data.actors.DEFAULT_BACKGROUNDS`), as sets always did. Only the
     background's draw reads the list, so every other draw of a camera stays the same.
+    ``sensor``: ``colour`` by day (the default), or ``mono``, a cheap monochrome day sensor
+    (grey, flat contrast, lifted blacks) as trail and farm cameras often have; by night every
+    camera is in infrared either way. The sensor changes no draw, only how frames are exposed.
     """
 
     cameras: int = 4
@@ -184,6 +189,7 @@ class SceneOptions:
     audio: bool = False
     silent_from: str | None = None
     backgrounds: tuple[str, ...] | None = None
+    sensor: str = "colour"
 
     def __post_init__(self) -> None:
         tasks = parse_tasks(self.tasks) if isinstance(self.tasks, str) else tuple(dict.fromkeys(self.tasks))
@@ -215,6 +221,8 @@ class SceneOptions:
             errors.append(f"bframes must be smaller than gop, got bframes={self.bframes}, gop={self.gop}")
         if not isinstance(self.crowd, (int, float)) or not 0 < self.crowd <= 20:
             errors.append(f"crowd must be in (0, 20], got {self.crowd!r}")
+        if self.sensor not in SENSORS:
+            errors.append(f"unknown sensor {self.sensor!r}; choose from {', '.join(SENSORS)}")
         if self.bitrate is not None and (not isinstance(self.bitrate, int) or self.bitrate <= 0):
             errors.append(f"bitrate must be a positive number of kbit/s or None, got {self.bitrate!r}")
         if not isinstance(self.audio, bool):
@@ -572,8 +580,9 @@ class CameraRenderer:
         return truth
 
     def _expose(self, canvas: np.ndarray, noise: np.ndarray, k: int) -> np.ndarray:
-        """Light and sensor: by day a gain that dims and warms towards dusk; at night the
-        infrared mode (R = G = B, flatter contrast, stronger noise)."""
+        """Light and sensor: by day a gain that dims and warms towards dusk (a mono sensor
+        sees it in flat grey); at night the infrared mode (R = G = B, flatter contrast,
+        stronger noise)."""
         light = float(self.light[k])
         if self.night[k]:
             grey = canvas @ LUMA
@@ -583,7 +592,12 @@ class CameraRenderer:
             gain = 0.3 + 0.7 * light
             warm = 0.12 * (1.0 - light)
             tint = np.array([gain * (1 + warm), gain, gain * (1 - warm)], np.float32)
-            pixels = canvas * tint + self.plan.noise_day * noise
+            if self.options.sensor == "mono":
+                grey = (canvas * tint) @ LUMA
+                out = MONO_CONTRAST * grey + MONO_LIFT + self.plan.noise_day * noise[..., 0]
+                pixels = np.repeat(out[..., None], 3, axis=2)
+            else:
+                pixels = canvas * tint + self.plan.noise_day * noise
         pixels += 0.5
         np.clip(pixels, 0, 255, out=pixels)
         return pixels.astype(np.uint8)
@@ -959,5 +973,6 @@ def _index(options: SceneOptions, cameras: list[dict[str, Any]], files: dict[str
         "actor_kinds": list(KINDS), "clock": {"start": options.day_start, "end": options.day_end},
         "crowd": options.crowd, **({"audio": _audio_index(options)} if options.audio else {}),
         **({"backgrounds": list(options.backgrounds)} if options.backgrounds is not None else {}),
+        **({"sensor": options.sensor} if options.sensor != "colour" else {}),
         "cameras": cameras, "files": dict(sorted(files.items())),
     }

@@ -16,8 +16,8 @@ The methods (paper section 7.1):
   while keeping the source task (CORAL feature alignment);
 - ``co_evolution_without_generation`` (A2): each device model learns mutually with a middle
   copy of the global model, in federated rounds whose middle models are averaged into a new
-  global (FedAvg on MLink's aggregate), which is then distilled into every device model
-  (:mod:`coinfer.sdk.evolve.coevolution`);
+  global (FedAvg on MLink's aggregate); each device model is then distilled from its own
+  last middle model (:mod:`coinfer.sdk.evolve.coevolution`);
 - ``nestevo``: drift decides (:class:`~coinfer.sdk.evolve.drift.DriftPolicy`); below
   ``epsilon`` drifted cameras it is A4 on the drifted cameras, otherwise A2 with the
   conditional feature generator: after every round but the last the generator learns from
