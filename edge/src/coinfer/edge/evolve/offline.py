@@ -1,21 +1,23 @@
 """One NestEvo round on the edge, offline, for every device at once (``coinfer evolve run``).
 
-Why: the evolution service (:mod:`coinfer.edge.evolve.service`) evolves a device when the
-device asks, on its own and against a global model that never changes: NestEvo's
-*device-only* evolution. NestEvo's round (Algorithm 2) looks at the whole fleet first: it
+Why: when a device asks, the evolution service (:mod:`coinfer.edge.evolve.service`) evolves
+it on its own against the global model, which that leaves as it is: NestEvo's *device-only*
+evolution. NestEvo's round (Algorithm 2) looks at the whole fleet first: it
 measures how far each camera's frames drifted from the source domain, and when enough cameras
 drifted (``epsilon`` of them above ``gamma``, :class:`~coinfer.sdk.evolve.drift.DriftPolicy`)
 the global model's supervision is no longer trusted, so every camera's model *co-evolves* with
 it (:func:`~coinfer.sdk.evolve.coevolution.co_evolve`), which also makes a new global model.
-That round needs every device's frames at once, and takes minutes, so it runs as one command
+That round needs every device's frames at once, and takes minutes. It runs as one command
 on frames the operator brings (recordings of the cameras), on the configuration and ``root``
 of the service, which then serves the models published here and starts from the global model
-written here.
+written here; or inside the service, on the frames its devices uploaded.
 
-:func:`evolve_offline` runs the round:
+:func:`evolve_offline` labels the frames with the annotators
+(:func:`~coinfer.edge.evolve.service.annotate`) and runs the round on them with
+:func:`run_round`, which the service also runs on the frames its devices uploaded and it
+labelled (``POST /v1/evolve/round``):
 
-1. the frames are labelled by the annotators (:func:`~coinfer.edge.evolve.service.annotate`)
-   and go through the global model's frozen prefix once;
+1. the labelled frames go through the global model's frozen prefix once;
 2. each device's drift from the configuration's ``source`` statistics
    (:func:`~coinfer.sdk.evolve.drift.class_drift` of the configured global model's
    embeddings, those the statistics were made with, whichever global model the round starts
@@ -32,8 +34,9 @@ written here.
 
 Each device starts from its latest published weights (else its configured state) and the
 global model from the newest ``root/global/vN.npz`` (else the configured one), as the service
-does. The round holds the root's lock (:class:`~coinfer.edge.evolve.service.RootLock`): it is
-refused while a service runs on the root, and a service is refused while it runs.
+does. The caller of :func:`run_round` holds the root: :func:`evolve_offline` takes its lock
+(:class:`~coinfer.edge.evolve.service.RootLock`), so it is refused while a service runs on the
+root, and a service is refused while it runs; the service holds the lock already.
 
 What is checked before any model is loaded:
 
@@ -81,6 +84,7 @@ from coinfer.edge.evolve.service import (
     publish_model,
     write_global,
 )
+from coinfer.edge.evolve.store import ModelStore
 from coinfer.edge.models.detectors import create_detector
 from coinfer.sdk.errors import InvalidArgumentError
 from coinfer.sdk.evolve.coevolution import CoEvolutionOptions, Participant, co_evolve
@@ -141,6 +145,24 @@ class _Device:
     drift: float | None
 
 
+#: Each device's frames, uint8 (N, S, S, 3), and their labels, bool (N, T).
+Labelled = Mapping[str, tuple[np.ndarray, np.ndarray]]
+
+
+def check_labels(config: EvolutionConfig, labelled: Labelled) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The frames (as :func:`check_frames` wants them) and labels of each device, the labels
+    refused in one line unless bool (N, T): one row per frame, one column per task."""
+    frames = check_frames(config, {device: pair[0] for device, pair in labelled.items()})
+    checked: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for device, batch in frames.items():
+        labels = np.asarray(labelled[device][1])
+        if labels.dtype != bool or labels.shape != (len(batch), len(config.tasks)):
+            raise InvalidArgumentError(f"labels of device '{device}' must be bool ({len(batch)}, "
+                                       f"{len(config.tasks)}), got {labels.dtype} {labels.shape}")
+        checked[device] = (batch, labels)
+    return checked
+
+
 def evolve_offline(config: EvolutionConfig, frames: Mapping[str, np.ndarray], exporter: Exporter, *,
                    mode: str = AUTO, gamma: float = 30.0, epsilon: int = 2, rounds: int = 3,
                    validation: float = 0.25, pretrained: Any = None, say: Say = print) -> dict[str, Any]:
@@ -155,17 +177,9 @@ def evolve_offline(config: EvolutionConfig, frames: Mapping[str, np.ndarray], ex
     ``pretrained`` the ImageNet EfficientNet-Lite0 (loaded when not given); ``say`` gets the
     progress lines.
 
-    The report (JSON values): ``mode`` (the one run) and ``reason`` (the policy's decision, or
-    the mode asked for), ``requested_mode``, ``gamma``, ``epsilon``, ``rounds``, ``drifted``
-    (the devices above ``gamma``, sorted), ``global_from_version`` (the global model the round
-    started from; 1 is the configured one), ``global_version`` (the one co-evolution wrote, else
-    None), ``seconds`` (the whole round) and ``devices``: per device ``frames``, ``positives``
-    (frames per task the annotators found it on), ``drift`` (None without source statistics),
-    ``drifted`` (None when not measured), ``from_version`` (the published version whose weights
-    its evolution started from, 1 for the configured state; None if it did not evolve),
-    ``version`` (published; None if it did not evolve or kept its model), ``candidate`` (after
-    co-evolution: co-evolved, distilled or kept; else None) and ``seconds`` (its training and
-    export).
+    Everything is checked before the root is touched; then, with the root's lock held, the
+    annotators label the frames and :func:`run_round` runs the round. The report is
+    :func:`run_round`'s, its ``seconds`` counting the labelling too.
     """
     started = time.perf_counter()
     check_plan(config, list(frames), mode)
@@ -174,29 +188,63 @@ def evolve_offline(config: EvolutionConfig, frames: Mapping[str, np.ndarray], ex
     options = CoEvolutionOptions(train=config.training, rounds=rounds, validation=validation)
     source = check_weights(config)
     with RootLock(config.root):
-        report = _round(config, uploads, exporter, mode, policy, options, source,
-                        pretrained if pretrained is not None else load_pretrained(), say)
+        annotators = {task: create_detector(task) for task in config.tasks}
+        labelled: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        for name, batch in uploads.items():
+            say(f"{name}: labelling {len(batch)} frames")
+            labelled[name] = (batch, annotate(batch, annotators, config.tasks, config.annotate_side))
+        report = run_round(config, labelled, exporter, mode=mode, policy=policy, options=options,
+                           source=source, pretrained=pretrained, say=say)
     report["seconds"] = round(time.perf_counter() - started, 3)
     return report
 
 
-def _round(config: EvolutionConfig, uploads: dict[str, np.ndarray], exporter: Exporter, mode: str,
-           policy: DriftPolicy, options: CoEvolutionOptions, source: tuple[np.ndarray, np.ndarray] | None,
-           pretrained: Any, say: Say) -> dict[str, Any]:
-    """The round, with the root held."""
+def run_round(config: EvolutionConfig, labelled: Labelled, exporter: Exporter, *, mode: str = AUTO,
+              policy: DriftPolicy, options: CoEvolutionOptions, source: tuple[np.ndarray, np.ndarray] | None,
+              pretrained: Any = None, store: ModelStore | None = None, say: Say = print) -> dict[str, Any]:
+    """Run one round on frames already labelled and return its report; the caller holds the
+    root (:class:`~coinfer.edge.evolve.service.RootLock`, or the service that holds it).
+
+    ``labelled``: device id -> (uint8 frames (N, S, S, 3), bool labels (N, T), a column per
+    task); ``mode``: one of :data:`MODES`; ``policy``: the drift thresholds; ``options``: the
+    co-evolution's; ``source``: the source statistics
+    (:func:`~coinfer.edge.evolve.service.load_source`; mode ``auto`` needs them);
+    ``pretrained``: the ImageNet EfficientNet-Lite0 (loaded when not given); ``store``: the
+    root's model store (opened when not given; a service passes its own, which then serves what
+    the round publishes); ``say`` gets the progress lines.
+
+    The report (JSON values): ``mode`` (the one run) and ``reason`` (the policy's decision, or
+    the mode asked for), ``requested_mode``, ``gamma``, ``epsilon``, ``rounds``, ``drifted``
+    (the devices above ``gamma``, sorted), ``global_from_version`` (the global model the round
+    started from; 1 is the configured one), ``global_version`` (the one co-evolution wrote, else
+    None), ``seconds`` (this call's; :func:`evolve_offline`'s count the labelling too) and
+    ``devices``: per device ``frames``, ``positives``
+    (frames per task the annotators found it on), ``drift`` (None without source statistics),
+    ``drifted`` (None when not measured), ``from_version`` (the published version whose weights
+    its evolution started from, 1 for the configured state; None if it did not evolve),
+    ``version`` (published; None if it did not evolve or kept its model), ``candidate`` (after
+    co-evolution: co-evolved, distilled or kept; else None) and ``seconds`` (its training and
+    export).
+    """
     from coinfer.sdk.evolve import training
     from coinfer.sdk.evolve.drift import class_drift
 
+    started = time.perf_counter()
+    check_plan(config, list(labelled), mode)
+    checked = check_labels(config, labelled)
+    if mode == AUTO and source is None:
+        raise InvalidArgumentError("mode 'auto' needs the source statistics to measure drift: pass "
+                                   "source=load_source(config)")
+    if pretrained is None:
+        pretrained = load_pretrained()
     global_from, global_state = latest_global(config)
     global_model = load_network(config.global_architecture, global_state, "global model", pretrained)
     drift_model = None if source is None else drift_network(config, global_from, global_model, pretrained)
     say(f"global model: version {global_from} ({global_state})")
-    store = open_store(config)
-    annotators = {task: create_detector(task) for task in config.tasks}
+    if store is None:
+        store = open_store(config)
     devices: dict[str, _Device] = {}
-    for name, batch in uploads.items():
-        say(f"{name}: labelling {len(batch)} frames")
-        labels = annotate(batch, annotators, config.tasks, config.annotate_side)
+    for name, (batch, labels) in checked.items():
         features = training.prefix_features(global_model, batch)
         drift = None
         if source is not None:
@@ -277,6 +325,7 @@ def _round(config: EvolutionConfig, uploads: dict[str, np.ndarray], exporter: Ex
         "epsilon": policy.epsilon, "rounds": options.rounds,
         "drifted": sorted(name for name, above in drifted.items() if above),
         "global_from_version": global_from, "global_version": global_version,
+        "seconds": round(time.perf_counter() - started, 3),
         "devices": {name: {
             "frames": len(device.frames),
             "positives": {task: int(count)
@@ -299,4 +348,5 @@ def _device_network(config: EvolutionConfig, device: str, arrays: Mapping[str, n
     return network
 
 
-__all__ = ["AUTO", "CO_EVOLUTION", "DEVICE_ONLY", "MODES", "check_frames", "check_plan", "evolve_offline"]
+__all__ = ["AUTO", "CO_EVOLUTION", "DEVICE_ONLY", "MODES", "check_frames", "check_labels", "check_plan",
+           "evolve_offline", "run_round"]

@@ -8,14 +8,18 @@ device's model on them, converts the result to TFLite and publishes it in its
 :class:`~coinfer.edge.evolve.store.ModelStore`, from which the device's
 :class:`~coinfer.device.evolve.updater.ModelUpdater` installs it while it keeps serving.
 
-This round evolves every device on its own (NestEvo's *device-only* evolution, its answer when
-few devices drifted): ``alpha CE(annotators' labels) + (1 - alpha) KL(p_global || p_device)``
-on the prefix features of the device's uploads (:func:`~coinfer.sdk.evolve.training.distill`;
-the global model is the teacher and stays as it is). Co-evolution, the mutual learning of every
-device model with a middle copy of the global model and the new global model averaged from
-them, is not run by the service: ``coinfer evolve run`` (:mod:`coinfer.edge.evolve.offline`)
-runs it, offline, on the same configuration and root, and the service starts from the global
-model it leaves.
+A device's request evolves that device on its own (NestEvo's *device-only* evolution, its
+answer when few devices drifted): ``alpha CE(annotators' labels) + (1 - alpha) KL(p_global ||
+p_device)`` on the prefix features of the device's uploads
+(:func:`~coinfer.sdk.evolve.training.distill`; the global model is the teacher and stays as it
+is). A *round* (``POST /v1/evolve/round``) is NestEvo's answer for the fleet
+(:func:`~coinfer.edge.evolve.offline.run_round`, which ``coinfer evolve run`` runs offline):
+on every device's buffered frames and labels, the drift policy (or the mode asked for) chooses
+device-only evolution or co-evolution, the mutual learning of every device model with a middle
+copy of the global model, which also writes a new global model (``root/global/vN.npz``). The
+trainer runs a round in the service's process, alone: it is refused while any job is queued or
+running, and device requests are refused while it is. Once it is done the service distils the
+new global model in later device jobs and reports its version.
 
 Evolution requests become :class:`~coinfer.edge.evolve.executor.TrainingJob` trained in
 processes of their own by the :class:`~coinfer.edge.evolve.executor.EvolutionExecutor` under
@@ -39,12 +43,23 @@ Routes (every one needs ``Authorization: Bearer <token>``, as do ``/docs``, ``/r
   that is not a frame, 422 for a frame of another type, with other arrays, another shape or
   dtype, 503 while the labelling queue is full;
 - ``POST /v1/evolve/devices/{device}/evolve``: 202 ``{"job", "status": "queued", ...}``; 404
-  for an unknown device, 409 while a job of the device is queued or running or when it has
-  uploaded no frames;
-- ``GET /v1/evolve/jobs/{job}``: the job (``status`` queued, running, done or failed, the
-  ``error`` line of a failed one, the ``version`` a done one published); 404 for an unknown id;
+  for an unknown device, 409 while a job of the device or a round is queued or running or when
+  the device has uploaded no frames;
+- ``POST /v1/evolve/round``: a round over every device with buffered frames (their buffers as
+  the round starts). The body is optional JSON (at most ``MAX_ROUND_BYTES``), ``{"mode":
+  "auto" | "device-only" | "co-evolution", "gamma": 30.0, "epsilon": 2, "rounds": 3,
+  "validation": 0.25}`` (these are the defaults; any key may be left out). 202 with the job;
+  400 for a body that is not JSON or a value the round refuses (mode ``auto`` without the
+  configuration's source statistics too), 413 for a body over the limit, 422 for JSON that is
+  not an object or has other keys, 409 while any job is queued or running or when no device
+  has buffered frames;
+- ``GET /v1/evolve/jobs/{job}``: the job: ``kind`` (``device``, or ``round`` with ``device``
+  ""), ``status`` (queued, running, done or failed), the ``error`` line of a failed one (its
+  stage first: preparing, training or publishing; a round's ``round`` names its last progress
+  line), the ``version`` a done device job published and the ``report`` of a done round
+  (:func:`~coinfer.edge.evolve.offline.run_round`); 404 for an unknown id;
 - ``GET /v1/evolve/status``: the devices (buffered frames, published versions, active job),
-  the jobs, the labelling queue and the global model's version;
+  the active round job, the jobs, the labelling queue and the global model's version;
 - ``GET /v1/evolve/models/{device}`` and its files: the store's routes
   (:func:`~coinfer.edge.evolve.store.store_routes`).
 
@@ -132,6 +147,8 @@ from coinfer.edge.evolve.store import ModelStore, store_routes
 from coinfer.edge.models.detectors import DETECTORS, Detector, create_detector, single_threaded
 from coinfer.sdk import wire
 from coinfer.sdk.errors import CoinferError, InputNotFoundError, InvalidArgumentError, one_line
+from coinfer.sdk.evolve.coevolution import CoEvolutionOptions
+from coinfer.sdk.evolve.drift import DriftPolicy
 from coinfer.sdk.evolve.models import check_device_name
 from coinfer.sdk.evolve.networks import ArchitectureSpec, load_pretrained
 from coinfer.sdk.evolve.scheduler import DpPolicy
@@ -144,6 +161,7 @@ log = logging.getLogger(__name__)
 #: The routes, relative to the service's base URL.
 DEVICES_PATH = "/v1/evolve/devices"
 JOBS_PATH = "/v1/evolve/jobs"
+ROUND_PATH = "/v1/evolve/round"
 STATUS_PATH = "/v1/evolve/status"
 #: The one array an upload frame holds.
 FRAMES_ARRAY = "frames"
@@ -161,6 +179,11 @@ KEEP_FINISHED_JOBS = 1000
 LOCK_NAME = ".lock"
 #: Status of a job: waiting for the trainer, training (or exporting), finished.
 QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
+#: Kind of a job: one device's evolution, or a round over the fleet.
+DEVICE_JOB, ROUND_JOB = "device", "round"
+#: What the body of a round request may hold, and its size at most.
+ROUND_KEYS = ("mode", "gamma", "epsilon", "rounds", "validation")
+MAX_ROUND_BYTES = 4096
 _GLOBAL_FILE = re.compile(r"v([1-9][0-9]*)\.npz")
 
 
@@ -584,7 +607,9 @@ class EvolutionJob:
     done, failed), the ``error`` line of a failed one and the ``version`` a done one published;
     the ``frames`` it trained on, the ``drift`` of those frames from the source (when the
     configuration gives source statistics), its measured ``peak_bytes`` and its times (Unix
-    seconds)."""
+    seconds). A round (``kind`` ``round``) has ``device`` "", counts every device's ``frames``
+    and, once done, holds the round's ``report``
+    (:func:`~coinfer.edge.evolve.offline.run_round`)."""
 
     id: str
     device: str
@@ -597,8 +622,11 @@ class EvolutionJob:
     peak_bytes: int | None = None
     started: float | None = None
     finished: float | None = None
+    kind: str = DEVICE_JOB
+    report: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        """The job as JSON values, its id under ``job``."""
         fields = dataclasses.asdict(self)
         return {"job": fields.pop("id"), **fields}
 
@@ -652,6 +680,15 @@ class _Prepared:
     frames: np.ndarray
 
 
+@dataclass(frozen=True)
+class _RoundPlan:
+    """What a round job was asked to run with."""
+
+    mode: str
+    policy: DriftPolicy
+    options: CoEvolutionOptions
+
+
 class EvolutionService:
     """The evolution service without HTTP (:func:`create_evolution_app` serves it).
 
@@ -662,7 +699,9 @@ class EvolutionService:
     checks every file the configuration names (weights that do not fit their architecture, an initial model of
     another architecture), takes the root (:class:`RootLock`; refused while another process
     holds it), loads the newest global model (:func:`latest_global`) and starts two threads, the
-    labeller and the trainer; :meth:`close` stops them and lets the root go.
+    labeller and the trainer; :meth:`close` stops them and lets the root go. The trainer runs
+    device jobs (:meth:`request_evolution`) in processes and rounds (:meth:`request_round`) in
+    its own thread.
     """
 
     def __init__(self, config: EvolutionConfig | str | os.PathLike, exporter: Exporter, *,
@@ -680,11 +719,7 @@ class EvolutionService:
         self.max_request_bytes = config.max_request_bytes
         self._root = RootLock(config.root)
         try:
-            self.global_version, global_state = latest_global(config)
-            self.global_model = load_network(config.global_architecture, global_state, "global model",
-                                             self.pretrained)
-            self.drift_model = None if self.source is None else drift_network(
-                config, self.global_version, self.global_model, self.pretrained)
+            self._load_global()
             for folder in ("buffers", "states", "work"):
                 (config.root / folder).mkdir(parents=True, exist_ok=True)
             self.store = open_store(config)
@@ -702,6 +737,7 @@ class EvolutionService:
             queue.Queue(maxsize=config.label_queue)
         self._jobs: dict[str, EvolutionJob] = {}
         self._waiting: list[EvolutionJob] = []
+        self._plans: dict[str, _RoundPlan] = {}
         self._changed = threading.Condition()
         self._closing = False
         self._labeller = threading.Thread(target=self._label_loop, name="coinfer-evolve-labeller",
@@ -780,10 +816,51 @@ class EvolutionService:
             if active is not None:
                 raise EvolutionRequestError(f"device '{device}' already has job {active.id} {active.status}",
                                             status=409)
+            round_job = self._active_round()
+            if round_job is not None:
+                raise EvolutionRequestError(f"round job {round_job.id} is {round_job.status}; evolve device "
+                                            f"'{device}' after it", status=409)
             if not len(self.buffers[device]):
                 raise EvolutionRequestError(f"device '{device}' has uploaded no frames to evolve on",
                                             status=409)
             job = EvolutionJob(f"{device}-{uuid.uuid4().hex[:12]}", device, time.time())
+            self._jobs[job.id] = job
+            self._waiting.append(job)
+            self._forget_old_jobs()
+            self._changed.notify_all()
+            return dataclasses.replace(job)
+
+    def request_round(self, mode: str = "auto", gamma: float = 30.0, epsilon: int = 2, rounds: int = 3,
+                      validation: float = 0.25) -> EvolutionJob:
+        """Queue a round over every device with buffered frames
+        (:func:`~coinfer.edge.evolve.offline.run_round`: ``mode``, the drift policy's ``gamma``
+        and ``epsilon``, the co-evolution's ``rounds`` and ``validation``). Refused in one line:
+        a value the round refuses (400), any job queued or running, or no device with frames (409).
+        """
+        from coinfer.edge.evolve.offline import check_plan
+
+        try:
+            check_plan(self.config, [entry.id for entry in self.config.devices], mode)
+            if isinstance(gamma, bool) or not isinstance(gamma, (int, float)):
+                raise InvalidArgumentError(f"gamma must be a number, got {str(gamma)[:40]!r}")
+            try:
+                gamma = float(gamma)
+            except OverflowError:
+                raise InvalidArgumentError("gamma must be a finite number >= 0, got an integer too large "
+                                           "for a float") from None
+            options = CoEvolutionOptions(train=self.config.training, rounds=rounds, validation=validation)
+            plan = _RoundPlan(mode, DriftPolicy(gamma, epsilon), options)
+        except InvalidArgumentError as error:
+            raise EvolutionRequestError(one_line(error)[:300]) from None
+        with self._changed:
+            busy = next((job for job in self._jobs.values() if job.status in (QUEUED, RUNNING)), None)
+            if busy is not None:
+                raise EvolutionRequestError(f"job {busy.id} is {busy.status}; a round starts when no job is "
+                                            "queued or running", status=409)
+            if not any(len(buffer) for buffer in self.buffers.values()):
+                raise EvolutionRequestError("no device has uploaded frames for a round", status=409)
+            job = EvolutionJob(f"round-{uuid.uuid4().hex[:12]}", "", time.time(), kind=ROUND_JOB)
+            self._plans[job.id] = plan
             self._jobs[job.id] = job
             self._waiting.append(job)
             self._forget_old_jobs()
@@ -799,11 +876,13 @@ class EvolutionService:
             return dataclasses.replace(found)
 
     def status(self) -> dict[str, Any]:
-        """The devices, the jobs by status, the labelling queue and the global model's version
-        (1: the configured one; co-evolution writes the next ones)."""
+        """The devices, the active round job's id (or None), the jobs by status, the labelling
+        queue and the global model's version (1: the configured one; co-evolution writes the next
+        ones)."""
         with self._changed:
             jobs = list(self._jobs.values())
             active = {entry.id: self._active(entry.id) for entry in self.config.devices}
+            round_job = self._active_round()
         devices = {}
         for entry in self.config.devices:
             latest = self.store.latest(entry.id)
@@ -817,7 +896,8 @@ class EvolutionService:
         counts = {state: sum(job.status == state for job in jobs)
                   for state in (QUEUED, RUNNING, DONE, FAILED)}
         recent = sorted(jobs, key=lambda job: job.submitted)[-20:]
-        return {"devices": devices, "jobs": counts, "recent_jobs": [job.to_dict() for job in recent],
+        return {"devices": devices, "round": None if round_job is None else round_job.id,
+                "jobs": counts, "recent_jobs": [job.to_dict() for job in recent],
                 "labelling": {"waiting": self._labels.qsize(), "capacity": self.config.label_queue},
                 "global_version": self.global_version,
                 "input_size": self.config.input_size, "tasks": list(self.config.tasks),
@@ -836,8 +916,13 @@ class EvolutionService:
 
     def _active(self, device: str) -> EvolutionJob | None:
         """The queued or running job of ``device``; call with ``_changed`` held."""
+        return next((job for job in self._jobs.values() if job.kind == DEVICE_JOB and job.device == device
+                     and job.status in (QUEUED, RUNNING)), None)
+
+    def _active_round(self) -> EvolutionJob | None:
+        """The queued or running round job; call with ``_changed`` held."""
         return next((job for job in self._jobs.values()
-                     if job.device == device and job.status in (QUEUED, RUNNING)), None)
+                     if job.kind == ROUND_JOB and job.status in (QUEUED, RUNNING)), None)
 
     def _forget_old_jobs(self) -> None:
         finished = sorted((job for job in self._jobs.values() if job.status in (DONE, FAILED)),
@@ -873,12 +958,17 @@ class EvolutionService:
                 if self._closing:
                     return
                 batch, self._waiting = self._waiting, []
+            devices = [job for job in batch if job.kind == DEVICE_JOB]
             try:
-                self._run_batch(batch)
+                if devices:
+                    self._run_batch(devices)
             except Exception as error:  # the trainer outlives a batch that could not run at all
-                for job in batch:
+                for job in devices:
                     if job.status in (QUEUED, RUNNING):
                         self._fail(job, "training", error)
+            for job in batch:
+                if job.kind == ROUND_JOB:
+                    self._run_round(job)
 
     def _update(self, job: EvolutionJob, **changes: Any) -> None:
         with self._changed:
@@ -887,7 +977,7 @@ class EvolutionService:
 
     def _fail(self, job: EvolutionJob, stage: str, error: BaseException | str) -> None:
         message = error if isinstance(error, str) else f"{type(error).__name__}: {one_line(error)}"
-        log.warning("evolution job %s of device '%s' failed while %s: %s", job.id, job.device, stage, message)
+        log.warning("evolution job %s failed while %s: %s", job.id, stage, message)
         self._update(job, status=FAILED, error=f"{stage}: {message}", finished=time.time())
 
     def _run_batch(self, batch: list[EvolutionJob]) -> None:
@@ -920,6 +1010,51 @@ class EvolutionService:
                     self._fail(item.job, "publishing", error)
                     continue
                 self._update(item.job, status=DONE, version=version, finished=time.time())
+
+    def _run_round(self, job: EvolutionJob) -> None:
+        """Run a round job in this thread on every device's buffer as it is now, publishing in
+        the service's store; then serve the global model it wrote. A failure fails the job with
+        the round's last progress line."""
+        from coinfer.edge.evolve.offline import run_round
+
+        with self._changed:
+            plan = self._plans.pop(job.id)
+        self._update(job, status=RUNNING, started=time.time())
+        labelled: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        for entry in self.config.devices:
+            frames, labels = self.buffers[entry.id].snapshot()
+            if len(frames):
+                labelled[entry.id] = (frames, labels)
+        self._update(job, frames=sum(len(frames) for frames, _ in labelled.values()))
+        last: list[str] = []
+
+        def say(line: str) -> None:
+            log.info("round job %s: %s", job.id, line)
+            last[:] = [line]
+
+        try:
+            report = run_round(self.config, labelled, self.exporter, mode=plan.mode, policy=plan.policy,
+                               options=plan.options, source=self.source, pretrained=self.pretrained,
+                               store=self.store, say=say)
+        except Exception as error:  # a failed round fails its job; the service keeps serving
+            self._fail(job, "round" + (f" (after {last[0]!r})" if last else ""), error)
+            return
+        self._update(job, report=report)
+        if report["global_version"] is not None:
+            try:
+                self._load_global()
+            except Exception as error:  # the round is published; the service keeps the model it has
+                self._fail(job, "loading the new global model", error)
+                return
+        self._update(job, status=DONE, finished=time.time())
+
+    def _load_global(self) -> None:
+        """Load the newest global model (:func:`latest_global`), which device jobs distil from
+        then on, and the network drift is measured with (:func:`drift_network`)."""
+        version, state = latest_global(self.config)
+        model = load_network(self.config.global_architecture, state, "global model", self.pretrained)
+        drift = None if self.source is None else drift_network(self.config, version, model, self.pretrained)
+        self.global_model, self.drift_model, self.global_version = model, drift, version
 
     def current_state(self, device: str) -> dict[str, np.ndarray]:
         """The weights of ``device``'s latest published version (those its next evolution
@@ -964,6 +1099,36 @@ class EvolutionService:
         return publish_model(self.config, self.store, exported)
 
 
+def read_round_request(body: bytes) -> dict[str, Any]:
+    """The options of a round request's body (empty: none), or its refusal: 400 when it is not
+    JSON, 422 when it is not an object or holds a key other than :data:`ROUND_KEYS`. The values
+    are :meth:`EvolutionService.request_round`'s to check.
+
+    >>> read_round_request(b'{"mode": "co-evolution", "rounds": 2}')
+    {'mode': 'co-evolution', 'rounds': 2}
+    >>> read_round_request(b"")
+    {}
+    >>> read_round_request(b'{"mode": "auto", "epochs": 3}')
+    Traceback (most recent call last):
+        ...
+    coinfer.edge.evolve.service.EvolutionRequestError: unknown key(s) ['epochs'] in the round request ...
+    """
+    if not body.strip():
+        return {}
+    try:
+        options = json.loads(body)
+    except (ValueError, RecursionError) as error:
+        raise EvolutionRequestError(f"the round request is not JSON: {one_line(error)[:120]}") from None
+    if not isinstance(options, dict):
+        raise EvolutionRequestError(f"the round request must be a JSON object, got {type(options).__name__}",
+                                    status=422)
+    unknown = sorted(str(key)[:40] for key in set(options) - set(ROUND_KEYS))
+    if unknown:
+        raise EvolutionRequestError(f"unknown key(s) {unknown[:4]} in the round request (known: "
+                                    f"{', '.join(ROUND_KEYS)})", status=422)
+    return options
+
+
 def create_evolution_app(service: EvolutionService, token: str) -> Any:
     """The FastAPI app of ``service`` behind ``token`` (``app.state.service`` is the service)."""
     if not token:
@@ -980,6 +1145,11 @@ def create_evolution_app(service: EvolutionService, token: str) -> Any:
     @app.post(DEVICES_PATH + "/{device}/evolve", dependencies=guard, status_code=202)
     def evolve(device: str) -> dict[str, Any]:
         return service.request_evolution(device).to_dict()
+
+    @app.post(ROUND_PATH, dependencies=guard, status_code=202)
+    async def round_request(request: Request) -> dict[str, Any]:
+        body = await read_limited_body(request, MAX_ROUND_BYTES, EvolutionRequestError)
+        return service.request_round(**read_round_request(body)).to_dict()
 
     @app.get(JOBS_PATH + "/{job_id}", dependencies=guard)
     def job(job_id: str) -> dict[str, Any]:
@@ -1012,9 +1182,10 @@ class EvolutionServer(ThreadedServer):
                          name="the evolution service")
 
 
-__all__ = ["DEVICES_PATH", "JOBS_PATH", "LOCK_NAME", "PRECISIONS", "STATUS_PATH", "DeviceConfig",
-           "EvolutionConfig", "EvolutionJob", "EvolutionRequestError", "EvolutionServer", "EvolutionService",
-           "ExportedModel", "Exporter", "RootInUseError", "RootLock", "annotate", "check_weights",
-           "create_evolution_app", "drift_network", "export_model", "global_versions", "latest_global",
-           "latest_state", "load_network", "load_source", "open_store", "publish_model", "state_path",
+__all__ = ["DEVICES_PATH", "DEVICE_JOB", "JOBS_PATH", "LOCK_NAME", "MAX_ROUND_BYTES", "PRECISIONS",
+           "ROUND_JOB", "ROUND_KEYS", "ROUND_PATH", "STATUS_PATH", "DeviceConfig", "EvolutionConfig",
+           "EvolutionJob", "EvolutionRequestError", "EvolutionServer", "EvolutionService", "ExportedModel",
+           "Exporter", "RootInUseError", "RootLock", "annotate", "check_weights", "create_evolution_app",
+           "drift_network", "export_model", "global_versions", "latest_global", "latest_state",
+           "load_network", "load_source", "open_store", "publish_model", "read_round_request", "state_path",
            "write_global"]
