@@ -9,7 +9,7 @@ from coinfer.bench.infi.bench import BenchScale, run_configuration
 pytestmark = pytest.mark.slow
 TINY = BenchScale(cameras=3, seconds=6.0, frame_size=(320, 180), filter_size=(48, 28),
                   clips=40, messages=60, epochs=1, reuse_epochs=1, pairs_per_input=2,
-                  int8_modalities=("image",), drift_period=20)
+                  int8_modalities=("image",), drift_period=45)
 SKIP_TASKS = {"faces", "text", "text-featuremap", "face-clips", "speech", "topics", "topic-confidence"}
 
 
