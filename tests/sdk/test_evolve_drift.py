@@ -151,7 +151,8 @@ def test_the_decision_flips_to_co_evolution_at_epsilon_drifted_devices():
 def test_the_policy_accepts_reports_and_rejects_bad_settings():
     report = DriftReport(3.0, (3.0,))
     assert DriftPolicy(1.0, 1).decide({"cam": report}).drifted == ("cam",)
-    for gamma, epsilon in [(-1.0, 1), (math.inf, 1), (1.0, -1), (1.0, 1.5), (1.0, True)]:
+    bad = [(-1.0, 1), (math.inf, 1), ("x", 1), (10**400, 1), (1.0, -1), (1.0, 1.5), (1.0, True)]
+    for gamma, epsilon in bad:
         with pytest.raises(InvalidArgumentError):
             DriftPolicy(gamma, epsilon)
     with pytest.raises(InvalidArgumentError, match="cam-x"):

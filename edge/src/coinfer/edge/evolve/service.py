@@ -841,13 +841,6 @@ class EvolutionService:
 
         try:
             check_plan(self.config, [entry.id for entry in self.config.devices], mode)
-            if isinstance(gamma, bool) or not isinstance(gamma, (int, float)):
-                raise InvalidArgumentError(f"gamma must be a number, got {str(gamma)[:40]!r}")
-            try:
-                gamma = float(gamma)
-            except OverflowError:
-                raise InvalidArgumentError("gamma must be a finite number >= 0, got an integer too large "
-                                           "for a float") from None
             options = CoEvolutionOptions(train=self.config.training, rounds=rounds, validation=validation)
             plan = _RoundPlan(mode, DriftPolicy(gamma, epsilon), options)
         except InvalidArgumentError as error:

@@ -159,8 +159,16 @@ class DriftPolicy:
     epsilon: int
 
     def __post_init__(self) -> None:
-        if isinstance(self.gamma, bool) or not (math.isfinite(self.gamma) and self.gamma >= 0):
-            raise InvalidArgumentError(f"gamma must be a finite number >= 0, got {self.gamma!r}")
+        if isinstance(self.gamma, bool) or not isinstance(self.gamma, (int, float)):
+            raise InvalidArgumentError(f"gamma must be a number, got {str(self.gamma)[:40]!r}")
+        try:
+            gamma = float(self.gamma)
+        except OverflowError:
+            raise InvalidArgumentError("gamma must be a finite number >= 0, got an integer too large for "
+                                       "a float") from None
+        if not (math.isfinite(gamma) and gamma >= 0):
+            raise InvalidArgumentError(f"gamma must be a finite number >= 0, got {gamma!r}")
+        object.__setattr__(self, "gamma", gamma)
         if isinstance(self.epsilon, bool) or not isinstance(self.epsilon, int) or self.epsilon < 0:
             raise InvalidArgumentError(f"epsilon must be an integer >= 0, got {self.epsilon!r}")
 
