@@ -213,3 +213,49 @@ def rewrite_results():
         (root / "scenes.json").write_text(json.dumps(index))
 
     return rewrite
+
+
+#: The size a camera frame is scaled to (PyAV's ``to_ndarray(width=, height=)``) before the
+#: :func:`face_skip_filter` sees it: (height, width).
+FILTER_FRAME_SIZE = (27, 48)
+
+
+@pytest.fixture(scope="session")
+def small_scenes(tmp_path_factory):
+    """A generated scene set: 2 cameras x 4 s (H.264, 640x360) of people walking by, faces
+    counted per frame by the real Haar detector."""
+    from coinfer.sdk.cli.main import main
+
+    root = tmp_path_factory.mktemp("small-scenes") / "scenes"
+    assert main(["data", "scenes", "--cameras", "2", "--seconds", "4", "--day-start", "08:00",
+                 "--day-end", "09:00", "--crowd", "2", "--tasks", "faces", "--out", str(root)]) == 0
+    return root
+
+
+@pytest.fixture(scope="session")
+def face_skip_filter(small_scenes, tmp_path_factory):
+    """A real InFi skip filter for the task ``faces`` ("no face in view": skip), trained on the
+    frames of :func:`small_scenes` scaled to :data:`FILTER_FRAME_SIZE` by PyAV, exported as a
+    float32 TFLite artifact; returns its directory."""
+    import av
+
+    from coinfer.converters.filters import export_filter
+    from coinfer.sdk.infi import FilterOptions, ModalitySpec, create_measurement, redundancy_labels
+    from coinfer.sdk.infi.training import train_skip_filter
+    from coinfer.sdk.scenes import SceneSet
+
+    height, width = FILTER_FRAME_SIZE
+    frames, counts = [], []
+    for camera in SceneSet.load(small_scenes).cameras:
+        with av.open(str(camera.video_path)) as container:
+            frames += [frame.to_ndarray(width=width, height=height, format="rgb24")
+                       for frame in container.decode(video=0)]
+        counts += list(camera.counts("faces"))
+    inputs = np.stack(frames).astype(np.float32) / 255
+    measurement = create_measurement("empty")
+    labels = redundancy_labels({"faces": counts}, {"faces": measurement})
+    trained = train_skip_filter(inputs, labels, {"frame": ModalitySpec.image(height, width)}, ("faces",),
+                                {"faces": measurement}, FilterOptions(epochs=4))
+    out = tmp_path_factory.mktemp("face-filter") / "faces-float32"
+    export_filter(trained, out, quantization="float32", samples=inputs[:32])
+    return out

@@ -33,8 +33,8 @@ from typing import Any, Protocol, TypeVar
 from coinfer.sdk.errors import CoinferError, InputNotFoundError, InvalidArgumentError
 
 __all__ = ["TOKEN_ENV", "ConnectionLimits", "IdleSlot", "ServiceError", "ThreadedServer", "bearer_matches",
-           "client_token", "create_service_app", "evict_idle", "read_limited_body", "refuse_with",
-           "resolve_token", "uvicorn_options"]
+           "client_token", "create_service_app", "evict_idle", "metrics_route", "read_limited_body",
+           "refuse_with", "resolve_token", "uvicorn_options"]
 
 #: The environment variable services and clients read the bearer token from.
 TOKEN_ENV = "COINFER_TOKEN"
@@ -178,6 +178,28 @@ def create_service_app(title: str, error: type[ServiceError], token: str) -> tup
     app.add_route("/redoc", guarded(lambda: get_redoc_html(openapi_url="/openapi.json", title=title)),
                   include_in_schema=False)
     return app, authorize
+
+
+def metrics_route(app: Any, authorize: Callable[..., None], registry: Any, path: str = "/metrics") -> None:
+    """Serve a prometheus-client ``registry`` at ``path`` in Prometheus' text format, behind the
+    token like every other route (Prometheus sends it with ``authorization: {credentials_file:
+    TOKEN_FILE}`` in its scrape config). Metric names of coinfer services start with ``coinfer_``.
+
+    Example::
+
+        registry = prometheus_client.CollectorRegistry()
+        decoded = prometheus_client.Counter("coinfer_gate_packets_decoded", "...", registry=registry)
+        metrics_route(app, authorize, registry)
+    """
+    from fastapi import Depends
+    from fastapi.responses import Response
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    def scrape() -> Any:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    app.add_api_route(path, scrape, methods=["GET"], dependencies=[Depends(authorize)],
+                      include_in_schema=False)
 
 
 async def read_limited_body(request: Any, limit: int, error: type[ServiceError] = ServiceError) -> bytes:
