@@ -8,9 +8,9 @@ import pytest
 
 from coinfer.sdk._version import __version__
 from coinfer.sdk.cli.main import EXIT_UNAVAILABLE, main
-from coinfer.sdk.cli.registry import ENTRY_POINT_GROUP, GROUPS, RENAMED_COMMANDS
+from coinfer.sdk.cli.registry import ENTRY_POINT_GROUP, GROUPS
 
-EXPECTED = ["gate", "infi", "stip", "mlink", "split", "evolve", "data", "export", "demo"]
+EXPECTED = ["gate", "infi", "stip", "mlink", "split", "evolve", "data", "export", "edge", "cloud", "demo"]
 
 
 def test_help_lists_every_command_without_importing_a_tier():
@@ -37,7 +37,7 @@ def test_console_script_version():
 def test_catalogue_matches_the_design():
     assert [group.name for group in GROUPS] == EXPECTED
     services = {g.name for g in GROUPS if any(a.name == "serve" for a in g.actions)}
-    assert services == {"gate", "infi", "stip", "mlink", "split", "evolve"}
+    assert services == {"gate", "infi", "stip", "mlink", "split", "evolve", "cloud"}
 
 
 def test_every_catalogued_command_has_an_installed_entry_point_and_no_other():
@@ -85,16 +85,6 @@ def test_usage_errors_are_one_line_with_a_pointer_to_help(capsys):
     assert len(err) == 1
     assert err[0].startswith("coinfer mlink plan: error: argument --budget: invalid")
     assert err[0].endswith("(see coinfer mlink plan --help)")
-
-
-@pytest.mark.parametrize(("old", "new"), list(RENAMED_COMMANDS.items()))
-def test_renamed_commands_still_work_with_a_notice(old, new, capsys):
-    with pytest.raises(SystemExit) as exit_:
-        main([*old, "--help"])
-    assert exit_.value.code == 0
-    captured = capsys.readouterr()
-    assert f"usage: coinfer {' '.join(new)}" in captured.out
-    assert f"`coinfer {' '.join(old)}` is deprecated" in captured.err
 
 
 def test_renamed_flags_are_hidden_from_help_and_still_accepted(tmp_path, capsys):

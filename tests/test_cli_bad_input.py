@@ -544,6 +544,8 @@ CASES: dict[str, tuple[Case, ...]] = {
         usage("out is a file", "--out", "{junk_npz}"),
         usage("out below a file", "--out", "{junk_npz}/out", says="cannot be"),
         json_below_file(),
+        usage("report into a directory", "--report", "{existing}"),
+        usage("report below a file", "--report", "{junk_npz}/report.html", says="cannot be written"),
         error("unknown stage", "--stages", "bogus"),
         error("no stage", "--stages", ","),
     ),
@@ -693,6 +695,83 @@ def _evolve_inputs(root: Path, paths: dict[str, Path]) -> None:
         np.savez(paths[f"evolve_{name}"], frames=np.zeros((count, side, side, 3), np.uint8))
 
 
+# `coinfer cloud serve --config cloud.toml` (#21): kept apart like the blocks above. {cloud_*} are
+# configurations that parse as TOML but are refused, naming their line (_cloud_inputs).
+CLOUD = ("--config", "{cloud_good}")
+CASES["cloud serve"] = (
+    usage("no config"),
+    usage("port out of range", "--config", "{missing}", "--port", "70000"),
+    usage("zero replicas", "--config", "{missing}", "--replicas", "0"),
+    error("missing config", "--config", "{missing}", says="no such configuration file"),
+    error("config is a folder", "--config", "{broken}", says="no such configuration file"),
+    error("config not TOML", "--config", "{broken}/config.json", says="config.json:1: not valid TOML"),
+    error("config is binary", "--config", "{junk_npz}", says="unreadable configuration file"),
+    error("port out of range in the file", "--config", "{cloud_port}",
+          says="port.toml:2: [server] port must be in [0, 65535], got 70000"),
+    error("missing bundle", "--config", "{cloud_bundle}", says="bundle.toml:2: [stip] bundle is "),
+    error("unknown key", "--config", "{cloud_key}", says="key.toml:5: [mlink] rounds is not a known key"),
+    error("evolve table", "--config", "{cloud_evolve}", says="evolve.toml:1: [evolve] has no cloud half"),
+    error("no service", "--config", "{cloud_empty}", says="configures no service"),
+    error("missing token file", *CLOUD, "--token-file", "{missing}", says="no such token file"),
+    error("fewer clients than a round needs", "--config", "{cloud_round}",
+          says="round.toml:4: [mlink] min_clients is 3, but only 2 clients are listed"),
+    error("replicas of an aggregator", *CLOUD, "--ray", "--replicas", "2",
+          says="holds its round in one process"),
+)
+
+
+def _cloud_inputs(root: Path, paths: dict[str, Path]) -> None:
+    """Configurations of ``coinfer cloud serve``: one that is valid ({cloud_good}: MLink on {links}
+    and {clients}) and some that parse as TOML but are refused, each at the line that is wrong."""
+    folder = root / "cloud"
+    folder.mkdir()
+    mlink = f'[mlink]\nlinks = "{paths["links"]}"\nclients = "{paths["clients"]}"\n'
+    texts = {"good": mlink + "min_clients = 2\n", "round": mlink + "min_clients = 3\n",
+             "key": mlink + "min_clients = 2\nrounds = 5\n", "port": "[server]\nport = 70000\n" + mlink,
+             "bundle": f'[stip]\nbundle = "{root / "missing"}"\n', "evolve": "[evolve]\nrounds = 3\n",
+             "empty": "[server]\nport = 8200\n"}
+    for name, text in texts.items():
+        paths[f"cloud_{name}"] = folder / f"{name}.toml"
+        paths[f"cloud_{name}"].write_text(text)
+
+
+# `coinfer edge gateway --config gateway.toml` (#21): kept apart like the blocks above. {gateway_*}
+# are configurations that parse as TOML but are refused, naming their line (_gateway_inputs).
+CASES["edge gateway"] = (
+    usage("no config"),
+    usage("port out of range", "--config", "{missing}", "--port", "70000"),
+    error("missing config", "--config", "{missing}", says="no such configuration file"),
+    error("config is a folder", "--config", "{broken}", says="no such configuration file"),
+    error("config not TOML", "--config", "{broken}/config.json", says="config.json:1: not valid TOML"),
+    error("config is binary", "--config", "{junk_npz}", says="unreadable configuration file"),
+    error("budget out of range", "--config", "{gateway_budget}",
+          says="budget.toml:2: [gate] budget_fraction must be in [0, 1], got 2.0"),
+    error("missing video", "--config", "{gateway_video}", says="video.toml:2: [[streams]] #1 url "),
+    error("corrupt filter", "--config", "{gateway_filter}",
+          says="filter.toml:3: [[streams]] #1 filter is unusable"),
+    error("unknown key", "--config", "{gateway_key}", says="key.toml:2: [uploads] bogus is not a known key"),
+    error("mlink table", "--config", "{gateway_mlink}", says="mlink.toml:1: [mlink] is not hosted"),
+    error("nothing to host", "--config", "{gateway_empty}", says="configures nothing to host"),
+    error("missing token file", "--config", "{gateway_good}", "--token-file", "{missing}",
+          says="no such token file"),
+)
+
+
+def _gateway_inputs(root: Path, paths: dict[str, Path]) -> None:
+    """Configurations of ``coinfer edge gateway``: one that is valid ({gateway_good}: uploads only)
+    and some that parse as TOML but are refused, each at the line that is wrong."""
+    folder = root / "gateway"
+    folder.mkdir()
+    texts = {"good": "[uploads]\n", "budget": "[gate]\nbudget_fraction = 2.0\n[uploads]\n",
+             "video": '[[streams]]\nurl = "missing.mp4"\n',
+             "filter": f'[[streams]]\nurl = "{paths["junk_mp4"]}"\nfilter = "{paths["broken"]}"\n',
+             "key": "[uploads]\nbogus = 1\n", "mlink": '[mlink]\nlinks = "links"\n',
+             "empty": "[server]\nport = 8100\n"}
+    for name, text in texts.items():
+        paths[f"gateway_{name}"] = folder / f"{name}.toml"
+        paths[f"gateway_{name}"].write_text(text)
+
+
 def commands() -> list[str]:
     """Every implemented command of the catalogue, as the words that run it."""
     found = []
@@ -759,8 +838,10 @@ def inputs(tmp_path_factory) -> dict[str, Path]:
     np.save(paths["npy"], np.zeros((1, 3, 8, 8), np.float32))
     _split_inputs(root, paths)
     _evolve_inputs(root, paths)
+    _gateway_inputs(root, paths)
     paths["clients"] = root / "clients.txt"
     paths["clients"].write_text("edge-1\nedge-2\n")
+    _cloud_inputs(root, paths)
     # A link to a folder that does not exist: nothing can be created below it. It lives outside
     # ``root`` so that the snapshot of what the commands wrote can stat every path in there.
     paths["dangling"] = tmp_path_factory.mktemp("links") / "dangling"

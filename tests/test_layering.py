@@ -127,6 +127,24 @@ def test_the_tree_follows_the_import_rules():
     assert violations(ROOT) == []
 
 
+def test_the_device_app_sample_uses_only_the_device_tier():
+    """samples/device_app ships on phones and Raspberry Pis with ``coinfer[device]`` alone: no
+    edge, cloud or bench module, and no heavy framework, not even inside a function."""
+    app = ROOT / "samples" / "device_app"
+    modules = modules_of(ROOT)
+    problems = []
+    for path in sorted(app.glob("*.py")):
+        where = path.relative_to(ROOT)
+        for item in imports_of(path, path.stem):
+            parts = item.target.split(".")
+            tier = parts[1] if parts[0] == "coinfer" and len(parts) > 1 else None
+            if parts[0] in HEAVY["device"] or tier not in (None, "sdk", "device"):
+                problems.append(f"{where}:{item.line}: imports {item.target}")
+            elif tier is not None and not _resolves(item.target, modules):
+                problems.append(f"{where}:{item.line}: {item.target} does not exist in the tree")
+    assert len(list(app.glob("*.py"))) >= 2 and problems == []
+
+
 def test_every_distribution_has_modules():
     tiers = {name.split(".")[1] for name in modules_of(ROOT) if name.count(".") >= 1}
     assert tiers == set(DISTRIBUTIONS)

@@ -1,4 +1,5 @@
-"""`coinfer demo`: the three real-model checks of the export and device-runtime path."""
+"""`coinfer demo`: the three real-model checks of the export and device-runtime path (the export
+stages; the capability stages of the tour are tested in test_demo_tour.py)."""
 
 import json
 
@@ -7,11 +8,14 @@ import pytest
 from coinfer.sdk.artifact import load_artifact
 from coinfer.sdk.cli.main import main
 
+EXPORT_STAGES = "minilm,ocr,digits"
+
 
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo")
-    assert main(["demo", "--json", str(root / "demo.json"), "--out", str(root / "artifacts")]) == 0
+    assert main(["demo", "--stages", EXPORT_STAGES, "--json", str(root / "demo.json"), "--out",
+                 str(root / "artifacts"), "--report", str(root / "demo.html")]) == 0
     return json.loads((root / "demo.json").read_text()), root / "artifacts"
 
 
@@ -46,5 +50,9 @@ def test_demo_json_and_artifacts(demo_run):
     metrics, artifacts = demo_run
     assert {"coinfer_version", "machine", "stage_seconds"} <= set(metrics)
     assert set(metrics["stage_seconds"]) == {"minilm", "ocr", "digits"}
+    # each export stage also has its entry in "stages", with its checks passed
+    assert {name: entry["ok"] for name, entry in metrics["stages"].items()} == dict.fromkeys(
+        ("minilm", "ocr", "digits"), True)
+    assert metrics["stages"]["ocr"]["ocr_lines_matched"] == metrics["ocr_lines_matched"]
     for name in ("minilm-onnx", "digits-float32", "digits-int8"):
         assert load_artifact(artifacts / name, capability="demo").manifest.metadata["parity"]["samples"] > 0

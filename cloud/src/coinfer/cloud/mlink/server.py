@@ -80,7 +80,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import numpy as np
-from fastapi import Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 from starlette.requests import ClientDisconnect
@@ -108,8 +108,8 @@ from coinfer.sdk.mlink.fedavg import (
 from coinfer.sdk.mlink.robust import DivergenceError, RobustOptions, aggregate, check_divergence
 from coinfer.sdk.service import ServiceError, bearer_matches, create_service_app, read_limited_body
 
-__all__ = ["AggregationError", "ClientRegistry", "LinkAggregator", "ServiceOptions", "create_app",
-           "latest_saved", "token_digest"]
+__all__ = ["AggregationError", "ClientRegistry", "LinkAggregator", "ServiceOptions", "add_routes",
+           "create_app", "latest_saved", "token_digest"]
 
 ROUND_DIR = re.compile(r"^round-(\d{6,})$")
 #: Bounds on ``min_clients``: staged updates are held in memory until the round closes.
@@ -483,6 +483,18 @@ def create_app(aggregator: LinkAggregator, token: str, options: ServiceOptions =
     """The FastAPI application serving ``aggregator``; every route needs a known bearer token:
     ``token`` (the service's: the operator, and the clients listed without a token of their own)
     or a registered client's own."""
+    # Answers AggregationError; the routes check the token (the API description needs the service's).
+    app, _ = create_service_app("coinfer MLink aggregation service", AggregationError, token)
+    add_routes(app, aggregator, token, options)
+    return app
+
+
+def add_routes(app: FastAPI, aggregator: LinkAggregator, token: str,
+               options: ServiceOptions = ServiceOptions()) -> None:
+    """Add the aggregation endpoints serving ``aggregator`` to ``app``, each behind a known bearer
+    token (``token``, or a registered client's own); ``app`` must answer :class:`AggregationError`
+    (it does when it answers :class:`~coinfer.sdk.service.ServiceError`). ``coinfer cloud serve``
+    hosts them next to other services in one application."""
     if not token:
         raise CoinferError("the MLink aggregation service needs a non-empty token")
     owner = aggregator.clients.owner_of(token)
@@ -491,8 +503,6 @@ def create_app(aggregator: LinkAggregator, token: str, options: ServiceOptions =
     if options.max_request_bytes < aggregator.max_update_bytes:
         raise CoinferError(f"a request limit of {options.max_request_bytes} bytes is below one update of "
                            f"this graph ({aggregator.max_update_bytes} bytes); raise --max-request-mib")
-    # Answers AggregationError; `caller` below checks the token (the API description needs the service's).
-    app, _ = create_service_app("coinfer MLink aggregation service", AggregationError, token)
 
     def caller(request: Request) -> frozenset[str]:
         """The client names this request's token speaks for; 401 for an unknown token."""
@@ -501,18 +511,18 @@ def create_app(aggregator: LinkAggregator, token: str, options: ServiceOptions =
             raise AggregationError("missing or wrong bearer token", status=401)
         return names
 
-    app.router.dependencies.append(Depends(caller))
+    router = APIRouter(dependencies=[Depends(caller)])
     limit = aggregator.max_update_bytes
 
-    @app.get(GRAPH_PATH)
+    @router.get(GRAPH_PATH)
     def graph() -> dict[str, Any]:
         return aggregator.graph_info()
 
-    @app.get(GLOBAL_PATH)
+    @router.get(GLOBAL_PATH)
     def global_weights() -> Response:
         return Response(aggregator.global_frame(), media_type=CONTENT_TYPE)
 
-    @app.post(UPDATES_PATH)
+    @router.post(UPDATES_PATH)
     async def updates(request: Request, sender: frozenset[str] = Depends(caller)) -> dict[str, Any]:
         try:
             body = await read_limited_body(request, limit, AggregationError)
@@ -521,8 +531,8 @@ def create_app(aggregator: LinkAggregator, token: str, options: ServiceOptions =
             raise AggregationError("the client hung up before sending the whole update") from None
         return await run_in_threadpool(aggregator.submit, body, sender)
 
-    @app.get(STATUS_PATH)
+    @router.get(STATUS_PATH)
     def status() -> dict[str, Any]:
         return aggregator.status()
 
-    return app
+    app.include_router(router)

@@ -22,11 +22,12 @@ from __future__ import annotations
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from fastapi import Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
@@ -100,6 +101,12 @@ class StipModelServer:
         self._model_lock = threading.Lock()
         self._sessions: dict[str, _Session] = {}
         self._sessions_lock = threading.Lock()
+
+    @property
+    def open_sessions(self) -> int:
+        """How many generation sessions hold a KV cache now (idle ones not yet evicted included)."""
+        with self._sessions_lock:
+            return len(self._sessions)
 
     def forward(self, embeds: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
         import torch
@@ -199,7 +206,16 @@ def create_app(server: StipModelServer, token: str) -> FastAPI:
     if not token:
         raise CoinferError("the STIP server needs a non-empty token")
     app, authorize = create_service_app("coinfer STIP model server", RequestError, token)
-    app.router.dependencies.append(Depends(authorize))
+    add_routes(app, server, authorize)
+    return app
+
+
+def add_routes(app: FastAPI, server: StipModelServer, authorize: Callable[..., None]) -> None:
+    """Add the STIP endpoints serving ``server`` to ``app``, each behind the token dependency
+    ``authorize`` (:func:`~coinfer.sdk.service.create_service_app`); ``app`` must answer
+    :class:`RequestError` (it does when it answers :class:`~coinfer.sdk.service.ServiceError`).
+    ``coinfer cloud serve`` hosts them next to other services in one application."""
+    router = APIRouter(dependencies=[Depends(authorize)])
 
     async def read_frame(request: Request) -> wire.Message:
         body = await read_limited_body(request, server.options.max_request_bytes, RequestError)
@@ -216,11 +232,11 @@ def create_app(server: StipModelServer, token: str) -> FastAPI:
                               protocol.RESPONSE_LIMITS)
         return Response(payload, media_type=protocol.CONTENT_TYPE)
 
-    @app.get(protocol.INFO_PATH)
+    @router.get(protocol.INFO_PATH)
     def info() -> dict[str, Any]:
         return server.info
 
-    @app.post(protocol.FORWARD_PATH)
+    @router.post(protocol.FORWARD_PATH)
     async def forward(request: Request) -> Response:
         message = await read_frame(request)
         if protocol.INPUTS not in message.arrays:
@@ -229,23 +245,23 @@ def create_app(server: StipModelServer, token: str) -> FastAPI:
                                          message.arrays.get(protocol.MASK))
         return frame_response(output)
 
-    @app.post(protocol.SESSIONS_PATH)
+    @router.post(protocol.SESSIONS_PATH)
     def open_session() -> dict[str, str]:
         return {"session": server.open_session()}
 
-    @app.post(protocol.SESSIONS_PATH + "/{session_id}/step")
+    @router.post(protocol.SESSIONS_PATH + "/{session_id}/step")
     async def step(session_id: str, request: Request) -> Response:
         message = await read_frame(request)
         output = await run_in_threadpool(server.step, session_id, message.arrays.get(protocol.INPUTS),
                                          message.arrays.get(protocol.TOKEN_IDS))
         return frame_response(output)
 
-    @app.delete(protocol.SESSIONS_PATH + "/{session_id}")
+    @router.delete(protocol.SESSIONS_PATH + "/{session_id}")
     def close_session(session_id: str) -> dict[str, str]:
         server.close_session(session_id)
         return {"closed": session_id}
 
-    return app
+    app.include_router(router)
 
 
 class BackgroundServer(ThreadedServer):

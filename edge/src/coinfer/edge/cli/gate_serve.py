@@ -3,7 +3,8 @@
     coinfer gate serve [--host 127.0.0.1] [--port 8100] [--token-file F] [--max-request-mib N]
                        [--max-streams N] [--max-packets-per-request N] [--tasks faces,cats]
 
-(``coinfer edge gateway`` is the old spelling, accepted for one release.) The bearer token
+It serves camera uploads alone; ``coinfer edge gateway`` hosts it with the other edge
+services from one configuration file. The bearer token
 comes from ``COINFER_TOKEN`` or ``--token-file``; without either, a fresh one is generated
 and printed once. The gateway binds to loopback unless told otherwise. With ``--tasks`` it
 runs the real detectors (:class:`coinfer.edge.gate.inference.DetectorPlugin`) on the

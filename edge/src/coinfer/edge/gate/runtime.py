@@ -19,6 +19,12 @@ frame's result may arrive in a later round. The gate then gets, for a stream cho
 round, the necessity of the results that arrived for it this round, or else the last one
 known (a lag of one selection; ``True`` before the first), which keeps its estimate unbiased.
 
+A long-running host (the gateway daemon) sets ``loop`` so that a local file stands in for a
+camera: it starts over when it ends, its packets numbered on and its timestamps shifted past
+the last pass, so the gate and the decoders carry on as over one endless stream. It sets
+``history`` so that each stream keeps only its latest frame reports, and changes the budget
+of a running runtime with :meth:`GateRuntime.set_budget`.
+
 Example::
 
     options = RuntimeOptions(budget_fraction=0.4, policy="temporal", tasks=("faces",))
@@ -34,9 +40,9 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -71,7 +77,10 @@ class RuntimeOptions:
     ``class-subset``; default ``count``). ``costs`` fixes the decode cost model instead of
     calibrating one per (codec, size) at start-up. ``max_rounds`` stops live runs.
     ``source_timeout_s`` is how long a live source may stay silent before it is reported as
-    failed (default :data:`~coinfer.device.gate.source.LIVE_TIMEOUT_S`).
+    failed (default :data:`~coinfer.device.gate.source.LIVE_TIMEOUT_S`). ``loop`` starts
+    every local file over when it ends (live sources are unaffected). ``history`` bounds
+    the frame reports each stream keeps (the latest ones; ``None`` keeps all, which a run
+    over files summarises).
     """
 
     budget_s: float | None = None
@@ -88,6 +97,8 @@ class RuntimeOptions:
     queue_packets: int = 256
     seed: int = 0
     costs: DecodeCostModel | None = None
+    loop: bool = False
+    history: int | None = None
 
     def __post_init__(self) -> None:
         if self.budget_s is not None and self.budget_fraction is not None:
@@ -103,6 +114,8 @@ class RuntimeOptions:
         if self.predictor is not None and self.policy_name != "packetgame":
             raise CoinferError(f"a predictor is only used by the packetgame policy, not {self.policy!r}")
         REDUNDANCY.check(self.redundancy.values())
+        if self.history is not None and self.history < 1:
+            raise CoinferError(f"history must be >= 1 frame, got {self.history}")
         for name in ("workers", "queue_packets"):
             if getattr(self, name) < 1:
                 raise CoinferError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -176,7 +189,12 @@ class FrameReport:
 
 @dataclass
 class StreamReport:
-    """Per-stream totals, the worker(s) that served it, and every frame's reported result."""
+    """Per-stream totals, the worker(s) that served it, and every frame's reported result.
+
+    ``frames`` starts at packet index ``first_frame`` (0 unless ``history`` dropped older
+    reports); ``loops`` counts the times a looping file started over; ``ended`` says the
+    source has ended (or failed: ``error``).
+    """
 
     stream: int
     url: str
@@ -192,9 +210,17 @@ class StreamReport:
     corrupt_frames: int = 0
     lost_frames: int = 0
     parse_errors: int = 0
+    loops: int = 0
+    first_frame: int = 0
+    ended: bool = False
     workers: set[int] = field(default_factory=set)
     messages: list[str] = field(default_factory=list)
     frames: list[FrameReport] = field(default_factory=list)
+
+    def frame(self, index: int) -> FrameReport | None:
+        """The report of packet ``index``, or ``None`` once ``history`` dropped it."""
+        position = index - self.first_frame
+        return self.frames[position] if position >= 0 else None
 
     def counts(self, task: str) -> list[int | None]:
         """The reported number of detections of ``task`` for every frame (``None`` before the first)."""
@@ -231,18 +257,63 @@ class _End:
 
 
 class _FileFeed:
-    """A local file: read on demand in the runtime's thread."""
+    """A local file: read on demand in the runtime's thread; ``reopen`` makes it loop.
 
-    def __init__(self, source: PacketSource) -> None:
+    Each pass after the first numbers its packets on from the last one and shifts their
+    timestamps past the highest so far, so frame keys never repeat.
+    """
+
+    def __init__(self, source: PacketSource, reopen: Callable[[], PacketSource] | None = None) -> None:
         self.source = source
+        self.loops = 0
+        self._reopen = reopen
+        self._handed = 0
+        self._pass_start = 0
+        self._shift: int | None = 0
+        self._top = -1
+        self._retired_parse_errors = 0
+
+    @property
+    def parse_errors(self) -> int:
+        return self._retired_parse_errors + self.source.parse_errors
 
     def next(self, deadline: float) -> SourcePacket | _End | None:
         try:
-            return next(self.source)
+            try:
+                packet = next(self.source)
+            except StopIteration:
+                if self._reopen is None or self._handed == self._pass_start:
+                    return _End()
+                self._start_over(self._reopen)
+                packet = next(self.source)
         except StopIteration:
             return _End()
         except PacketSourceError as error:
             return _End(str(error))
+        self._handed += 1
+        return self._shifted(packet)
+
+    def _start_over(self, reopen: Callable[[], PacketSource]) -> None:
+        source = reopen()
+        self._retired_parse_errors += self.source.parse_errors
+        self.source.close()
+        self.source = source
+        self.loops += 1
+        self._pass_start, self._shift = self._handed, None
+
+    def _shifted(self, packet: SourcePacket) -> SourcePacket:
+        info = packet.info
+        stamps = [stamp for stamp in (info.pts, info.dts) if stamp is not None]
+        if self._shift is None:
+            self._shift = self._top + 1 - min(stamps, default=0)
+        self._top = max([self._top, *(stamp + self._shift for stamp in stamps)])
+        if self.loops == 0:
+            return packet
+        shift = self._shift
+        moved = replace(info, index=info.index + self._pass_start,
+                        pts=None if info.pts is None else info.pts + shift,
+                        dts=None if info.dts is None else info.dts + shift)
+        return SourcePacket(moved, packet.data)
 
     def close(self) -> None:
         self.source.close()
@@ -280,6 +351,10 @@ class _LiveFeed:
             except queue.Full:
                 continue
         return False
+
+    @property
+    def parse_errors(self) -> int:
+        return self.source.parse_errors
 
     def next(self, deadline: float) -> SourcePacket | _End | None:
         try:
@@ -324,23 +399,35 @@ class GateRuntime:
     """Gated multi-stream decoding and inference over ``sources`` (paths or URLs); stream i = sources[i].
 
     ``plugin`` defaults to :class:`~coinfer.edge.gate.inference.DetectorPlugin` of the
-    options' tasks; ``audit`` keeps every decoded picture (decoder planes, by stream and pts)
-    in :attr:`decoded`, to check gated decoding against decode-all.
+    options' tasks. ``plugins`` gives streams a plug-in of their own (an InFi filter in front
+    of the detectors, say; the same tasks): the streams of each plug-in are decoded by a pool
+    of their own (``workers`` processes, at most one per stream; :attr:`pool` is the first),
+    all under the one gate and its budget. ``audit`` keeps every decoded picture (decoder
+    planes, by stream and pts) in :attr:`decoded`, to check gated decoding against decode-all.
     """
 
     def __init__(self, sources: Sequence[str], options: RuntimeOptions | None = None, *,
-                 plugin: InferencePlugin | None = None, audit: bool = False) -> None:
+                 plugin: InferencePlugin | None = None, plugins: Mapping[int, InferencePlugin] | None = None,
+                 audit: bool = False) -> None:
         if not sources:
             raise CoinferError("give at least one video source")
         self.urls = list(sources)
         self.options = options or RuntimeOptions()
         self.plugin = plugin
+        self.plugins = dict(plugins or {})
+        unknown = sorted(set(self.plugins) - set(range(len(self.urls))))
+        if unknown:
+            raise CoinferError(f"plug-ins are given for stream(s) {unknown}, but there are {len(self.urls)} "
+                               f"streams")
         self.audit = audit
         self.metrics = RuntimeMetrics()
         self.streams = [StreamReport(stream, url) for stream, url in enumerate(self.urls)]
         self.decoded: dict[int, dict[int, np.ndarray]] = {stream: {} for stream in range(len(self.urls))}
         self.gate: PacketGate | None = None
         self.pool: DecoderPool | None = None
+        self.pools: list[DecoderPool] = []
+        self._pool_of: dict[int, DecoderPool] = {}
+        self._rounds: ThreadPoolExecutor | None = None
         self.cost_model: DecodeCostModel | None = None
         self._feeds: list[_FileFeed | _LiveFeed | None] = []
         self._stores = [_PacketStore() for _ in self.urls]
@@ -358,6 +445,10 @@ class GateRuntime:
         plugin = self.plugin or DetectorPlugin(self.options.tasks)
         self.plugin = plugin
         self._measures = {task: self.options.measure(task) for task in plugin.tasks}
+        other = sorted(stream for stream, own in self.plugins.items()
+                       if tuple(own.tasks) != tuple(plugin.tasks))
+        if other:
+            raise CoinferError(f"the plug-ins of stream(s) {other} run other tasks than {list(plugin.tasks)}")
         try:
             policy = self._policy()  # loads the predictor: a bad one is refused before any source opens
             parameters = self._open_sources()
@@ -365,14 +456,43 @@ class GateRuntime:
             # Set per round; positive from the start so the gate banks enough for its dearest picture.
             self.gate = PacketGate(len(self.urls), self.cost_model, policy,
                                    self._budget(len(parameters) * self.cost_model.i_seconds))
-            self.pool = DecoderPool(self.options.workers, plugin, timeout_s=self.options.worker_timeout_s,
-                                    audit=self.audit)
-            self.pool.start()
-            self.pool.open_streams(parameters)
+            self._start_pools(plugin, parameters)
         except BaseException:
             self.close()
             raise
         return self
+
+    def _start_pools(self, default: InferencePlugin, parameters: Mapping[int, StreamParameters]) -> None:
+        """A decoder pool per distinct plug-in, each opening the streams it decodes."""
+        groups: dict[int, tuple[InferencePlugin, list[int]]] = {}
+        for stream in range(len(self.urls)):
+            plugin = self.plugins.get(stream, default)
+            groups.setdefault(id(plugin), (plugin, []))[1].append(stream)
+        for plugin, streams in groups.values():
+            pool = DecoderPool(min(self.options.workers, len(streams)), plugin,
+                               timeout_s=self.options.worker_timeout_s, audit=self.audit)
+            self.pools.append(pool)  # before it starts: close() stops what started when one fails
+            pool.start()
+            pool.open_streams({stream: parameters[stream] for stream in streams if stream in parameters})
+            self._pool_of.update(dict.fromkeys(streams, pool))
+        self.pool = self.pools[0]
+        if len(self.pools) > 1:
+            self._rounds = ThreadPoolExecutor(max_workers=len(self.pools), thread_name_prefix="coinfer-pools")
+
+    def _run_pools(self, work: Sequence[StreamWork]) -> list[StreamOutcome]:
+        """One round of ``work`` on the pools of its streams (at once when there are several)."""
+        if not work:
+            return []
+        if self._rounds is None:
+            assert self.pool is not None  # started
+            return self.pool.run(work)
+        shares: dict[int, tuple[DecoderPool, list[StreamWork]]] = {}
+        for item in work:
+            pool = self._pool_of[item.stream]
+            shares.setdefault(id(pool), (pool, []))[1].append(item)
+        futures = [self._rounds.submit(pool.run, items) for pool, items in shares.values()]
+        by_stream = {outcome.stream: outcome for future in futures for outcome in future.result()}
+        return [by_stream[item.stream] for item in work]
 
     def _open_sources(self) -> dict[int, StreamParameters]:
         def open_one(stream: int) -> PacketSource | str:
@@ -391,12 +511,27 @@ class GateRuntime:
                 self._feeds.append(None)
                 continue
             parameters[stream] = source.parameters
-            local = _is_local(self.urls[stream])
-            self._feeds.append(_FileFeed(source) if local else _LiveFeed(source, self.options.queue_packets))
+            if _is_local(self.urls[stream]):
+                reopen = self._opener(stream) if self.options.loop else None
+                self._feeds.append(_FileFeed(source, reopen))
+            else:
+                self._feeds.append(_LiveFeed(source, self.options.queue_packets))
         if not parameters:
             raise CoinferError("no video source could be opened: " +
                                "; ".join(str(report.error) for report in self.streams))
         return parameters
+
+    def _opener(self, stream: int) -> Callable[[], PacketSource]:
+        def reopen() -> PacketSource:
+            return PacketSource.open(self.urls[stream], stream_id=stream,
+                                     timeout_s=self.options.source_timeout_s)
+
+        return reopen
+
+    def set_budget(self, *, budget_fraction: float | None = None, budget_s: float | None = None) -> None:
+        """Give the next rounds another budget (seconds, or a fraction of decode-all), checked as
+        :class:`RuntimeOptions` checks it; safe to call from another thread while rounds run."""
+        self.options = replace(self.options, budget_fraction=budget_fraction, budget_s=budget_s)
 
     def _policy(self) -> policies.Policy:
         streams, name = len(self.urls), self.options.policy_name
@@ -410,6 +545,7 @@ class GateRuntime:
 
     def _fail(self, stream: int, message: str) -> None:
         self.streams[stream].error = message
+        self.streams[stream].ended = True
         self.metrics.failed_sources += 1
 
     # -- rounds ------------------------------------------------------------------------------
@@ -438,8 +574,11 @@ class GateRuntime:
         ended: list[int] = []
         for stream, feed in enumerate(self._feeds):
             item = feed.next(deadline) if feed is not None else None
+            if isinstance(feed, _FileFeed):
+                self.streams[stream].loops = feed.loops
             if isinstance(item, _End):
                 ended.append(stream)
+                self.streams[stream].ended = True
                 if item.error is not None:
                     self._fail(stream, item.error)
                 self._close_feed(stream)
@@ -451,7 +590,7 @@ class GateRuntime:
         return packets, ended
 
     def _round(self) -> RoundReport | None:
-        assert self.gate is not None and self.pool is not None and self.cost_model is not None
+        assert self.gate is not None and self.pools and self.cost_model is not None
         packets, ended = self._pull()
         infos = [packet.info if packet is not None else None for packet in packets]
         present = np.array([info is not None for info in infos])
@@ -472,16 +611,17 @@ class GateRuntime:
         budget = self.gate.budget = self._budget(decode_all)
         decision = self.gate.step(infos)
         work, decoded = self._work(decision.plans, decision.selected, ended)
-        outcomes = self.pool.run(work) if work else []
+        outcomes = self._run_pools(work)
         necessary = self._absorb(outcomes, decision.selected)
         self.gate.feedback(necessary)
         for stream, info in enumerate(infos):
             if info is not None:
                 self._stores[stream].settle(info)
-                frame = self.streams[stream].frames[info.index]
-                if not frame.inferred:
-                    frame.results = self._reported[stream]
+                settled = self.streams[stream].frame(info.index)
+                if settled is not None and not settled.inferred:
+                    settled.results = self._reported[stream]
                     self._keys[stream].pop(frame_key(info), None)
+        self._forget_frames()
         m = self.metrics
         m.rounds += 1
         m.packets += int(present.sum())
@@ -494,6 +634,17 @@ class GateRuntime:
         results = [result for outcome in outcomes for result in outcome.results]
         return RoundReport(t, present, decision.selected.copy(), decoded, necessary, decision.spent,
                            budget, results)
+
+    def _forget_frames(self) -> None:
+        """Keep the latest ``history`` frame reports per stream (trimmed in batches of as many)."""
+        keep = self.options.history
+        if keep is None:
+            return
+        for report in self.streams:
+            if len(report.frames) >= 2 * keep:
+                drop = len(report.frames) - keep
+                del report.frames[:drop]
+                report.first_frame += drop
 
     def _budget(self, decode_all: float) -> float:
         """This round's budget: fixed seconds, or the fraction of what decoding it all would cost."""
@@ -516,7 +667,9 @@ class GateRuntime:
                 self._keys[stream][infer[0]].inferred = True
                 self.streams[stream].inferred += 1
             for info in plan:
-                self.streams[stream].frames[info.index].decoded = True
+                frame = self.streams[stream].frame(info.index)
+                if frame is not None:
+                    frame.decoded = True
             decoded[stream] = len(plan)
             self.streams[stream].decoded += len(plan)
             work.append(StreamWork(stream, items, infer, flush))
@@ -571,9 +724,8 @@ class GateRuntime:
 
     def _finish(self, streams: Sequence[int]) -> None:
         """The run is over: drain the decoders of ``streams`` so held-back results still arrive."""
-        assert self.pool is not None
         if streams:
-            outcomes = self.pool.run([StreamWork(stream, flush=True) for stream in streams])
+            outcomes = self._run_pools([StreamWork(stream, flush=True) for stream in streams])
             self._absorb(outcomes, np.zeros(len(self.urls), dtype=bool))
         for stream in streams:
             self._close_feed(stream)
@@ -593,7 +745,7 @@ class GateRuntime:
                 "decode_seconds": report.decode_seconds, "infer_seconds": report.infer_seconds,
                 "decoder_errors": report.decoder_errors, "corrupt_frames": report.corrupt_frames,
                 "lost_frames": report.lost_frames, "parse_errors": report.parse_errors,
-                "workers": sorted(report.workers), "messages": report.messages,
+                "loops": report.loops, "workers": sorted(report.workers), "messages": report.messages,
                 "frames": {
                     "index": [frame.index for frame in report.frames],
                     "pts": [frame.pts for frame in report.frames],
@@ -617,17 +769,20 @@ class GateRuntime:
         if feed is None:
             return
         self._feeds[stream] = None
-        self.streams[stream].parse_errors = feed.source.parse_errors
-        self.metrics.parse_errors += feed.source.parse_errors
+        self.streams[stream].parse_errors = feed.parse_errors
+        self.metrics.parse_errors += feed.parse_errors
         feed.close()
 
     def close(self) -> None:
         """Stop the source readers and the decoder workers (safe to call twice, and after Ctrl-C)."""
         for stream in range(len(self._feeds)):
             self._close_feed(stream)
-        if self.pool is not None:
-            self.pool.close()
-            self.pool = None
+        for pool in self.pools:
+            pool.close()
+        if self._rounds is not None:
+            self._rounds.shutdown(wait=True)
+            self._rounds = None
+        self.pools, self._pool_of, self.pool = [], {}, None
 
     def __enter__(self) -> GateRuntime:
         return self.start()

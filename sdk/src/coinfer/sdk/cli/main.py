@@ -21,7 +21,6 @@ from coinfer.sdk.cli.registry import (
     EXIT_UNAVAILABLE,
     EXTRAS,
     GROUPS,
-    RENAMED_COMMANDS,
     Group,
     group,
 )
@@ -52,16 +51,6 @@ def _attach(parser: argparse.ArgumentParser, name: str, distribution: str) -> No
     parser.set_defaults(command_module=module)
 
 
-def _renamed(argv: list[str]) -> list[str]:
-    """``argv`` with an old command spelling replaced by the new one (and a notice on stderr)."""
-    for old, new in RENAMED_COMMANDS.items():
-        if tuple(argv[:len(old)]) == old:
-            print(f"coinfer: `coinfer {' '.join(old)}` is deprecated and will be removed in the next "
-                  f"release; use `coinfer {' '.join(new)}`", file=sys.stderr)
-            return [*new, *argv[len(old):]]
-    return argv
-
-
 def _selected(argv: Sequence[str]) -> tuple[Group | None, str | None]:
     """The group and action named on the command line (the first words that are not options)."""
     words = [word for word in argv if not word.startswith("-")]
@@ -77,9 +66,6 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
         prog="coinfer",
         description="Heterogeneous collaborative model inference: device, edge and cloud "
         "share the work of running AI models.",
-        epilog="Renamed commands (the old spellings still work for one release): "
-        + "; ".join(f"`coinfer {' '.join(old)}` is `coinfer {' '.join(new)}`"
-                    for old, new in RENAMED_COMMANDS.items()) + ".",
     )
     parser.add_argument("--version", action="version", version=f"coinfer {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -124,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     >>> main(["data", "scenes", "--out", "scenes", "--backgrounds", "moon"])  # says why on stderr
     1
     """
-    argv = _renamed(list(sys.argv[1:] if argv is None else argv))
+    argv = list(sys.argv[1:] if argv is None else argv)
     name = "coinfer"
     try:
         parser = build_parser(argv)

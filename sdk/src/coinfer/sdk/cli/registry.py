@@ -128,17 +128,16 @@ GROUPS: tuple[Group, ...] = (
         Action("torch", "PyTorch nn.Module -> ONNX or TFLite", CONVERTERS),
         Action("verify", "verify artifacts' manifests and file hashes", CONVERTERS),
     )),
-    Group("demo", "run the end-to-end demo on embedded defaults", distribution=BENCH),
+    Group("edge", "the edge products", (
+        Action("gateway", "the edge gateway daemon: live streams, camera uploads, filters, MLink, split and "
+                          "evolve in one process tree, from one config file", EDGE),
+    )),
+    Group("cloud", "the cloud products", (
+        Action("serve", "the cloud services (STIP model server, MLink aggregation) in one process from one "
+                        "config file, or on Ray Serve", CLOUD),
+    )),
+    Group("demo", "the tour: every capability end to end on embedded defaults", distribution=BENCH),
 )
-
-#: Old spellings of commands, accepted for one release: the words they start with -> the
-#: words that replace them (``coinfer edge gateway ...`` runs ``coinfer gate serve ...``).
-RENAMED_COMMANDS: dict[tuple[str, ...], tuple[str, ...]] = {
-    ("edge", "gateway"): ("gate", "serve"),
-    ("cloud", "serve", "stip"): ("stip", "serve"),
-    ("cloud", "serve", "mlink"): ("mlink", "serve"),
-}
-
 
 def group(name: str) -> Group | None:
     return next((group for group in GROUPS if group.name == name), None)
