@@ -310,7 +310,10 @@ def test_the_app_shows_live_numbers_under_xvfb_with_the_frameworks_blocked(xvfb,
     def healthy(port: int) -> bytes:
         return urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=60).read()
 
-    with command_server(["gate", "serve", "--tasks", "faces"], TOKEN, healthy) as (port, _):
+    # The edge gateway daemon, hosting camera uploads only (the token comes from COINFER_TOKEN).
+    config = tmp_path / "gateway.toml"
+    config.write_text('[uploads]\ntasks = ["faces"]\n')
+    with command_server(["edge", "gateway", "--config", str(config)], TOKEN, healthy) as (port, _):
         gateway = f"http://127.0.0.1:{port}"
         argv = ["--video", str(video), "--filter", str(face_skip_filter), "--gateway-url", gateway,
                 "--gateway-token-file", str(tmp_path / "token"), "--stream", "cam1",
