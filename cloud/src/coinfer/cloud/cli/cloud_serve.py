@@ -19,24 +19,17 @@ import signal
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from coinfer.sdk.cli.flags import port_number, positive
+from coinfer.sdk.cli.flags import add_daemon, positive
 
 if TYPE_CHECKING:
     from coinfer.cloud.daemon.config import CloudConfig
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", type=Path, required=True, metavar="FILE",
-                        help="the cloud.toml naming the services and the server settings")
-    parser.add_argument("--host", help="bind address (overrides [server] host; default 127.0.0.1)")
-    parser.add_argument("--port", type=port_number, help="port (overrides [server] port; default 8200)")
-    parser.add_argument("--token-file", type=Path, metavar="FILE",
-                        help="file holding the bearer token (overrides [server] token_file; default "
-                             "$COINFER_TOKEN, else a fresh one printed once)")
+    add_daemon(parser, port=8200, reference="docs/cloud.md")
     parser.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
                         help="deploy on Ray Serve: alone starts a local Ray, with an address joins a cluster")
     parser.add_argument("--replicas", type=positive(int), default=1,

@@ -27,11 +27,11 @@ Example::
 from __future__ import annotations
 
 import os
-from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
 
 from coinfer.cloud.daemon.config import CloudConfig, read_config
+from coinfer.cloud.ray_bridge import forward
 from coinfer.sdk.errors import CoinferError, InvalidArgumentError
 from coinfer.sdk.service import TOKEN_ENV, client_token
 
@@ -78,17 +78,7 @@ def build_deployment(replicas: int = 1) -> Any:
             self.app = create_cloud_app(load_services(read_config(config_path)), token)
 
         async def __call__(self, request: Request) -> Response:
-            messages: list[MutableMapping[str, Any]] = []
-
-            async def send(message: MutableMapping[str, Any]) -> None:
-                messages.append(message)
-
-            await self.app(request.scope, request.receive, send)
-            start = next(m for m in messages if m["type"] == "http.response.start")
-            body = b"".join(m.get("body", b"") for m in messages if m["type"] == "http.response.body")
-            headers = {key.decode(): value.decode() for key, value in start.get("headers", [])
-                       if key.lower() != b"content-length"}
-            return Response(body, status_code=start["status"], headers=headers)
+            return await forward(self.app, request)
 
     return CloudDeployment
 

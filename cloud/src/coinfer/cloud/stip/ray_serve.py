@@ -10,9 +10,9 @@ Note: Ray binds its internal ports on all interfaces even when Serve's HTTP prox
 from __future__ import annotations
 
 import os
-from collections.abc import MutableMapping
 from typing import Any
 
+from coinfer.cloud.ray_bridge import forward
 from coinfer.cloud.stip.server import ServerOptions
 
 
@@ -32,17 +32,7 @@ def build_deployment(num_replicas: int = 1) -> Any:
             self.app = create_app(StipModelServer(model, info, options), token)
 
         async def __call__(self, request: Request) -> Response:
-            messages: list[MutableMapping[str, Any]] = []
-
-            async def send(message: MutableMapping[str, Any]) -> None:
-                messages.append(message)
-
-            await self.app(request.scope, request.receive, send)
-            start = next(m for m in messages if m["type"] == "http.response.start")
-            body = b"".join(m.get("body", b"") for m in messages if m["type"] == "http.response.body")
-            headers = {key.decode(): value.decode() for key, value in start.get("headers", [])
-                       if key.lower() != b"content-length"}
-            return Response(body, status_code=start["status"], headers=headers)
+            return await forward(self.app, request)
 
     return StipDeployment
 

@@ -14,20 +14,13 @@ SIGTERM or SIGINT drain and stop (exit 0). The token comes from ``--token-file``
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
-from coinfer.sdk.cli.flags import port_number
+from coinfer.sdk.cli.flags import add_daemon
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", type=Path, required=True, metavar="FILE",
-                        help="the daemon's TOML configuration (see docs/gateway.md)")
-    parser.add_argument("--host", help="bind address, over [server] host (default loopback only)")
-    parser.add_argument("--port", type=port_number, help="over [server] port (default 8100)")
-    parser.add_argument("--token-file", type=Path, metavar="FILE",
-                        help="file holding the bearer token, over [server] token_file (default: "
-                             "$COINFER_TOKEN, else a fresh one printed once)")
+    add_daemon(parser, port=8100, reference="docs/gateway.md")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -261,6 +261,20 @@ def add_service(parser: argparse.ArgumentParser, port: int) -> None:
                              f"(default {limits.min_body_rate})")
 
 
+def add_daemon(parser: argparse.ArgumentParser, port: int, reference: str) -> None:
+    """The flags of a daemon run from one configuration file (``coinfer edge gateway``,
+    ``coinfer cloud serve``): ``--config`` and the ``--host``, ``--port`` and ``--token-file``
+    that override its ``[server]`` table (``None`` when not given); ``reference`` names the
+    page describing the file."""
+    parser.add_argument("--config", type=Path, required=True, metavar="FILE",
+                        help=f"the daemon's TOML configuration (see {reference})")
+    parser.add_argument("--host", help="bind address, over [server] host (default loopback only)")
+    parser.add_argument("--port", type=port_number, help=f"over [server] port (default {port})")
+    parser.add_argument("--token-file", type=Path, metavar="FILE",
+                        help="file holding the bearer token, over [server] token_file (default: "
+                             "$COINFER_TOKEN, else a fresh one printed once)")
+
+
 def service_options(args: argparse.Namespace) -> dict[str, Any]:
     """The ``uvicorn.run`` keyword arguments of the flags :func:`add_service` added."""
     from coinfer.sdk.service import ConnectionLimits, uvicorn_options
