@@ -123,6 +123,7 @@ def test_bad_settings_and_a_missing_video_are_one_line_before_any_window(tmp_pat
     assert missing.stderr.startswith(f"device_app: error: cannot open video source '{tmp_path / 'none.mp4'}'")
 
 
+@pytest.mark.slow  # trains the face filter (the session's fixture)
 def test_the_pipeline_gates_filters_and_counts_as_a_screenless_camera_would(small_scenes, face_skip_filter,
                                                                              tmp_path):
     from coinfer.device.gate import CameraGate, CameraGateOptions, PacketSource
@@ -163,6 +164,7 @@ def test_the_pipeline_gates_filters_and_counts_as_a_screenless_camera_would(smal
     assert numbers.state == "finished" and numbers.problem is None
 
 
+@pytest.mark.slow  # trains the face filter (the session's fixture)
 def test_a_refused_token_stops_the_uploads_but_not_the_camera(small_scenes, face_skip_filter, tmp_path):
     from coinfer.edge.gateway import GatewayOptions, GatewayServer
 
