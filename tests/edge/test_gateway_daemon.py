@@ -7,6 +7,7 @@ SIGTERM with no worker process left behind and no file left half-written."""
 from __future__ import annotations
 
 import configparser
+import dataclasses
 import http.client
 import json
 import os
@@ -250,7 +251,8 @@ BAD_CONFIGS = [
     ("[infi]\ntask = \"dogs\"\n", ":2: [infi] task must be one of"),
     ("[split]\nbundle = \"missing\"\n", ":2: [split] bundle"),
     ("[evolve]\nconfig = \"missing.json\"\n", ":2: [evolve] config is unusable"),
-    ("[mlink]\nlinks = \"links\"\n", ":1: [mlink] is not hosted by the gateway yet"),
+    ("[[streams]]\nurl = \"cam.mp4\"\n[mlink]\nlinks = \"missing\"\nbudget = 5\n",
+     "missing: no such link graph directory"),
     ("# nothing at all\n", "configures nothing to host"),
 ]
 
@@ -686,3 +688,190 @@ def test_the_daemon_end_to_end(small_scenes, face_skip_filter, tmp_path):
     assert any("reload refused" in line and refusal in line for line in lines)
     assert lines[-1].startswith("coinfer edge gateway: stopped")
     assert "Traceback" not in log
+
+
+# -- MLink budgeted serving on the streams ---------------------------------------------------------------
+
+#: Costs (ms) that make ``people`` too dear for a 5 ms budget: the plan runs faces and cats.
+MLINK_COSTS = "{ faces = 2.0, cats = 2.0, people = 20.0 }"
+
+
+@pytest.fixture(scope="module")
+def mlink_links(small_scenes, tmp_path_factory) -> Path:
+    """Links among the zoo's faces, cats and people, trained on their real outputs on every
+    other frame of the small scene set; returns the link graph's directory."""
+    pytest.importorskip("torch")
+    from coinfer.edge.mlink.zoo import Step, create_model
+    from coinfer.sdk.mlink import LinkGraph, LinkOptions
+
+    models = {name: create_model(name) for name in ("faces", "cats", "people")}
+    frames = []
+    for camera in ("cam000", "cam001"):
+        with av.open(str(small_scenes / f"{camera}.mp4")) as container:
+            frames += [picture.to_ndarray(format="rgb24") for picture in container.decode(video=0)][::2]
+    steps = [Step(frame, np.zeros(0, np.float32), 0, index) for index, frame in enumerate(frames)]
+    outputs = {name: np.stack([model(step) for step in steps]) for name, model in models.items()}
+    graph = LinkGraph.train(outputs, {name: model.spec for name, model in models.items()},
+                            LinkOptions(epochs=20, seed=0))
+    out = tmp_path_factory.mktemp("mlink-links") / "links"
+    graph.save(out)
+    return out
+
+
+def _mlink_config(folder: Path, links: Path, video: Path, budget: float, extra: str = "") -> Path:
+    return write(folder, f"""
+[gate]
+budget_fraction = 0.9
+realtime = false
+
+[[streams]]
+name = "lobby"
+url = "{video}"
+loop = true
+
+[mlink]
+links = "{links}"
+budget = {budget}
+costs = {MLINK_COSTS}
+period = 10
+profile_fraction = 0.05
+{extra}""")
+
+
+MLINK_REFUSALS = [
+    ("budget = 0", "[gate]\n", ":6: [mlink] budget must be above 0 (ms of model time per frame), got 0.0"),
+    ("budget = \"lots\"", "[gate]\n", ":6: [mlink] budget must be a finite number"),
+    ("budget = 5\ncosts = { faces = 1.0 }", "[gate]\n", ":7: [mlink] costs must give every model"),
+    ("budget = 5\ncosts = { faces = 1, cats = 1, people = -2 }", "[gate]\n",
+     ":7: [mlink] costs must be positive numbers of ms, got {'people': -2}"),
+    ("budget = 5\nperiod = 0", "[gate]\n", ":7: [mlink] period must be in [1, 1000000], got 0"),
+    ("budget = 5\nprofile_fraction = 2", "[gate]\n", ":7: [mlink] profile_fraction must be in [0, 1]"),
+    ("budget = 5\ncrowd = \"LINKS\"", "[gate]\n", ":7: [mlink] crowd is unusable: "),
+    ("budget = 5\nspeech = true", "[gate]\n", ":7: [mlink] speech is not a known key"),
+    ("budget = 5", "[gate]\ntasks = [\"faces\"]\n", ":2: [gate] tasks must name the [mlink] links' models"),
+]
+
+
+@pytest.mark.parametrize(("table", "gate", "says"), MLINK_REFUSALS, ids=[says for *_, says in MLINK_REFUSALS])
+def test_a_bad_mlink_table_is_one_error_naming_its_line(mlink_links, tmp_path, table, gate, says):
+    (tmp_path / "cam.mp4").write_bytes(b"")
+    table = table.replace("LINKS", str(mlink_links))
+    path = write(tmp_path, f'{gate}[[streams]]\nurl = "cam.mp4"\n[mlink]\nlinks = "{mlink_links}"\n{table}\n')
+    with pytest.raises(ConfigError) as refused:
+        load_config(path)
+    message = str(refused.value)
+    assert message.startswith(str(path)) and says in message and "\n" not in message
+
+
+def test_mlink_links_that_are_not_a_graph_or_serve_no_stream_are_refused(mlink_links, tmp_path):
+    (tmp_path / "cam.mp4").write_bytes(b"")
+    (tmp_path / "empty").mkdir()
+    path = write(tmp_path, '[[streams]]\nurl = "cam.mp4"\n[mlink]\nlinks = "empty"\nbudget = 5\n')
+    with pytest.raises(ConfigError, match=r":4: \[mlink\] links is unusable: "):
+        load_config(path)
+    path = write(tmp_path, f'[uploads]\n[mlink]\nlinks = "{mlink_links}"\nbudget = 5\n')
+    with pytest.raises(ConfigError, match=r":2: \[mlink\] serves the streams: add \[\[streams\]\]"):
+        load_config(path)
+    config = load_config(_mlink_config(tmp_path, mlink_links, tmp_path / "cam.mp4", 5))
+    assert sorted(config.gate.tasks) == ["cats", "faces", "people"] and config.gate.mlink is not None
+    assert dict(config.gate.mlink.costs) == {"faces": 2.0, "cats": 2.0, "people": 20.0}
+    dearer = load_config(_mlink_config(tmp_path, mlink_links, tmp_path / "cam.mp4", 30))
+    assert dearer.gate.runtime_changes(config.gate) == ["[mlink]"]
+
+
+def test_the_mlink_plugin_runs_the_plan_and_predicts_the_rest(mlink_links, small_scenes):
+    from coinfer.edge.daemon.mlink_serving import MLINK_KEY, MlinkSettings
+
+    settings = MlinkSettings(links=mlink_links, models=("faces", "cats", "people"), budget=5.0,
+                             costs=(("faces", 2.0), ("cats", 2.0), ("people", 20.0)), period=4,
+                             profile_fraction=0.0)
+    plugin = StreamPlugin(("faces",), mlink=settings)
+    assert plugin.tasks == ("faces", "cats", "people")
+    assert len(pickle.dumps(plugin)) < 4096  # the links and the models load in the worker
+    worker = pickle.loads(pickle.dumps(plugin))
+    worker.prepare()
+    with av.open(str(small_scenes / "cam001.mp4")) as container:
+        frames = [picture.to_ndarray(format="rgb24") for picture in container.decode(video=0)][:9]
+    results = [worker.infer(frame) for frame in frames]
+    first = results[0][MLINK_KEY]  # the first frame is profiled: every model runs, the links are scored
+    assert first["ran"] == ["cats", "faces", "people"] and first["predicted"] == []
+    for result in results[1:]:
+        marks = result[MLINK_KEY]
+        assert marks["ran"] == ["cats", "faces"] and marks["predicted"] == ["people"]
+        assert sorted(marks["plan"]) == ["cats", "faces"]
+        shapes = {name: np.shape(output) for name, output in marks["outputs"].items()}
+        assert shapes == {"faces": (4,), "cats": (1,), "people": (4,)}
+        assert all(isinstance(result[task], int) for task in plugin.tasks)
+        assert result["faces"] == int(np.argmax(marks["outputs"]["faces"]))
+    measuring = StreamPlugin(("faces",), mlink=dataclasses.replace(settings, costs=()))
+    measuring.prepare()
+    assert measuring.infer(frames[0])[MLINK_KEY]["ran"] == ["cats", "faces", "people"]
+    planner = measuring._mlink._loaded()  # without costs, each model's time on that first frame
+    assert planner.costs is not None and all(planner.costs[name] > 0 for name in plugin.tasks)
+    assert planner.plan is None and measuring.infer(frames[1])[MLINK_KEY]["plan"] == list(planner.plan.active)
+
+
+@pytest.mark.slow
+def test_the_daemon_serves_an_mlink_plan_on_its_streams(mlink_links, small_scenes, tmp_path):
+    config = load_config(_mlink_config(tmp_path, mlink_links, small_scenes / "cam000.mp4", 5))
+    daemon = GatewayDaemon(config, TOKEN)
+    try:
+        with ThreadedServer(create_daemon_app(daemon), name="the gateway daemon") as server:
+            daemon.start()
+
+            def served() -> dict[str, Any] | None:
+                mlink = status_of(server.url)["mlink"]
+                models = mlink["models"]
+                return mlink if models and models["people"]["predictions"] >= 20 else None
+
+            mlink = wait_for(served, "MLink to predict people on 20 frames")
+            assert mlink["plan"] == ["faces", "cats"] or mlink["plan"] == ["cats", "faces"]
+            assert mlink["predicted"] == ["people"] and mlink["budget_ms"] == 5.0
+            models = mlink["models"]
+            assert models["faces"]["runs"] >= models["people"]["predictions"]
+            assert models["faces"]["predictions"] == models["cats"]["predictions"] == 0
+            assert 1 <= models["people"]["runs"] < models["people"]["predictions"]  # on profiled frames only
+            last = mlink["last"]
+            assert [len(last[name]["output"]) for name in ("faces", "cats", "people")] == [4, 1, 4]
+            assert last["people"]["predicted"] and not last["faces"]["predicted"]
+            samples = metrics_of(server.url)
+            assert samples['coinfer_mlink_model_runs_total{model="faces"}'] >= models["faces"]["runs"]
+            assert samples['coinfer_mlink_model_predictions_total{model="people"}'] >= 20
+            assert samples['coinfer_mlink_model_predictions_total{model="faces"}'] == 0
+            code, page = call(server.url, "/status")
+            assert code == 200 and re.search(r"MLink plan: (faces, cats|cats, faces) \(predicted: people\)",
+                                             page.decode())
+            _mlink_config(tmp_path, mlink_links, small_scenes / "cam000.mp4", 30)  # every model fits now
+            assert daemon.reload()
+            said = "[mlink] changed: every stream restarts; restarted stream(s) lobby"
+            assert daemon.reloads["last"] == said
+            runs = models["people"]["runs"]
+            wait_for(lambda: status_of(server.url)["mlink"]["models"]["people"]["runs"] > runs + 10,
+                     "people to run on every frame")
+            assert sorted(status_of(server.url)["mlink"]["plan"]) == ["cats", "faces", "people"]
+    finally:
+        daemon.close()
+
+
+@pytest.mark.slow
+def test_the_skip_filter_decides_before_the_mlink_plan(mlink_links, face_skip_filter, small_scenes):
+    from coinfer.edge.daemon.mlink_serving import MLINK_KEY, MlinkSettings
+
+    settings = MlinkSettings(links=mlink_links, models=("cats", "faces", "people"), budget=5.0,
+                             costs=(("cats", 2.0), ("faces", 2.0), ("people", 20.0)), period=4,
+                             profile_fraction=0.0)
+    worker = pickle.loads(pickle.dumps(StreamPlugin(("faces",), face_skip_filter, settings)))
+    worker.prepare()
+    results = []
+    for camera in ("cam000", "cam001"):
+        with av.open(str(small_scenes / f"{camera}.mp4")) as container:
+            results += [worker.infer(frame.to_ndarray(format="rgb24")) for frame in container.decode(video=0)]
+    skipped = [result for result in results if result[FILTER_KEY]]
+    kept = [result for result in results[1:] if not result[FILTER_KEY]]
+    assert skipped and kept  # the filter skips some frames, not all
+    for result in skipped:  # "no face": the filter's answer stands in for the model's, the links read it
+        marks = result[MLINK_KEY]
+        assert marks["filtered"] == ["faces"] and "faces" not in marks["ran"] and result["faces"] == 0
+        assert np.asarray(marks["outputs"]["faces"]).tolist() == [1.0, 0.0, 0.0, 0.0]
+    for result in kept:
+        assert result[MLINK_KEY]["filtered"] == [] and "faces" in result[MLINK_KEY]["ran"]

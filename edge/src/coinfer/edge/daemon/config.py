@@ -2,8 +2,9 @@
 
 An operator edits one file (``gateway.toml``) and runs ``coinfer edge gateway --config
 gateway.toml``; each table turns one thing on: ``[[streams]]`` (live cameras gated by
-PacketGame, each with an optional InFi skip filter), ``[uploads]`` (camera-gate uploads),
-``[infi]``, ``[split]`` and ``[evolve]`` (the edge halves of those services). ``[server]``
+PacketGame, each with an optional InFi skip filter), ``[mlink]`` (MLink budgeted serving on
+those streams instead of every detector), ``[uploads]`` (camera-gate uploads), ``[infi]``,
+``[split]`` and ``[evolve]`` (the edge halves of those services). ``[server]``
 and ``[gate]`` hold what they share. The file is checked whole before anything starts, and
 again on every reload (SIGHUP), so a mistake is one line naming the file, the line and the
 key (:mod:`coinfer.sdk.config_file`), never a half-applied configuration. Unknown tables and
@@ -47,6 +48,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from coinfer.edge.daemon.mlink_serving import MlinkSettings
 from coinfer.sdk.config_file import ConfigFile, ConfigTable
 from coinfer.sdk.errors import CoinferError
 from coinfer.sdk.service import ConnectionLimits
@@ -55,7 +57,7 @@ __all__ = ["TABLES", "EvolveConfig", "GateConfig", "GatewayConfig", "InfiConfig"
            "SplitConfig", "StreamConfig", "UploadsConfig", "load_config"]
 
 #: The tables a configuration may hold, in the order the reference (docs/gateway.md) lists them.
-TABLES = ("server", "gate", "streams", "uploads", "infi", "split", "evolve")
+TABLES = ("server", "gate", "streams", "mlink", "uploads", "infi", "split", "evolve")
 #: A URL FFmpeg reads (rtsp://, tcp://, http://, ...); anything else is a path.
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 #: Stream names appear in metric labels, URLs and log lines.
@@ -89,7 +91,8 @@ class ServerConfig:
 
 @dataclass(frozen=True)
 class GateConfig:
-    """``[gate]``: how every stream is gated (PacketGame's budget, policy and tasks)."""
+    """``[gate]``: how every stream is gated (PacketGame's budget, policy and tasks), and
+    ``mlink``, the ``[mlink]`` table when the streams serve its plan (its models are the tasks)."""
 
     budget_fraction: float = 0.5
     tasks: tuple[str, ...] = ("faces",)
@@ -97,10 +100,12 @@ class GateConfig:
     predictor: Path | None = None
     workers: int = 1
     realtime: bool = True
+    mlink: MlinkSettings | None = None
 
     def runtime_changes(self, other: GateConfig) -> list[str]:
-        """The keys other than the budget that differ from ``other`` (they restart the streams)."""
-        return [item.name for item in fields(self)
+        """What differs from ``other`` but the budget (it restarts the streams): ``[gate]`` keys
+        and ``[mlink]``."""
+        return [f"[{item.name}]" if item.name == "mlink" else f"[gate] {item.name}" for item in fields(self)
                 if item.name != "budget_fraction" and getattr(self, item.name) != getattr(other, item.name)]
 
 
@@ -198,17 +203,17 @@ def load_config(path: str | Path) -> GatewayConfig:
     """Read and check the configuration at ``path``; every error is one :class:`ConfigError`
     line naming the file, the line and the key."""
     config = ConfigFile.read(path)
-    if "mlink" in config.data:
-        raise config.error(config.line_of(None, "mlink"),
-                           "[mlink] is not hosted by the gateway yet; serve a plan with `coinfer mlink run` "
-                           "and remove the table")
     config.check_known(TABLES)
     gate = _gate(config.table("gate"))
+    if "mlink" in config.data:
+        gate = _mlink(config.table("mlink"), gate, "tasks" in config.table("gate"))
     loaded = GatewayConfig(
         path=config.path, server=_server(config.table("server")), gate=gate,
         streams=_streams(config, gate),
         uploads=_optional(config, "uploads", _uploads), infi=_optional(config, "infi", _infi),
         split=_optional(config, "split", _split), evolve=_optional(config, "evolve", _evolve))
+    if gate.mlink is not None and not loaded.streams:
+        raise config.error(config.line_of(None, "mlink"), "[mlink] serves the streams: add [[streams]]")
     if not loaded.services:
         raise config.error(None, "configures nothing to host: add [[streams]], [uploads], [infi], [split] "
                                  "or [evolve]")
@@ -269,6 +274,48 @@ def _gate(table: ConfigTable) -> GateConfig:
     return gate
 
 
+def _mlink(table: ConfigTable, gate: GateConfig, tasks_given: bool) -> GateConfig:
+    """``[mlink]``, checked (the links and the crowd CNN loaded); the streams' tasks become the
+    links' models. ``costs`` is an inline table of model -> ms."""
+    from coinfer.edge.daemon.mlink_serving import inspect_links
+
+    raw_costs = table.values.get("costs")
+    rest = ConfigTable(table.config, table.name, table.index,
+                       {key: value for key, value in table.values.items() if key != "costs"})
+    links = _required_path(rest, "links")
+    if not links.is_dir():
+        raise rest.error("links", f"{links}: no such link graph directory (coinfer mlink train --out)")
+    budget = rest.number("budget", required=True)
+    if not budget > 0:
+        raise rest.error("budget", f"must be above 0 (ms of model time per frame), got {budget}")
+    period = rest.integer("period", 100, low=1, high=1_000_000)
+    fraction = rest.number("profile_fraction", 0.01, low=0, high=1)
+    crowd = rest.path("crowd")
+    rest.check_known()
+    if crowd is not None and not crowd.exists():
+        raise rest.error("crowd", f"{crowd}: no such crowd CNN artifact")
+    info = _check(rest, "crowd" if crowd is not None else "links", inspect_links, links, crowd)
+    if tasks_given and set(gate.tasks) != set(info.models):
+        raise table.config.table("gate").error(
+            "tasks", f"must name the [mlink] links' models {list(info.models)} (or be left out), got "
+                     f"{list(gate.tasks)}")
+    costs: tuple[tuple[str, float], ...] = ()
+    if raw_costs is not None:
+        if not isinstance(raw_costs, dict):
+            raise table.error("costs", f"must be an inline table of model = ms, got {raw_costs!r}")
+        if set(raw_costs) != set(info.models):
+            raise table.error("costs", f"must give every model of the links {list(info.models)} a cost, "
+                                       f"got {sorted(raw_costs)}")
+        bad = {name: value for name, value in raw_costs.items()
+               if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0}
+        if bad:
+            raise table.error("costs", f"must be positive numbers of ms, got {bad}")
+        costs = tuple((name, float(raw_costs[name])) for name in info.models)
+    settings = MlinkSettings(links=links, models=info.models, budget=budget, costs=costs, period=period,
+                             profile_fraction=fraction, crowd=crowd, digest=info.digest)
+    return replace(gate, tasks=info.models, mlink=settings)
+
+
 def _streams(config: ConfigFile, gate: GateConfig) -> tuple[StreamConfig, ...]:
     from coinfer.edge.daemon.filtering import inspect_skip_filter
 
@@ -293,7 +340,8 @@ def _streams(config: ConfigFile, gate: GateConfig) -> tuple[StreamConfig, ...]:
             info = _check(table, "filter", inspect_skip_filter, source)
             unknown = sorted(set(info.tasks) - set(gate.tasks))
             if unknown:
-                raise table.error("filter", f"filters task(s) {unknown}, which [gate] tasks "
+                runs = "the [mlink] links" if gate.mlink is not None else "[gate] tasks"
+                raise table.error("filter", f"filters task(s) {unknown}, which {runs} "
                                             f"{list(gate.tasks)} do not run")
             digest = info.digest
         streams.append(StreamConfig(name=name, url=url, loop=loop, filter=source, filter_digest=digest))

@@ -8,6 +8,11 @@ detectors of the tasks it covers run only when it does not skip the frame. A ski
 reports what the filter predicted, an empty result (no boxes), so the gate's necessity
 feedback stays meaningful.
 
+Under ``[mlink]`` the detectors give way to MLink's plan
+(:class:`~coinfer.edge.daemon.mlink_serving.MlinkServing`): the models of the links are the
+tasks, the plan's run and the links predict the others. The filter still comes first: a
+task it skipped serves "nothing", which the links then read as that model's output.
+
 The plug-in runs inside the gate's decoder worker processes: it pickles as its paths and
 tasks, and loads the filter and the detectors in :meth:`StreamPlugin.prepare`. Each result
 of a filtered stream also carries :data:`FILTER_KEY` (whether the filter skipped the frame),
@@ -34,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from coinfer.edge.daemon.mlink_serving import MlinkServing, MlinkSettings, nothing
 from coinfer.edge.gate.inference import DetectorPlugin, InferencePlugin
 from coinfer.sdk.errors import CoinferError
 
@@ -89,13 +95,16 @@ def scale_frame(frame: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 class StreamPlugin(InferencePlugin):
-    """The detectors of ``tasks``, behind the skip filter at ``filter_path`` when one is given.
+    """The detectors of ``tasks``, behind the skip filter at ``filter_path`` when one is given;
+    with ``mlink``, MLink's plan over the links' models (then ``tasks``) instead of the detectors.
 
-    The filter's own tasks must be among ``tasks``; the other tasks always run.
+    The filter's own tasks must be among ``tasks``; the other tasks always run (or, with
+    ``mlink``, run or are predicted as the plan says).
     """
 
-    def __init__(self, tasks: Sequence[str], filter_path: str | os.PathLike | None = None) -> None:
-        self.tasks = tuple(tasks)
+    def __init__(self, tasks: Sequence[str], filter_path: str | os.PathLike | None = None,
+                 mlink: MlinkSettings | None = None) -> None:
+        self.tasks = tuple(tasks) if mlink is None else mlink.models
         self.info = None if filter_path is None else inspect_skip_filter(filter_path)
         filtered = () if self.info is None else self.info.tasks
         missing = [task for task in filtered if task not in self.tasks]
@@ -104,19 +113,22 @@ class StreamPlugin(InferencePlugin):
                                f"({list(self.tasks)})")
         covered = [task for task in self.tasks if task in filtered]
         rest = [task for task in self.tasks if task not in filtered]
-        self._covered = DetectorPlugin(covered) if covered else None
-        self._rest = DetectorPlugin(rest) if rest else None
+        self._mlink = None if mlink is None else MlinkServing(mlink)
+        self._covered = DetectorPlugin(covered) if covered and mlink is None else None
+        self._rest = DetectorPlugin(rest) if rest and mlink is None else None
         self._filter: Any = None
 
     def prepare(self) -> None:
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
-        for plugin in (self._covered, self._rest):
+        for plugin in (self._covered, self._rest, self._mlink):
             if plugin is not None:
                 plugin.prepare()
         if self.info is not None:
             self._loaded(self.info)
 
     def infer(self, frame: np.ndarray) -> dict[str, Any]:
+        if self._mlink is not None:
+            return self._serve(self._mlink, frame)
         results: dict[str, Any] = {}
         if self._covered is not None and self.info is not None:
             info = self.info
@@ -131,6 +143,17 @@ class StreamPlugin(InferencePlugin):
             results.update(self._rest.infer(frame))
         return results
 
+    def _serve(self, mlink: MlinkServing, frame: np.ndarray) -> dict[str, Any]:
+        """MLink's plan on the frame, the filter's tasks decided first when it has a filter."""
+        if self.info is None:
+            return mlink.infer(frame)
+        info = self.info
+        small = scale_frame(frame, info.height, info.width)
+        skipped = bool(self._loaded(info).skip({info.input: small[None]})[0])
+        specs = mlink.specs()
+        known = {task: nothing(specs[task]) for task in info.tasks} if skipped else {}
+        return {**mlink.infer(frame, known), FILTER_KEY: skipped}
+
     def _loaded(self, info: SkipFilterInfo) -> Any:
         if self._filter is None:
             from coinfer.device.infi import load_skip_filter
@@ -142,4 +165,5 @@ class StreamPlugin(InferencePlugin):
         return {**self.__dict__, "_filter": None}
 
     def __repr__(self) -> str:
-        return f"StreamPlugin(tasks={self.tasks!r}, filter={None if self.info is None else self.info.path!r})"
+        source = None if self.info is None else self.info.path
+        return f"StreamPlugin(tasks={self.tasks!r}, filter={source!r}, mlink={self._mlink is not None})"

@@ -80,9 +80,11 @@ class GatewayDaemon:
         self.streams.start()
         self._reloader.start()
         names = ", ".join(stream.name for stream in self.config.streams) or "none"
+        mlink = self.config.gate.mlink
+        served = "" if mlink is None else f"; MLink budget {mlink.budget:g} ms per frame"
         self.events.info(f"started on {self.url} (pid {os.getpid()}) from {self.config.path}: hosting "
                          f"{', '.join(self.config.services)}; streams: {names}; decode budget "
-                         f"{self.config.gate.budget_fraction:g}")
+                         f"{self.config.gate.budget_fraction:g}{served}")
 
     def request_reload(self) -> None:
         """Ask for a reload of the configuration file (safe in a signal handler)."""
@@ -134,6 +136,7 @@ class GatewayDaemon:
                      "predictor": None if gate.predictor is None else str(gate.predictor),
                      "workers": gate.workers, "realtime": gate.realtime},
             "streams": [stream.to_dict() for stream in self.streams.statuses()],
+            "mlink": self.streams.mlink_status(),
             "uploads": services.get("uploads"), "infi": services.get("infi"), "split": services.get("split"),
             "evolve": services.get("evolve"), "reloads": dict(self.reloads),
             "errors": [event.to_dict() for event in self.events.recent()],

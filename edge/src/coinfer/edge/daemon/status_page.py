@@ -123,6 +123,13 @@ def _errors(errors: list[dict[str, Any]]) -> str:
     return _table(("When", "Level", "What"), rows, "No errors.")
 
 
+def _mlink(mlink: dict[str, Any] | None) -> str:
+    """One line naming the models MLink's plan runs and those it predicts."""
+    if mlink is None:
+        return ""
+    return f'<div class="meta">MLink plan: {_e(mlink["plan_line"])}</div>'
+
+
 def render_status_page(status: dict[str, Any]) -> str:
     """The HTML page of a ``/v1/status`` answer."""
     gate, streams = status["gate"], status["streams"]
@@ -148,7 +155,7 @@ def render_status_page(status: dict[str, Any]) -> str:
 <div class="meta">version {_e(status['version'])} &middot; {_e(status['listen'])} &middot; up
 {_e(_uptime(status['uptime_s']))} &middot; config {_e(status['config'])} &middot; tasks
 {_e(', '.join(gate['tasks']))} ({_e(gate['policy'])}) &middot; reloads {_e(reloads['applied'])} applied,
-{_e(reloads['refused'])} refused{last}</div>
+{_e(reloads['refused'])} refused{last}</div>{_mlink(status.get('mlink'))}
 <div class="cards">{card_html}</div>
 <h2>Streams</h2>{_streams(streams)}
 <h2>Camera uploads</h2>{_uploads(status['uploads'])}

@@ -4,7 +4,7 @@ PacketGame shares one decode budget across cameras: the gate spends it where a f
 worth most, so the streams run under one :class:`~coinfer.edge.gate.runtime.GateRuntime`
 (one gate, one budget), each with its own plug-in
 (:class:`~coinfer.edge.daemon.filtering.StreamPlugin`: the detectors, behind the stream's InFi
-filter if it has one). The one split is between
+filter if it has one, or MLink's plan under ``[mlink]``). The one split is between
 streams that run for good (cameras, and files that loop) and files that end: each kind is a
 :class:`StreamGroup` of its own, so a file that ends stops only its own gate.
 
@@ -13,7 +13,8 @@ A group runs its runtime on a thread of its own, paces local files at their fram
 filters skipped, and starts its runtime again when it fails (a camera that went away, a
 decoder worker that crashed) after a delay that doubles up to :data:`RETRY_MAX_S`. Counters
 are totals over the group's runtimes, and carried over to the group that replaces it on a
-reload, so Prometheus sees counters that only grow.
+reload, so Prometheus sees counters that only grow; MLink's per-model counts are the
+manager's (:class:`~coinfer.edge.daemon.mlink_serving.MlinkTotals`), shared by its groups.
 
 Example::
 
@@ -37,6 +38,7 @@ from typing import Any
 from coinfer.edge.daemon.config import GateConfig, StreamConfig
 from coinfer.edge.daemon.events import EventLog
 from coinfer.edge.daemon.filtering import FILTER_KEY, StreamPlugin
+from coinfer.edge.daemon.mlink_serving import MLINK_KEY, MlinkTotals
 from coinfer.edge.gate.runtime import GateRuntime, RoundReport, RuntimeOptions, StreamReport
 from coinfer.sdk.errors import one_line
 
@@ -165,14 +167,16 @@ def _frame_rate(streams: Sequence[StreamConfig]) -> float | None:
 class StreamGroup:
     """``streams`` (all endless, or all files that end) gated by one runtime on a thread.
 
-    ``carried`` holds totals of streams of a group this one replaces (by name).
+    ``carried`` holds totals of streams of a group this one replaces (by name); ``mlink``
+    counts what MLink ran and predicted (under ``[mlink]``).
     """
 
     def __init__(self, streams: Sequence[StreamConfig], gate: GateConfig, events: EventLog,
-                 carried: Mapping[str, StreamTotals] | None = None) -> None:
+                 carried: Mapping[str, StreamTotals] | None = None, mlink: MlinkTotals | None = None) -> None:
         self.streams = tuple(streams)
         self.gate = gate
         self.events = events
+        self.mlink = mlink or MlinkTotals()
         self._budget = gate.budget_fraction
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -296,7 +300,7 @@ class StreamGroup:
             pacer = _Pacer(rate, self._stop)
             began, lost = time.monotonic(), None
             for report in runtime.rounds():
-                self._count_filter(report)
+                self._count(report)
                 if self._stop.is_set():
                     break
                 if lost is None and self.key == ENDLESS and any(stream.ended for stream in runtime.streams):
@@ -324,14 +328,20 @@ class StreamGroup:
         """The plug-in of the streams without a filter, and one per filter for the others (its
         streams share it, and its decoder workers)."""
         by_filter: dict[Path, StreamPlugin] = {}
+        mlink = self.gate.mlink
         for stream in self.streams:
             if stream.filter is not None and stream.filter not in by_filter:
-                by_filter[stream.filter] = StreamPlugin(self.gate.tasks, stream.filter)
+                by_filter[stream.filter] = StreamPlugin(self.gate.tasks, stream.filter, mlink)
         plugins = {index: by_filter[stream.filter] for index, stream in enumerate(self.streams)
                    if stream.filter is not None}
-        return StreamPlugin(self.gate.tasks), plugins
+        return StreamPlugin(self.gate.tasks, mlink=mlink), plugins
 
-    def _count_filter(self, report: RoundReport) -> None:
+    def _count(self, report: RoundReport) -> None:
+        """Count the filters' decisions and what MLink ran and predicted in a round's results."""
+        for result in report.results:
+            marks = result.results.get(MLINK_KEY)
+            if marks is not None:
+                self.mlink.add(marks)
         with self._lock:
             for result in report.results:
                 skipped = result.results.get(FILTER_KEY)
@@ -385,7 +395,9 @@ class StreamManager:
         self.gate = gate
         self.events = events
         self._order = [stream.name for stream in streams]
-        self._groups = [StreamGroup(members, gate, events) for members in plan_groups(streams).values()]
+        self.mlink = MlinkTotals()
+        self._groups = [StreamGroup(members, gate, events, mlink=self.mlink)
+                        for members in plan_groups(streams).values()]
         self._lock = threading.Lock()
 
     @property
@@ -411,7 +423,7 @@ class StreamManager:
             changes.append(f"budget {self.gate.budget_fraction:g} -> {gate.budget_fraction:g}")
         restart_all = gate.runtime_changes(self.gate)
         if restart_all:
-            changes.append(f"[gate] {', '.join(restart_all)} changed: every stream restarts")
+            changes.append(f"{', '.join(restart_all)} changed: every stream restarts")
         planned = plan_groups(streams)
         with self._lock:
             groups = list(self._groups)
@@ -426,7 +438,7 @@ class StreamManager:
             group.join()
             carried.update(group.totals())
         kept_keys = {group.key for group in kept}
-        started = [StreamGroup(members, gate, self.events, carried)
+        started = [StreamGroup(members, gate, self.events, carried, self.mlink)
                    for key, members in planned.items() if key not in kept_keys]
         by_key = {group.key: group for group in [*kept, *started]}
         with self._lock:
@@ -441,6 +453,15 @@ class StreamManager:
         moves = (("added", added), ("removed", removed), ("restarted", restarted))
         changes += [f"{what} stream(s) {', '.join(names)}" for what, names in moves if names]
         return changes
+
+    def mlink_status(self) -> dict[str, Any] | None:
+        """MLink's settings, per-model counts, plan and latest outputs (``None`` without ``[mlink]``)."""
+        settings = self.gate.mlink
+        if settings is None:
+            return None
+        return {"links": str(settings.links), "budget_ms": settings.budget, "period": settings.period,
+                "profile_fraction": settings.profile_fraction, "costs": dict(settings.costs) or None,
+                **self.mlink.status()}
 
     def statuses(self) -> list[StreamStatus]:
         """Every stream's status, in configuration order."""

@@ -140,6 +140,7 @@ class StatusCollector(Collector):
         yield GaugeMetricFamily("coinfer_gate_budget_fraction", "The decode budget, a fraction of decode-all",
                                 value=status["gate"]["budget_fraction"])
         yield from self._streams(status["streams"])
+        yield from self._mlink(status.get("mlink"))
         yield from self._services(status)
         yield _family(CounterMetricFamily, "coinfer_http_responses", "HTTP answers by service and status",
                       ("service", "code"), list(self.responses.snapshot().items()))
@@ -158,6 +159,17 @@ class StatusCollector(Collector):
                       ("stream",), [((stream["name"],), stream["filter_frames"]) for stream in filtered])
         yield _family(CounterMetricFamily, "coinfer_infi_filter_skipped", "Frames the skip filter skipped",
                       ("stream",), [((stream["name"],), stream["filter_skipped"]) for stream in filtered])
+
+    @staticmethod
+    def _mlink(mlink: dict[str, Any] | None) -> Iterator[Metric]:
+        if mlink is None:
+            return
+        models = mlink["models"]
+        yield _family(CounterMetricFamily, "coinfer_mlink_model_runs", "Frames the model ran on under MLink",
+                      ("model",), [((name,), counts["runs"]) for name, counts in models.items()])
+        yield _family(CounterMetricFamily, "coinfer_mlink_model_predictions",
+                      "Frames MLink's links predicted the model's output on",
+                      ("model",), [((name,), counts["predictions"]) for name, counts in models.items()])
 
     @staticmethod
     def _services(status: dict[str, Any]) -> Iterator[Metric]:
