@@ -1,8 +1,11 @@
 """`coinfer demo`, the tour: every capability stage end to end, its JSON and its HTML report.
 
-The export stages run in test_demo.py; here the six capability stages run once together (a
+The export stages run in test_demo.py; here five capability stages run once together (a
 reduced tour, on the embedded defaults: real models, real server processes on loopback), and
-each test reads what that run wrote. A stage that fails is reported, the others still run,
+each test reads what that run wrote. The ``stip`` stage (SmolLM2 loaded twice, about 45 s) is
+left to ``coinfer demo`` itself: the same path, the real SmolLM2 generating through STIP
+exactly as the plain model, runs in tests/cloud/test_stip_smollm2.py, and a server process
+in tests/cloud/test_stip_cli.py. A stage that fails is reported, the others still run,
 and the command exits 1 naming it.
 """
 
@@ -19,12 +22,12 @@ from coinfer.bench.demo.gate import BUDGET_SLACK
 from coinfer.sdk.artifact import load_artifact
 from coinfer.sdk.cli.main import main
 
-CAPABILITIES = ("gate", "infi", "stip", "mlink", "split", "evolve")
+CAPABILITIES = ("gate", "infi", "mlink", "split", "evolve")
 
 
 @pytest.fixture(scope="module")
 def tour(tmp_path_factory):
-    """``coinfer demo --stages gate,infi,stip,mlink,split,evolve``: (exit status, JSON, HTML, work dir)."""
+    """``coinfer demo --stages gate,infi,mlink,split,evolve``: (exit status, JSON, HTML, work dir)."""
     root = tmp_path_factory.mktemp("tour")
     status = main(["demo", "--stages", ",".join(CAPABILITIES), "--json", str(root / "D.json"),
                    "--report", str(root / "D.html"), "--out", str(root / "work")])
@@ -61,15 +64,6 @@ def test_infi_filter_runs_as_tflite_and_skips_held_out_frames(tour):
     assert infi["tflite_max_abs_err"] <= 1e-4
     manifest = load_artifact(tour[3] / "infi" / "skip-float32", capability="infi").manifest
     assert manifest.metadata["tasks"] == ["faces", "cats"]
-
-
-@pytest.mark.slow
-def test_stip_answers_exactly_as_the_plain_model(tour):
-    stip = tour[1]["stages"]["stip"]
-    assert stip["tokens_identical"] is True and stip["first_difference"] is None
-    assert stip["max_rel_logit_err"] <= 1e-4 and stip["top1_agreement"] == 1.0
-    assert stip["new_tokens"] > 0 and "Paris" in stip["answer"]
-    assert stip["bytes_sent"] > 0 and stip["bytes_received"] > 0
 
 
 @pytest.mark.slow
