@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import shutil
 import subprocess
 import tempfile
@@ -111,7 +112,8 @@ def capture_page(url: str, token: str | None, png_path: Path, *, width: int = 12
          "--disable-extensions", "--disable-dev-shm-usage", "--remote-debugging-address=127.0.0.1",
          "--remote-debugging-port=0", f"--user-data-dir={profile}", f"--window-size={width},{height}",
          "about:blank"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        # Its scratch files (shared memory, without /dev/shm) go to the profile, removed below.
+        env=dict(os.environ, TMPDIR=profile), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         port = _debugging_port(browser)
         listing = f"http://127.0.0.1:{port}/json/list"
