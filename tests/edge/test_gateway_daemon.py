@@ -314,8 +314,7 @@ def test_the_server_refuses_bad_requests_with_a_clear_error_and_keeps_serving(tm
             assert code == 200 and b"coinfer edge gateway" in page and b"Camera uploads" in page
     finally:
         daemon.close()
-
-
+@pytest.mark.slow
 def test_the_split_tail_is_served_from_the_same_port_behind_its_own_checks(tmp_path):
     from onnx import TensorProto, helper
 
@@ -401,8 +400,7 @@ def test_the_samples_parse_and_the_unit_reloads_and_stops_the_daemon(tmp_path):
 
 
 # -- the gate runtime as the daemon runs it --------------------------------------------------------------
-
-
+@pytest.mark.slow
 def test_a_looping_file_is_decoded_exactly_on_every_pass_and_takes_a_new_budget(small_scenes):
     video = str(small_scenes / "cam000.mp4")
     reference = decode_all(video, format=None)
@@ -445,8 +443,7 @@ class ConstantTestPlugin(InferencePlugin):
 
     def infer(self, frame: np.ndarray) -> dict[str, int]:
         return {"value": self.value}
-
-
+@pytest.mark.slow
 def test_streams_with_plugins_of_their_own_share_one_gate(small_scenes):
     videos = [str(small_scenes / "cam000.mp4"), str(small_scenes / "cam001.mp4")]
     options = RuntimeOptions(policy="decode-all", tasks=("value",), workers=2)
@@ -467,8 +464,7 @@ def test_streams_with_plugins_of_their_own_share_one_gate(small_scenes):
     other.tasks = ("faces",)
     with pytest.raises(CoinferError, match=r"the plug-ins of stream\(s\) \[1\] run other tasks"):
         GateRuntime(videos, options, plugin=ConstantTestPlugin(0), plugins={1: other}).start()
-
-
+@pytest.mark.slow
 def test_a_reload_changes_the_budget_live_and_restarts_only_what_changed(small_scenes, tmp_path):
     def configure(budget: float, *streams: str) -> Path:
         entries = "".join(f'\n[[streams]]\nname = "{name}"\nurl = "{small_scenes / name}.mp4"\nloop = true\n'
@@ -502,8 +498,7 @@ def test_a_reload_changes_the_budget_live_and_restarts_only_what_changed(small_s
     finally:
         daemon.close()
     assert all(status.state == "stopped" for status in daemon.streams.statuses())
-
-
+@pytest.mark.slow
 def test_a_camera_that_cannot_be_reached_is_retried_while_the_others_run(small_scenes, tmp_path):
     gone = f"tcp://127.0.0.1:{free_port()}"  # nothing listens there
     config = load_config(write(tmp_path, f'[gate]\nbudget_fraction = 0.9\n[[streams]]\nname = "file"\n'
@@ -524,8 +519,7 @@ def test_a_camera_that_cannot_be_reached_is_retried_while_the_others_run(small_s
         wait_for(lambda: daemon.status()["streams"][0]["packets"] > packets, "the file to go on")
     finally:
         daemon.close()
-
-
+@pytest.mark.slow
 def test_cli_flags_override_the_configuration_file(tmp_path):
     (tmp_path / "file-token").write_text("from-the-file\n")
     (tmp_path / "flag-token").write_text("from-the-flag\n")
@@ -752,6 +746,7 @@ MLINK_REFUSALS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("table", "gate", "says"), MLINK_REFUSALS, ids=[says for *_, says in MLINK_REFUSALS])
 def test_a_bad_mlink_table_is_one_error_naming_its_line(mlink_links, tmp_path, table, gate, says):
     (tmp_path / "cam.mp4").write_bytes(b"")
@@ -761,8 +756,7 @@ def test_a_bad_mlink_table_is_one_error_naming_its_line(mlink_links, tmp_path, t
         load_config(path)
     message = str(refused.value)
     assert message.startswith(str(path)) and says in message and "\n" not in message
-
-
+@pytest.mark.slow
 def test_mlink_links_that_are_not_a_graph_or_serve_no_stream_are_refused(mlink_links, tmp_path):
     (tmp_path / "cam.mp4").write_bytes(b"")
     (tmp_path / "empty").mkdir()
@@ -777,8 +771,7 @@ def test_mlink_links_that_are_not_a_graph_or_serve_no_stream_are_refused(mlink_l
     assert dict(config.gate.mlink.costs) == {"faces": 2.0, "cats": 2.0, "people": 20.0}
     dearer = load_config(_mlink_config(tmp_path, mlink_links, tmp_path / "cam.mp4", 30))
     assert dearer.gate.runtime_changes(config.gate) == ["[mlink]"]
-
-
+@pytest.mark.slow
 def test_the_mlink_plugin_runs_the_plan_and_predicts_the_rest(mlink_links, small_scenes):
     from coinfer.edge.daemon.mlink_serving import MLINK_KEY, MlinkSettings
 

@@ -4,6 +4,7 @@ the token it sees the 401."""
 
 import struct
 
+import pytest
 from browser import capture_page
 from fastapi import Depends
 from fastapi.responses import HTMLResponse
@@ -18,6 +19,7 @@ def _png_size(data: bytes) -> tuple[int, int]:
     return struct.unpack(">II", data[16:24])
 
 
+@pytest.mark.slow  # starts Chromium
 def test_chromium_sends_the_token_renders_the_page_and_writes_a_screenshot(tmp_path):
     app, authorize = create_service_app("browser check", ServiceError, "s3cret")
     app.add_api_route("/status", lambda: HTMLResponse(PAGE), dependencies=[Depends(authorize)])
